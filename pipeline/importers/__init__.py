@@ -1,0 +1,1 @@
+"""Checkpoint readers: each returns a MekiModel (see hf_qwen3, megatron, mekify)."""
