@@ -340,7 +340,10 @@ class MemoryPack:
             self._pool = None
         self._map = None
         if self._mm is not None:
-            self._mm.close()
+            try:
+                self._mm.close()
+            except BufferError:   # a view is still alive (e.g. in a traceback): unmapped by GC
+                pass
             self._mm = None
         if self._fd is not None:
             os.close(self._fd)

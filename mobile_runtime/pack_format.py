@@ -182,6 +182,12 @@ def float_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 
 
 def encode_rows(x: np.ndarray, dtype: str, group_size: int) -> np.ndarray:
+    """See _encode_rows; non-finite input raises ValueError without numpy warnings."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _encode_rows(x, dtype, group_size)
+
+
+def _encode_rows(x: np.ndarray, dtype: str, group_size: int) -> np.ndarray:
     """x: [..., m] finite float32 -> encoded rows uint8 [..., row_bytes] (scales, then values).
 
     Raises ValueError if a value does not fit the dtype (fp16/bf16 overflow).

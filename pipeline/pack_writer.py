@@ -62,6 +62,7 @@ class PackWriter:
                                    dir=self.path.parent)
         self._tmp = Path(tmp)
         self._f = os.fdopen(fd, "w+b", buffering=0)
+        os.fchmod(fd, 0o666 & ~_umask())   # mkstemp makes 0600; packs are ordinary files
         h = self.header
         # header region stays zero until finalize: a crash leaves a file with no magic
         self._f.truncate(h.data_offset if h.layout == "token-major" else h.table_offset)
@@ -194,6 +195,12 @@ def _hash_blocks(f, h: pf.PackHeader):
         mv = memoryview(buf)
         for i in range(n):
             yield pf.checksum(mv[i * h.block_size:(i + 1) * h.block_size])
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(d: Path) -> None:
