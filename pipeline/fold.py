@@ -141,3 +141,16 @@ def _copy_backbone(reader: SafetensorsReader, path: Path, fp: str, rows_per_copy
                 continue
             for start in range(0, shape[0], rows_per_copy):
                 writer.write_rows(name, start, reader.rows(name, start, start + rows_per_copy))
+
+
+def load_tables(folder: Path) -> np.ndarray:
+    """The folded tables of a small folded checkpoint as one [V, L, m] float32 array (tests, demo)."""
+    folder = Path(folder)
+    info = read_info(folder)
+    cfg = ModelConfig.load(folder / "config.json")
+    if info.tables is None:
+        raise CheckpointError(f"{folder}: not a folded checkpoint (no tables)")
+    with SafetensorsReader(folder / info.tables) as reader:
+        if reader.metadata.get("fingerprint") != info.fingerprint:
+            raise CheckpointError(f"{folder / info.tables}: fingerprint does not match checkpoint.json")
+        return np.stack([reader.get(f"layers.{i}.table").float().numpy() for i in range(cfg.num_layers)], axis=1)

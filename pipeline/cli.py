@@ -1,0 +1,128 @@
+"""The `meki` command: one verb per stage; each verb parses its flags and calls one typed function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from rich.console import Console
+
+console = Console(stderr=True)
+
+Verb = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def _add_init(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, help="checkpoint folder to create")
+    p.add_argument("--preset", default="tiny", help="model shape (fake, tiny, qwen3-0.6b, qwen3-1.7b, qwen3-4b)")
+    p.add_argument("--memory", default=None, help="both | static | dynamic | none (dense)")
+    p.add_argument("--variant", default=None, help="paper | megatron")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _run_init(a: argparse.Namespace) -> int:
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.config import preset
+    from pipeline.model import MekiModel, init_weights
+
+    cfg = preset(a.preset)
+    changes = {k: v for k, v in (("memory", a.memory), ("variant", a.variant)) if v is not None}
+    info = save_checkpoint(init_weights(MekiModel(cfg.replace(**changes)), seed=a.seed), a.out, "random",
+                           overwrite=a.overwrite)
+    console.print(f"wrote {a.out} (fingerprint {info.fingerprint})")
+    return 0
+
+
+def _add_import(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["hf", "megatron"], help="source format")
+    p.add_argument("src", type=Path, help="HF folder, or Megatron checkpoint dir / model_optim_rng.pt")
+    p.add_argument("out", type=Path, help="checkpoint folder to create")
+    p.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (Megatron pads its own)")
+    p.add_argument("--mekify", type=int, metavar="D_MEM", help="add MeKi branches of this width to a dense model")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _run_import(a: argparse.Namespace) -> int:
+    from pipeline.checkpoint import save_checkpoint
+
+    if a.kind == "hf":
+        from pipeline.importers.hf_qwen3 import load_hf_qwen3
+        model = load_hf_qwen3(a.src)
+    else:
+        from pipeline.importers.megatron import load_megatron
+        if a.vocab_size is None:
+            raise SystemExit("meki import megatron: --vocab-size (the tokenizer's) is required")
+        model = load_megatron(a.src, a.vocab_size)
+    if a.mekify:
+        from pipeline.importers.mekify import mekify
+        model = mekify(model, a.mekify)
+    info = save_checkpoint(model, a.out, a.kind + ("+mekify" if a.mekify else ""), overwrite=a.overwrite)
+    console.print(f"wrote {a.out} ({model.cfg.num_layers} layers, memory={model.cfg.memory}, "
+                  f"fingerprint {info.fingerprint})")
+    return 0
+
+
+def _add_fold(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", type=Path, help="train-form checkpoint folder")
+    p.add_argument("out", type=Path, help="folded checkpoint folder to create")
+    p.add_argument("--chunk-size", type=int, default=4096, help="vocabulary rows per streamed chunk")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _run_fold(a: argparse.Namespace) -> int:
+    from pipeline.fold import fold_checkpoint
+
+    info = fold_checkpoint(a.src, a.out, a.chunk_size, a.device, overwrite=a.overwrite)
+    console.print(f"wrote {a.out}: backbone + {info.tables} (fingerprint {info.fingerprint})")
+    return 0
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything the demo makes")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs")
+
+
+def _run_demo(a: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    return run_demo(a.out, a.preset, a.overwrite)
+
+
+VERBS: list[Verb] = [
+    ("init", "create a randomly initialised checkpoint from a preset", _add_init, _run_init),
+    ("import", "import a Hugging Face Qwen3 or Megatron MeKi checkpoint", _add_import, _run_import),
+    ("fold", "fold the MeKi tables of a checkpoint (streamed, chunked)", _add_fold, _run_fold),
+    ("demo", "the main job on an embedded default, end to end", _add_demo, _run_demo),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meki", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name, help_text, add, run in VERBS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.config import ConfigError
+    from pipeline.fsutil import OutputExistsError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CheckpointError, ConfigError, OutputExistsError, FileNotFoundError) as exc:
+        console.print(f"[red]meki {args.verb}: {exc}[/red]")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
