@@ -286,6 +286,8 @@ class MemoryPack:
 
     def _read_span(self, start: int, n: int) -> np.ndarray:
         if self._map is not None:
+            if hasattr(self._mm, "madvise"):   # one readahead for the block, not a fault per page
+                self._mm.madvise(mmap.MADV_WILLNEED, start, n)
             return self._map[start:start + n]
         buf = np.empty(n, dtype=np.uint8)
         if os.preadv(self._fd, [buf], start) != n:

@@ -148,14 +148,22 @@ def unpack_header(buf: bytes):
 
 # ---------------------------------------------------------------- codecs (numpy)
 
-def quantize_int8(x: np.ndarray):
-    """x: [..., m] float32 -> (q int8 [..., m], scale float32 [...]); scale = absmax / 127."""
-    absmax = np.max(np.abs(x), axis=-1)
+def quantize_int8(x: np.ndarray, out_q: np.ndarray | None = None):
+    """x: [..., m] float32 -> (q int8 [..., m], scale float32 [...]); scale = absmax / 127.
+
+    q = rint(x / scale) lies in [-127, 127] by construction (no clip needed).
+    out_q: optional int8 (or int8-viewable) destination [..., m], filled in place.
+    """
+    # two reductions, no |x| temp; abs() turns a -0.0 (all-zero row) into +0.0
+    absmax = np.abs(np.maximum(x.max(axis=-1), -x.min(axis=-1)))
     scale = (absmax / np.float32(INT8_QMAX)).astype(np.float32)
     inv = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
-    q = np.rint(x * inv[..., None])
-    np.clip(q, -INT8_QMAX, INT8_QMAX, out=q)
-    return q.astype(np.int8), scale
+    tmp = x * inv[..., None]
+    np.rint(tmp, out=tmp)
+    if out_q is None:
+        out_q = np.empty(x.shape, np.int8)
+    np.copyto(out_q, tmp, casting="unsafe")
+    return out_q, scale
 
 
 def quantize_int4(x: np.ndarray, group_size: int):
@@ -195,8 +203,12 @@ def _encode_rows(x: np.ndarray, dtype: str, group_size: int) -> np.ndarray:
     lead, m = x.shape[:-1], x.shape[-1]
     if dtype in ("int8", "int4"):
         if dtype == "int8":
-            q, s = quantize_int8(x)
-            parts = (s.astype("<f4")[..., None].view(np.uint8), q.view(np.uint8))
+            enc = np.empty((*lead, 4 + m), np.uint8)
+            _, s = quantize_int8(x, enc[..., 4:].view(np.int8))
+            enc[..., :4] = s.astype("<f4")[..., None].view(np.uint8)
+            if not np.isfinite(s).all():
+                raise ValueError("non-finite value (NaN/Inf)")
+            return enc
         else:
             q, s = quantize_int4(x, group_size)
             parts = (np.ascontiguousarray(s, dtype="<f4").view(np.uint8), q)

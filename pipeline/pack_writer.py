@@ -99,15 +99,35 @@ class PackWriter:
             bad = np.flatnonzero(~np.isfinite(rows).all(axis=(1, 2)))
             where = f"token {start_token + bad[0]} has NaN/Inf" if bad.size else str(e)
             raise PackRowsError(f"chunk at token {start_token}: {where}") from None
+        self._write_encoded(start_token, enc)
+
+    def write_encoded(self, start_token: int, enc: np.ndarray) -> None:
+        """Write rows already encoded by pack_format.encode_rows: uint8 [c, L, row_bytes].
+
+        For a folding stage that quantises itself (e.g. on an accelerator); no NaN check here.
+        """
+        if self._f is None:
+            raise PackWriteError("PackWriter.write_encoded called outside its `with` block")
+        h = self.header
+        if not isinstance(enc, np.ndarray) or enc.dtype != np.uint8 or enc.ndim != 3 or \
+                enc.shape[1:] != (h.num_layers, h.row_bytes):
+            raise PackRowsError(f"encoded rows must be uint8 [c, {h.num_layers}, {h.row_bytes}], "
+                                f"got {getattr(enc, 'dtype', type(enc).__name__)} "
+                                f"{list(getattr(enc, 'shape', []))}")
+        self._check_position(start_token, enc.shape[0])
+        self._write_encoded(start_token, np.ascontiguousarray(enc))
+
+    def _write_encoded(self, start_token: int, enc: np.ndarray) -> None:
+        h = self.header
         if h.layout == "token-major":
             self._append(memoryview(enc).cast("B"))
         else:
             for layer in range(h.num_layers):
                 off = h.data_offset + (layer * h.vocab_size + start_token) * h.row_bytes
                 os.pwrite(self._f.fileno(), np.ascontiguousarray(enc[:, layer]), off)
-        self._next += rows.shape[0]
+        self._next += enc.shape[0]
         if self._bar is not None:
-            self._bar.update(rows.shape[0])
+            self._bar.update(enc.shape[0])
 
     def _check_chunk(self, start_token: int, rows) -> np.ndarray:
         h = self.header
@@ -117,14 +137,17 @@ class PackWriter:
         if rows.ndim != 3 or rows.shape[1:] != (h.num_layers, h.d_mem) or rows.shape[0] < 1:
             raise PackRowsError(f"rows must have shape [c>=1, {h.num_layers}, {h.d_mem}], "
                                 f"got {list(rows.shape)}")
+        self._check_position(start_token, rows.shape[0])
+        return np.ascontiguousarray(rows, dtype=np.float32)
+
+    def _check_position(self, start_token: int, count: int) -> None:
         if start_token != self._next:
             what = "gap" if start_token > self._next else "overlap"
             raise PackRowsError(f"chunk starts at token {start_token} but token {self._next} is "
                                 f"next ({what}); chunks must be ascending and contiguous")
-        if start_token + rows.shape[0] > h.vocab_size:
-            raise PackRowsError(f"chunk [{start_token}, {start_token + rows.shape[0]}) goes past "
-                                f"vocab_size={h.vocab_size}")
-        return np.ascontiguousarray(rows, dtype=np.float32)
+        if start_token + count > self.header.vocab_size:
+            raise PackRowsError(f"chunk [{start_token}, {start_token + count}) goes past "
+                                f"vocab_size={self.header.vocab_size}")
 
     def _append(self, mv: memoryview) -> None:
         """Write token-major bytes sequentially, hashing each block as it completes."""
