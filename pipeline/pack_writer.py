@@ -261,3 +261,27 @@ def write_pack(path, tables, *, fingerprint: str, dtype: str = "int8", group_siz
         for a in range(0, v, chunk_tokens):
             w.write(a, chunk(a, min(v, a + chunk_tokens)))
     return Path(path)
+
+
+def pack_tables_file(tables_path, path, *, dtype: str = "int8", group_size: int = 32,
+                     fingerprint: str | None = None, chunk_tokens: int = 4096,
+                     overwrite: bool = False, progress: bool = True) -> Path:
+    """Pack a folded `tables.safetensors` (`layers.{l}.table` [V, m] float32/float16 tensors,
+    fingerprint in its metadata) without loading it whole: reads chunk_tokens rows at a time."""
+    from safetensors import safe_open
+    with safe_open(str(tables_path), framework="numpy") as f:
+        fp = fingerprint or (f.metadata() or {}).get("fingerprint")
+        if fp is None:
+            raise PackWriteError(f"{tables_path}: no fingerprint in metadata; pass fingerprint=")
+        n_layers = sum(1 for k in f.keys() if k.startswith("layers.") and k.endswith(".table"))
+        if n_layers == 0:
+            raise PackWriteError(f"{tables_path}: no `layers.{{l}}.table` tensors")
+        slices = [f.get_slice(f"layers.{i}.table") for i in range(n_layers)]
+        v, m = slices[0].get_shape()
+        with PackWriter(path, vocab_size=v, num_layers=n_layers, d_mem=m, dtype=dtype,
+                        fingerprint=fp, group_size=group_size, overwrite=overwrite,
+                        progress=progress) as w:
+            for a in range(0, v, chunk_tokens):
+                b = min(v, a + chunk_tokens)
+                w.write(a, np.stack([s[a:b] for s in slices], axis=1).astype(np.float32))
+    return Path(path)

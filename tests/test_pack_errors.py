@@ -124,3 +124,16 @@ def test_not_a_pack(tmp_path):
     path.write_bytes(b"PK\x03\x04" + bytes(20000))
     with pytest.raises(PackFormatError, match="not a MeKi memory pack"):
         MemoryPack.open(path)
+
+
+def test_pack_tables_file(tmp_path):
+    from safetensors.numpy import save_file
+
+    from pipeline.pack_writer import pack_tables_file
+    x = np.random.default_rng(0).standard_normal((70, 3, 16)).astype(np.float32)
+    save_file({f"layers.{i}.table": x[:, i].copy() for i in range(3)}, tmp_path / "t.safetensors",
+              metadata={"fingerprint": FP})
+    out = pack_tables_file(tmp_path / "t.safetensors", tmp_path / "p", dtype="fp16",
+                           chunk_tokens=32, progress=False)
+    with MemoryPack.open(out, expected_fingerprint=FP) as pack:
+        np.testing.assert_array_equal(pack.lookup(np.arange(70)), x.astype(np.float16))
