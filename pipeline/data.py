@@ -122,7 +122,18 @@ def html_to_paragraphs(html: str) -> list[str]:
     return parser.blocks
 
 
-_POD_CODES = re.compile(r"[IBCFSLXZE]<+\s?(.*?)\s?>+")
+_POD_MULTI = re.compile(r"[A-Z]<<+\s(.*?)\s>>+")  # C<< $a->b >>
+_POD_LINK = re.compile(r"L<([^<>|]*)\|[^<>]*>")  # L<text|target> -> text
+_POD_CODE = re.compile(r"[A-Z]<([^<>]*)>")  # innermost single-bracket code
+_POD_ESC = {"lt": "\x01", "gt": "\x02", "verbar": "|", "sol": "/"}  # \x01/\x02 restored last
+
+
+def _pod_inline(text: str) -> str:
+    text = re.sub(r"E<(\w+)>", lambda m: _POD_ESC.get(m[1], ""), text)
+    text = _POD_MULTI.sub(r"\1", text)
+    for _ in range(4):  # nested codes such as B<C<x>>, innermost first
+        text = _POD_CODE.sub(r"\1", _POD_LINK.sub(r"\1", text))
+    return text.replace("\x01", "<").replace("\x02", ">")
 
 
 def pod_to_paragraphs(pod: str) -> list[str]:
@@ -141,9 +152,7 @@ def pod_to_paragraphs(pod: str) -> list[str]:
             if cmd not in ("=head1", "=head2", "=head3", "=head4", "=item"):
                 continue
             para = rest
-        for _ in range(3):  # nested codes such as B<C<x>>
-            para = _POD_CODES.sub(r"\1", para)
-        para = " ".join(para.split())
+        para = " ".join(_pod_inline(para).split())
         if para and para != "*":
             out.append(para)
     return out
@@ -337,6 +346,7 @@ class _atomic_open:
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        os.chmod(self.tmp, 0o644)  # mkstemp makes 0600; outputs are shared artifacts
         self.f = os.fdopen(fd, "wb")
         return self.f
 
@@ -440,7 +450,7 @@ def _tokenize_split(corpus_txt: Path, tok, val_fraction: float, seed: int,
     return out
 
 
-def prepare(corpus_txt: Path, tokenizer_json: Path, out_dir: Path, val_fraction: float = 0.01,
+def prepare(corpus_txt: Path, tokenizer_json: Path, out_dir: Path, val_fraction: float = 0.02,
             seed: int = 0, max_train_tokens: int | None = None,
             overwrite: bool = False) -> DatasetMeta:
     """Tokenise the corpus into `train.bin` / `val.bin` (flat uint16 ids) and `meta.json`.
@@ -540,7 +550,7 @@ def default_sources() -> list[Path]:
 
 
 def prepare_data(out_dir: Path, sources: list[Path] | None = None, vocab_size: int = 8192,
-                 val_fraction: float = 0.01, seed: int = 0, max_train_tokens: int | None = None,
+                 val_fraction: float = 0.02, seed: int = 0, max_train_tokens: int | None = None,
                  overwrite: bool = False) -> DatasetMeta:
     """corpus.txt -> tokenizer.json -> train.bin / val.bin / meta.json, all in `out_dir`.
 
