@@ -71,8 +71,10 @@ class FakeAdbd:
     """Listens on 127.0.0.1:port; one thread per connection. Use as a context manager."""
 
     def __init__(self, root: Path, *, authorized_keys: list[bytes] | None = None,
-                 serial: str = "fake0001", props: dict[str, str] | None = None) -> None:
+                 serial: str = "fake0001", props: dict[str, str] | None = None,
+                 bin_dir: Path | None = None) -> None:
         self.root = Path(root)  # cwd of shell commands
+        self.bin_dir = bin_dir  # put first on PATH: stand-ins for device tools (getprop, dumpsys)
         self.authorized_keys = authorized_keys  # None: no AUTH at all
         self.serial = serial
         self.props = props or {"ro.product.model": "FakePhone", "ro.product.device": "fake"}
@@ -265,7 +267,10 @@ class _Conn:
 
     def start_shell(self, our_id: int, st: _Stream, command: str) -> None:
         self.server.shell_commands.append(command)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.server.root)}
+        path = os.environ.get("PATH", "/usr/bin:/bin")
+        if self.server.bin_dir is not None:
+            path = f"{self.server.bin_dir}{os.pathsep}{path}"
+        env = {"PATH": path, "HOME": str(self.server.root)}
         st.proc = subprocess.Popen(
             [self.server.shell_bin, "-c", command], cwd=self.server.root, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

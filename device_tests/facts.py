@@ -1,0 +1,146 @@
+"""Device facts recorded with every benchmark result (phone via adb, or this host)."""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from device_tests.errors import TransportError
+from device_tests.parsers import (
+    parse_battery,
+    parse_getprop,
+    parse_proc_meminfo,
+    parse_thermalservice,
+)
+from device_tests.transports.base import Transport
+from device_tests.transports.local import LocalTransport
+
+T = TypeVar("T")
+# A fixed script (no interpolated input): one "path value" line per cpufreq policy.
+_CPUFREQ_SCRIPT = (
+    "for d in /sys/devices/system/cpu/cpufreq/policy*; do "
+    'echo "${d##*/} $(cat $d/scaling_governor 2>/dev/null) $(cat $d/scaling_cur_freq 2>/dev/null) '
+    '$(cat $d/cpuinfo_max_freq 2>/dev/null)"; done'
+)
+
+
+@dataclass
+class CpuPolicy:
+    name: str  # 'policy0' ... one per cluster
+    governor: str | None
+    cur_khz: int | None
+    max_khz: int | None
+
+
+@dataclass
+class DeviceFacts:
+    """What a result row needs to say which machine produced it, and in what state."""
+
+    kind: str  # 'android' or 'host'
+    model: str | None = None
+    manufacturer: str | None = None
+    soc: str | None = None  # ro.soc.model (Android 12+), else the CPU model name
+    board: str | None = None  # ro.board.platform
+    os_version: str | None = None  # Android release or host kernel
+    sdk: int | None = None
+    abi: str | None = None
+    page_size: int | None = None
+    total_ram_kb: int | None = None
+    cpu_policies: list[CpuPolicy] = field(default_factory=list)
+    thermal_status: str | None = None
+    max_cpu_celsius: float | None = None
+    max_skin_celsius: float | None = None
+    battery_percent: float | None = None
+    battery_celsius: float | None = None
+    errors: list[str] = field(default_factory=list)  # facts that could not be read, and why
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _try(errors: list[str], what: str, fn: Callable[[], T]) -> T | None:
+    """A missing fact is recorded, not fatal: dumpsys may be denied or absent."""
+    try:
+        return fn()
+    except (TransportError, ValueError, OSError, IndexError) as exc:
+        errors.append(f"{what}: {exc}"[:300])
+        return None
+
+
+def _policies(text: str) -> list[CpuPolicy]:
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts or not parts[0].startswith("policy"):
+            continue
+        ints = [int(p) for p in parts[2:] if p.isdigit()]
+        gov = parts[1] if len(parts) > 1 and not parts[1].isdigit() else None
+        out.append(CpuPolicy(parts[0], gov, ints[0] if ints else None,
+                             ints[1] if len(ints) > 1 else None))
+    return out
+
+
+def android_facts(t: Transport) -> DeviceFacts:
+    """Facts of a phone through any remote transport."""
+    f = DeviceFacts(kind="android")
+    props = _try(f.errors, "getprop", lambda: parse_getprop(t.shell(["getprop"]).check().stdout)) or {}
+    f.model, f.manufacturer = props.get("ro.product.model"), props.get("ro.product.manufacturer")
+    f.soc = props.get("ro.soc.model") or props.get("ro.hardware") or None
+    f.board = props.get("ro.board.platform") or None
+    f.os_version = props.get("ro.build.version.release")
+    f.sdk = int(props["ro.build.version.sdk"]) if props.get("ro.build.version.sdk", "").isdigit() else None
+    f.abi = props.get("ro.product.cpu.abi")
+    f.page_size = _try(f.errors, "page size",
+                       lambda: int(t.shell(["getconf", "PAGESIZE"]).check().stdout.split()[0]))
+    mem = _try(f.errors, "meminfo", lambda: parse_proc_meminfo(t.read_text("/proc/meminfo")))
+    f.total_ram_kb = mem.mem_total_kb if mem else None
+    f.cpu_policies = _try(f.errors, "cpufreq",
+                          lambda: _policies(t.shell(["sh", "-c", _CPUFREQ_SCRIPT]).stdout)) or []
+    th = _try(f.errors, "thermal",
+              lambda: parse_thermalservice(t.shell(["dumpsys", "thermalservice"]).check().stdout))
+    if th is not None:
+        f.thermal_status = th.status_name
+        f.max_cpu_celsius, f.max_skin_celsius = th.max_celsius("CPU"), th.max_celsius("SKIN")
+    bat = _try(f.errors, "battery",
+               lambda: parse_battery(t.shell(["dumpsys", "battery"]).check().stdout))
+    if bat is not None:
+        f.battery_percent, f.battery_celsius = bat.percent, bat.celsius
+    return f
+
+
+def _read(path: str) -> str:
+    return Path(path).read_text(errors="replace")
+
+
+def host_facts() -> DeviceFacts:
+    """The host equivalents, from /proc, /sys, platform and os."""
+    f = DeviceFacts(kind="host", model=platform.node(), os_version=platform.release(),
+                    abi=platform.machine(), page_size=os.sysconf("SC_PAGE_SIZE"))
+    cpuinfo = _try(f.errors, "cpuinfo", lambda: _read("/proc/cpuinfo")) or ""
+    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")]
+    f.soc = names[0] if names else platform.processor() or None
+    mem = _try(f.errors, "meminfo", lambda: parse_proc_meminfo(_read("/proc/meminfo")))
+    f.total_ram_kb = mem.mem_total_kb if mem else None
+    for d in sorted(Path("/sys/devices/system/cpu/cpufreq").glob("policy*")):
+        val = lambda n: (d / n).read_text().strip() if (d / n).exists() else None  # noqa: E731
+        cur, mx = val("scaling_cur_freq"), val("cpuinfo_max_freq")
+        f.cpu_policies.append(CpuPolicy(d.name, val("scaling_governor"),
+                                        int(cur) if cur else None, int(mx) if mx else None))
+    temps = []
+    for z in Path("/sys/class/thermal").glob("thermal_zone*/temp"):
+        raw = _try(f.errors, str(z), lambda z=z: int(z.read_text().strip()))
+        if raw is not None:
+            temps.append(raw / 1000.0)  # millidegrees
+    f.max_cpu_celsius = max(temps) if temps else None
+    for bat in Path("/sys/class/power_supply").glob("BAT*"):
+        cap = bat / "capacity"
+        if cap.exists():
+            f.battery_percent = float(cap.read_text().strip())
+    return f
+
+
+def collect_facts(t: Transport) -> DeviceFacts:
+    """Device facts for whatever the transport reaches."""
+    return host_facts() if isinstance(t, LocalTransport) else android_facts(t)
