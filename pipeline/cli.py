@@ -70,15 +70,45 @@ def _add_fold(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="folded checkpoint folder to create")
     p.add_argument("--chunk-size", type=int, default=4096, help="vocabulary rows per streamed chunk")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--pack", metavar="DTYPE", help="write a memory pack (fp16|bf16|int8|int4) instead of fp32 safetensors")
     p.add_argument("--overwrite", action="store_true")
 
 
 def _run_fold(a: argparse.Namespace) -> int:
     from pipeline.fold import fold_checkpoint
 
-    info = fold_checkpoint(a.src, a.out, a.chunk_size, a.device, overwrite=a.overwrite)
+    info = fold_checkpoint(a.src, a.out, a.chunk_size, a.device, overwrite=a.overwrite, pack_dtype=a.pack)
     console.print(f"wrote {a.out}: backbone + {info.tables} (fingerprint {info.fingerprint})")
     return 0
+
+
+def _add_pack(p: argparse.ArgumentParser) -> None:
+    p.add_argument("tables", type=Path, help="tables.safetensors of a folded checkpoint")
+    p.add_argument("out", type=Path, help="memory pack to write (.mpk)")
+    p.add_argument("--dtype", default="int8", help="fp16 | bf16 | int8 | int4")
+    p.add_argument("--group-size", type=int, default=32, help="int4 group size along d_mem")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _run_pack(a: argparse.Namespace) -> int:
+    from pipeline.pack_writer import pack_tables_file
+
+    pack_tables_file(a.tables, a.out, dtype=a.dtype, group_size=a.group_size, overwrite=a.overwrite)
+    console.print(f"wrote {a.out}")
+    return 0
+
+
+def _add_verify_pack(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pack", type=Path)
+    p.add_argument("--fingerprint", help="refuse a pack folded from another model")
+
+
+def _run_verify_pack(a: argparse.Namespace) -> int:
+    from mobile_runtime.pack import verify_pack
+
+    report = verify_pack(a.pack, a.fingerprint)
+    console.print(report)
+    return 0 if report.ok else 1
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
@@ -97,6 +127,8 @@ VERBS: list[Verb] = [
     ("init", "create a randomly initialised checkpoint from a preset", _add_init, _run_init),
     ("import", "import a Hugging Face Qwen3 or Megatron MeKi checkpoint", _add_import, _run_import),
     ("fold", "fold the MeKi tables of a checkpoint (streamed, chunked)", _add_fold, _run_fold),
+    ("pack", "pack folded tables into a read-only memory pack", _add_pack, _run_pack),
+    ("verify-pack", "check every block of a memory pack", _add_verify_pack, _run_verify_pack),
     ("demo", "the main job on an embedded default, end to end", _add_demo, _run_demo),
 ]
 
@@ -119,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CheckpointError, ConfigError, OutputExistsError, FileNotFoundError) as exc:
+    except (CheckpointError, ConfigError, OutputExistsError, FileExistsError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]meki {args.verb}: {exc}[/red]")
         return 2
 

@@ -6,9 +6,10 @@ streamed to a sink, so peak memory is one chunk plus the small per-layer weights
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 import torch
@@ -107,26 +108,49 @@ def fold_model(model: MekiModel, chunk_size: int = 4096) -> tuple[MekiModel, np.
     return folded, sink.tables
 
 
+PACK_DTYPES = ("fp16", "bf16", "int8", "int4")
+
+
 def fold_checkpoint(src: Path, out: Path, chunk_size: int = 4096, device: str = "cpu",
                     table_dtype: torch.dtype = torch.float32, overwrite: bool = False,
-                    progress: bool = True) -> CheckpointInfo:
-    """Fold a train-form checkpoint folder into an inference-form one, streaming from disk."""
+                    progress: bool = True, pack_dtype: str | None = None) -> CheckpointInfo:
+    """Fold a train-form checkpoint folder into an inference-form one, streaming from disk.
+
+    Tables go to tables.safetensors (fp32 by default), or straight into a memory pack `tables.mpk`
+    when pack_dtype (fp16 | bf16 | int8 | int4) is given.
+    """
+    if pack_dtype is not None and pack_dtype not in PACK_DTYPES:
+        raise ValueError(f"unknown pack dtype {pack_dtype!r} (valid: {', '.join(PACK_DTYPES)})")
     info = read_info(src)
     cfg = ModelConfig.load(Path(src) / "config.json")
     with SafetensorsReader(Path(src) / "model.safetensors") as reader:
         check_state_dict(cfg, {n: reader.shape(n) for n in reader.names()}, str(reader.path))
         if not cfg.has_meki or cfg.folded:
             raise CheckpointError(f"{src}: nothing to fold (memory={cfg.memory}, folded={cfg.folded})")
-        out_info = CheckpointInfo(fingerprint=info.fingerprint, tables="tables.safetensors", source=info.source)
+        tables = "tables.mpk" if pack_dtype else "tables.safetensors"
+        out_info = CheckpointInfo(fingerprint=info.fingerprint, tables=tables, source=info.source)
         with atomic_dir(Path(out), overwrite) as tmp:
             folded_config(cfg).save(tmp / "config.json")
             _copy_backbone(reader, tmp / "model.safetensors", info.fingerprint)
-            meta = {"fingerprint": info.fingerprint, "layout": json.dumps(["vocab", "d_mem"])}
-            with SafetensorsWriter(tmp / "tables.safetensors", SafetensorsTableSink.layout(cfg, table_dtype),
-                                   metadata=meta) as writer:
-                fold_tables(cfg, reader, SafetensorsTableSink(writer), chunk_size, device, progress)
+            with _table_sink(cfg, tmp / tables, info.fingerprint, table_dtype, pack_dtype) as sink:
+                fold_tables(cfg, reader, sink, chunk_size, device, progress)
             write_info(tmp, out_info)
     return out_info
+
+
+@contextlib.contextmanager
+def _table_sink(cfg: ModelConfig, path: Path, fp: str, table_dtype: torch.dtype,
+                pack_dtype: str | None) -> Iterator[TableSink]:
+    if pack_dtype:
+        from pipeline.pack_writer import PackWriter
+
+        with PackWriter(path, vocab_size=cfg.vocab_size, num_layers=cfg.num_layers, d_mem=cfg.d_mem,
+                        dtype=pack_dtype, fingerprint=fp, progress=False) as writer:
+            yield writer
+        return
+    meta = {"fingerprint": fp, "layout": json.dumps(["vocab", "d_mem"])}
+    with SafetensorsWriter(path, SafetensorsTableSink.layout(cfg, table_dtype), metadata=meta) as writer:
+        yield SafetensorsTableSink(writer)
 
 
 def _copy_backbone(reader: SafetensorsReader, path: Path, fp: str, rows_per_copy: int = 8192) -> None:
@@ -150,6 +174,11 @@ def load_tables(folder: Path) -> np.ndarray:
     cfg = ModelConfig.load(folder / "config.json")
     if info.tables is None:
         raise CheckpointError(f"{folder}: not a folded checkpoint (no tables)")
+    if info.tables.endswith(".mpk"):
+        from mobile_runtime.pack import MemoryPack
+
+        with MemoryPack.open(folder / info.tables, expected_fingerprint=info.fingerprint) as pack:
+            return pack.lookup(np.arange(pack.vocab_size))
     with SafetensorsReader(folder / info.tables) as reader:
         if reader.metadata.get("fingerprint") != info.fingerprint:
             raise CheckpointError(f"{folder / info.tables}: fingerprint does not match checkpoint.json")
