@@ -35,6 +35,7 @@ class TensorSpec:
 class MethodSpec:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    entry: str = ""  # the program's own name for this step (method, signature or function)
 
     def input(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -88,7 +89,7 @@ class Manifest:
     fingerprint: str
     memory: str
     config: dict[str, Any]
-    tokenizer: TokenizerRef
+    tokenizer: TokenizerRef | None
     memory_pack: PackRef | None
     backbones: list[Backbone]
     files: list[FileEntry] = field(default_factory=list)
@@ -119,12 +120,15 @@ def parse_manifest(data: dict[str, Any]) -> Manifest:
         where = lambda e: "/".join(map(str, e.path)) or "(top)"  # noqa: E731
         raise BundleError("manifest does not match the schema: " + "; ".join(f"{where(e)}: {e.message}" for e in errors[:8]))
     d = dict(data)
-    backbones = [Backbone(**{**b, "methods": {k: MethodSpec([TensorSpec(**t) for t in m["inputs"]],
-                                                             [TensorSpec(**t) for t in m["outputs"]])
-                                              for k, m in b["methods"].items()}}) for b in d.pop("backbones")]
-    pack = d.pop("memory_pack")
-    return Manifest(tokenizer=TokenizerRef(**d.pop("tokenizer")), memory_pack=PackRef(**pack) if pack else None,
+    backbones = [Backbone(**{**b, "methods": {k: _method(m) for k, m in b["methods"].items()}})
+                 for b in d.pop("backbones")]
+    pack, tok = d.pop("memory_pack"), d.pop("tokenizer")
+    return Manifest(tokenizer=TokenizerRef(**tok) if tok else None, memory_pack=PackRef(**pack) if pack else None,
                     backbones=backbones, files=[FileEntry(**f) for f in d.pop("files")], **d)
+
+
+def _method(m: dict[str, Any]) -> MethodSpec:
+    return MethodSpec([TensorSpec(**t) for t in m["inputs"]], [TensorSpec(**t) for t in m["outputs"]], m.get("entry", ""))
 
 
 def load_manifest(bundle: Path) -> Manifest:
@@ -151,7 +155,7 @@ def verify_bundle(bundle: Path, check_hashes: bool = True) -> Manifest:
     bundle = Path(bundle)
     m = load_manifest(bundle)
     listed = {f.path: f for f in m.files}
-    referenced = [m.tokenizer.file, *(b.file for b in m.backbones)] + ([m.memory_pack.file] if m.memory_pack else [])
+    referenced = [b.file for b in m.backbones] + [r.file for r in (m.tokenizer, m.memory_pack) if r is not None]
     problems = [f"{p}: referenced but not listed in files" for p in referenced if p not in listed]
     for f in m.files:
         path = bundle / f.path
