@@ -147,7 +147,8 @@ class MekiModel(nn.Module):
                 layer.attn.cache.v.zero_()
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None,
-                meki_rows: torch.Tensor | None = None) -> torch.Tensor:
+                meki_rows: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """last_only: logits of the last position only, [B, 1, V] (what a generation step needs)."""
         cfg = self.cfg
         seq = tokens.shape[1]
         if cfg.has_meki and cfg.folded and meki_rows is None:
@@ -165,7 +166,7 @@ class MekiModel(nn.Module):
         for i, layer in enumerate(self.layers):
             rows = meki_rows[:, :, i] if meki_rows is not None else None
             x = layer(x, cos, sin, mask, input_pos, tokens, emb, rows)
-        x = self.norm(x)
+        x = self.norm(x[:, -1:] if last_only else x)
         return F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
 
 

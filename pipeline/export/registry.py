@@ -1,0 +1,79 @@
+"""The backend registry: `meki export --target NAME` looks targets up here.
+
+Each backend module registers one or more targets. An unknown name lists the valid ones; a target
+whose Python toolkit is missing names the pip extra; one that needs a vendor SDK names what is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mobile_runtime.manifest import Backbone
+from pipeline.model import MekiModel
+
+BACKEND_MODULES = ("executorch_backends", "coreml_backend", "tflite_backend")
+
+
+class ExportError(RuntimeError):
+    """A target that cannot be exported here; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    quant: str = "none"  # weight quantisation; each target lists what it supports
+    max_seq_len: int = 512  # KV cache positions (the paper benchmarks at 10K)
+    prefill_len: int = 32  # tokens per prefill call
+
+
+ExportFn = Callable[[MekiModel, Path, ExportSettings], Backbone]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    summary: str
+    extra: str  # pip extra that installs the toolkit
+    modules: tuple[str, ...]  # Python modules the toolkit provides
+    quants: tuple[str, ...]
+    export: ExportFn
+    sdk_check: Callable[[], str | None] = field(default=lambda: None)  # what vendor SDK is missing, if any
+
+    def ensure_available(self, settings: ExportSettings) -> None:
+        missing = [m for m in self.modules if importlib.util.find_spec(m.split(".")[0]) is None]
+        if missing:
+            raise ExportError(f"target {self.name}: toolkit not installed ({', '.join(missing)}); "
+                              f"install it with: pip install -e '.[{self.extra}]'")
+        if settings.quant not in self.quants:
+            raise ExportError(f"target {self.name}: quant {settings.quant!r} not supported "
+                              f"(valid: {', '.join(self.quants)})")
+        sdk = self.sdk_check()
+        if sdk:
+            raise ExportError(f"target {self.name}: {sdk}")
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def register_target(name: str, summary: str, extra: str, modules: tuple[str, ...], quants: tuple[str, ...],
+                    sdk_check: Callable[[], str | None] | None = None) -> Callable[[ExportFn], ExportFn]:
+    def wrap(fn: ExportFn) -> ExportFn:
+        TARGETS[name] = Target(name, summary, extra, modules, quants, fn, sdk_check or (lambda: None))
+        return fn
+    return wrap
+
+
+def load_backends() -> dict[str, Target]:
+    for mod in BACKEND_MODULES:
+        importlib.import_module(f"pipeline.export.{mod}")
+    return TARGETS
+
+
+def get_target(name: str) -> Target:
+    targets = load_backends()
+    if name not in targets:
+        raise ExportError(f"unknown target {name!r} (valid: {', '.join(sorted(targets))})")
+    return targets[name]
