@@ -101,7 +101,8 @@ class AdbShellTransport(RemoteShellTransport):
         adb_device = _import_adb_shell()
         tcp = parse_serial(self.serial)
         if tcp is not None:
-            return adb_device.AdbDeviceTcp(tcp[0], tcp[1], default_transport_timeout_s=self.connect_timeout_s)
+            return adb_device.AdbDevice(_tcp_transport(tcp[0], tcp[1]),
+                                        default_transport_timeout_s=self.connect_timeout_s)
         return adb_device.AdbDeviceUsb(serial=self.serial, default_transport_timeout_s=self.connect_timeout_s)
 
     def connect(self) -> None:
@@ -110,15 +111,22 @@ class AdbShellTransport(RemoteShellTransport):
 
         self.close()
         signers = self._signers if self._signers is not None else load_signers()
-        device = self._new_device()
+        device = None
+        offered: list[bool] = []  # set when adbd refused our signatures and wants the user's OK
         try:
+            device = self._new_device()  # a missing USB device fails here already
             device.connect(rsa_keys=signers, transport_timeout_s=self.connect_timeout_s,
-                           auth_timeout_s=self.auth_timeout_s, read_timeout_s=self.connect_timeout_s)
+                           auth_timeout_s=self.auth_timeout_s, read_timeout_s=self.connect_timeout_s,
+                           auth_callback=lambda _dev: offered.append(True))
         except ex.DeviceAuthError as exc:
             raise DeviceUnauthorized(f"{self.serial}: {exc}") from exc
         except (OSError, ex.TcpTimeoutException, ex.AdbTimeoutError, ex.UsbDeviceNotFoundError,
                 ex.UsbReadFailedError, ex.UsbWriteFailedError, ex.InvalidResponseError) as exc:
-            _close_quietly(device)
+            if device is not None:
+                _close_quietly(device)
+            if offered:
+                raise DeviceUnauthorized(
+                    f"{self.serial}: key not accepted; allow USB debugging on the phone") from exc
             raise DeviceDisconnected(f"cannot connect to {self.serial or 'USB device'}: {exc}") from exc
         self._device = device
 
@@ -199,6 +207,24 @@ class AdbShellTransport(RemoteShellTransport):
 
     def exists(self, remote: str) -> bool:
         return self._retrying(lambda: super(AdbShellTransport, self).exists(remote))
+
+
+def _tcp_transport(host: str, port: int) -> Any:
+    """adb-shell's TcpTransport, except that a peer hang-up raises at once.
+
+    Stock TcpTransport returns b'' forever on a closed socket and adb-shell spins until its read
+    timeout, so an unplugged device would look like a slow command.
+    """
+    from adb_shell.transport.tcp_transport import TcpTransport  # noqa: PLC0415
+
+    class _HangupAwareTcp(TcpTransport):  # type: ignore[misc]
+        def bulk_read(self, numbytes: int, transport_timeout_s: float | None) -> bytes:
+            data = super().bulk_read(numbytes, transport_timeout_s)
+            if not data:
+                raise ConnectionResetError(f"{host}:{port} closed the connection")
+            return data
+
+    return _HangupAwareTcp(host, port)
 
 
 def _close_quietly(device: Any) -> None:

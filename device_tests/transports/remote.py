@@ -54,9 +54,11 @@ class RemoteShellTransport(Transport):
         cmd = quote_argv(argv)
         if cwd is not None:
             cmd = f"cd {quote_argv([cwd])} && {cmd}"
+        # If the capture file cannot be made (full disk, no tmp dir), stderr joins stdout rather
+        # than the shell silently skipping the command over a failed redirect.
         script = (
-            f"({cmd}) 2>{err}; r=$?; printf '\\n%s%d\\n' {marker} \"$r\"; "
-            f"cat {err} 2>/dev/null; rm -f {err}"
+            f"if (: >{err}) 2>/dev/null; then ({cmd}) 2>{err}; else ({cmd}) 2>&1; fi; r=$?; "
+            f"printf '\\n%s%d\\n' {marker} \"$r\"; cat {err} 2>/dev/null; rm -f {err}"
         )
         out = self._exec(script, timeout_s)
         return _split_marked(tuple(argv), out, marker)
@@ -104,6 +106,7 @@ class RemoteShellTransport(Transport):
                 return None
             res.check()
         head = res.stdout.split(maxsplit=1)[0] if res.stdout.strip() else ""
+        head = head.removeprefix("\\")  # GNU sha256sum marks escaped names (newlines) with '\\'
         return head.lower() if re.fullmatch(r"[0-9a-fA-F]{64}", head) else None
 
     def start(self, argv: Sequence[str], *, cwd: str, log_path: str) -> int:
