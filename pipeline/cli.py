@@ -111,6 +111,65 @@ def _run_verify_pack(a: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ckpt", type=Path, help="checkpoint folder (train form is folded on the way)")
+    p.add_argument("--target", action="append", required=True, help="repeatable; see `meki targets`")
+    p.add_argument("--quant", default="none", help="weight quantisation (per target: none, 8da4w, int8wo, ...)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the meki/ and dense/ bundles")
+    p.add_argument("--pack-dtype", default="int8", help="memory pack values: fp16 | bf16 | int8 | int4")
+    p.add_argument("--max-seq-len", type=int, default=512, help="KV cache length")
+    p.add_argument("--prefill-len", type=int, default=32, help="tokens per prefill call")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the checkpoint's, if any)")
+    p.add_argument("--baseline", type=Path, help="dense checkpoint for the baseline bundle (default: strip MeKi)")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _run_export(a: argparse.Namespace) -> int:
+    from pipeline.export.bundle import export_bundles
+    from pipeline.export.registry import ExportSettings
+
+    settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
+    bundles = export_bundles(a.ckpt, a.out, a.target, settings, a.pack_dtype, a.tokenizer, a.baseline, a.overwrite)
+    for kind, m in bundles.items():
+        delegated = {b.target: b.delegated for b in m.backbones}
+        console.print(f"wrote {a.out / kind}: {', '.join(b.target for b in m.backbones)}; delegated {delegated}")
+    return 0
+
+
+def _add_targets(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _run_targets(a: argparse.Namespace) -> int:
+    from pipeline.export.registry import load_backends
+
+    for t in load_backends().values():
+        console.print(f"{t.name:24s} quants: {', '.join(t.quants):22s} extra: {t.extra:11s} {t.summary}")
+    return 0
+
+
+def _add_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundles", type=Path, nargs="+", help="bundle folders (each with manifest.json)")
+    p.add_argument("--checkpoint", type=Path, help="eager reference (default: the manifest's export.source)")
+    p.add_argument("--steps", type=int, default=32, help="greedy decode steps compared")
+
+
+def _run_verify(a: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from pipeline.export.verify import verify_bundle_artifacts
+
+    rows = [r for b in a.bundles for r in verify_bundle_artifacts(b, a.checkpoint, a.steps)]
+    table = Table(title="meki verify")
+    for col in ("bundle", "target", "quant", "status", "max |diff|", "SNR dB", "greedy", "note"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.bundle, r.target, r.quant, r.status, f"{r.max_abs_diff:.2e}", f"{r.snr_db:.1f}",
+                      str(r.greedy_match), r.note)
+    Console().print(table)
+    return 0 if all(r.status != "fail" for r in rows) else 1
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything the demo makes")
     p.add_argument("--preset", default="tiny")
@@ -129,6 +188,9 @@ VERBS: list[Verb] = [
     ("fold", "fold the MeKi tables of a checkpoint (streamed, chunked)", _add_fold, _run_fold),
     ("pack", "pack folded tables into a read-only memory pack", _add_pack, _run_pack),
     ("verify-pack", "check every block of a memory pack", _add_verify_pack, _run_verify_pack),
+    ("export", "lower a checkpoint to on-device bundles (MeKi + dense baseline)", _add_export, _run_export),
+    ("targets", "list the export targets", _add_targets, _run_targets),
+    ("verify", "compare every runnable artifact of a bundle with eager PyTorch", _add_verify, _run_verify),
     ("demo", "the main job on an embedded default, end to end", _add_demo, _run_demo),
 ]
 
@@ -144,14 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mobile_runtime.manifest import BundleError
     from pipeline.checkpoint import CheckpointError
     from pipeline.config import ConfigError
+    from pipeline.export.registry import ExportError
     from pipeline.fsutil import OutputExistsError
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CheckpointError, ConfigError, OutputExistsError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (BundleError, CheckpointError, ConfigError, ExportError, FileExistsError, FileNotFoundError,
+            OutputExistsError, ValueError) as exc:
         console.print(f"[red]meki {args.verb}: {exc}[/red]")
         return 2
 

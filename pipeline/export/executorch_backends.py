@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mobile_runtime.manifest import Backbone
-from pipeline.export.registry import ExportSettings, register_target
+from pipeline.export.registry import ExportError, ExportSettings, register_target
 from pipeline.export.step import example_inputs, make_step, method_spec
 from pipeline.model import MekiModel
 
@@ -58,6 +58,18 @@ def export_methods(model: MekiModel, settings: ExportSettings) -> dict[str, Any]
                 "decode": export(step, example_inputs(cfg, 1, settings.prefill_len), strict=False)}
 
 
+def table_shaped_tensors(programs: dict[str, Any], cfg: Any) -> list[str]:
+    """Names of weights/constants shaped like a MeKi table ([V, m], [V, L, m], [L, V, m]): must be none."""
+    v, L, m = cfg.vocab_size, cfg.num_layers, cfg.d_mem
+    bad_shapes = {(v, m), (v, L, m), (L, v, m)}
+    found = []
+    for method, ep in programs.items():
+        for name, t in list(ep.state_dict.items()) + list(ep.constants.items()):
+            if tuple(getattr(t, "shape", ())) in bad_shapes:
+                found.append(f"{method}:{name}{tuple(t.shape)}")
+    return found
+
+
 def delegation_summary(edge: Any) -> dict[str, int]:
     """Delegate calls per method plus the ops left to the portable kernels (logged, and kept in the manifest)."""
     summary: dict[str, int] = {}
@@ -80,7 +92,11 @@ def lower_to_pte(model: MekiModel, out: Path, settings: ExportSettings, partitio
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
     t0 = time.perf_counter()
-    edge = to_edge_transform_and_lower(export_methods(model, settings), partitioner=partitioners,
+    programs = export_methods(model, settings)
+    tables = table_shaped_tensors(programs, model.cfg)
+    if tables:
+        raise ExportError(f"{target}: the graph holds MeKi-table-shaped tensors: {', '.join(tables)}")
+    edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False))
     delegated = delegation_summary(edge)
     program = edge.to_executorch(ExecutorchBackendConfig(

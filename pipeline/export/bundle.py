@@ -1,0 +1,110 @@
+"""`meki export`: a checkpoint -> bundles (MeKi and its dense baseline), one folder each with manifest.json.
+
+out/meki/   manifest.json, config.json, tables.mpk, tokenizer.json, one backbone file per target
+out/dense/  the same backbone without the MeKi branch and input: the speed baseline
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import shutil
+import tempfile
+from pathlib import Path
+
+from mobile_runtime.manifest import Manifest, PackRef, TokenizerRef, write_manifest
+from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.config import ModelConfig
+from pipeline.export.registry import ExportSettings, get_target
+from pipeline.fold import fold_checkpoint
+from pipeline.fsutil import atomic_dir, check_free
+from pipeline.model import MekiModel
+
+EOS_CANDIDATES = ("<|endoftext|>", "<|im_end|>", "</s>", "<eos>")
+TOOLS = ("torch", "executorch", "torchao", "coremltools", "ai-edge-litert", "litert-torch")
+
+
+def tokenizer_ref(path: Path | None, bundle: Path) -> TokenizerRef | None:
+    if path is None:
+        return None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    eos = [i for i in (tok.token_to_id(t) for t in EOS_CANDIDATES) if i is not None]
+    shutil.copyfile(path, bundle / "tokenizer.json")
+    return TokenizerRef("tokenizer.json", eos)
+
+
+def dense_baseline(model: MekiModel) -> MekiModel:
+    """The same backbone without the MeKi branch: the graph whose speed MeKi must match."""
+    cfg = model.cfg.replace(memory="none", folded=False, name=f"{model.cfg.name}-dense")
+    dense = MekiModel(cfg)
+    dense.load_state_dict({k: v for k, v in model.state_dict().items() if ".fusion." not in k}, strict=True)
+    return dense.eval()
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for name in TOOLS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_bundle(model: MekiModel, out: Path, targets: list[str], settings: ExportSettings, fingerprint: str,
+                 tokenizer: Path | None, pack: Path | None, overwrite: bool, source: str) -> Manifest:
+    """Export `model` for every target into one bundle folder (atomic) and write its manifest."""
+    cfg: ModelConfig = model.cfg
+    with atomic_dir(out, overwrite) as tmp:
+        cfg.save(tmp / "config.json")
+        tok = tokenizer_ref(tokenizer, tmp)
+        pack_ref = None
+        if pack is not None:
+            from mobile_runtime.pack import MemoryPack
+
+            shutil.copyfile(pack, tmp / "tables.mpk")
+            with MemoryPack.open(tmp / "tables.mpk", expected_fingerprint=fingerprint) as p:
+                pack_ref = PackRef("tables.mpk", p.dtype, p.layout, p.vocab_size, p.num_layers, p.d_mem, p.fingerprint)
+        backbones = [get_target(t).export(model, tmp, settings) for t in targets]
+        manifest = Manifest(name=cfg.name, fingerprint=fingerprint, memory=cfg.memory, config=cfg.to_dict(),
+                            tokenizer=tok, memory_pack=pack_ref, backbones=backbones,
+                            export={"settings": settings.__dict__, "targets": targets, "source": source,
+                                    "tools": tool_versions(),
+                                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def export_bundles(src: Path, out: Path, targets: list[str], settings: ExportSettings, pack_dtype: str = "int8",
+                   tokenizer: Path | None = None, baseline: Path | None = None,
+                   overwrite: bool = False) -> dict[str, Manifest]:
+    """Fold (if needed), pack and lower `src`; also the dense baseline (from `baseline` or derived)."""
+    for t in targets:
+        get_target(t).ensure_available(settings)
+    check_free(out, overwrite)
+    src = Path(src)
+    tokenizer = tokenizer or (src / "tokenizer.json" if (src / "tokenizer.json").exists() else None)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="meki-export-") as work:
+        model, info = load_checkpoint(src)
+        folded_dir = src
+        if model.cfg.has_meki and not model.cfg.folded:
+            folded_dir = Path(work) / "folded"
+            fold_checkpoint(src, folded_dir, pack_dtype=pack_dtype)
+            model, info = load_checkpoint(folded_dir)
+        elif model.cfg.has_meki and not str(info.tables).endswith(".mpk"):
+            raise CheckpointError(f"{src}: folded with safetensors tables; export from the train-form checkpoint "
+                                  "or fold with --pack")
+        out.mkdir(parents=True, exist_ok=True)
+        if model.cfg.has_meki:
+            results["meki"] = write_bundle(model.eval(), out / "meki", targets, settings, info.fingerprint, tokenizer,
+                                           folded_dir / info.tables, overwrite, str(src))
+        dense, dense_fp = dense_baseline(model), info.fingerprint
+        if baseline is not None:
+            dense, dense_info = load_checkpoint(baseline)
+            dense_fp = dense_info.fingerprint
+        results["dense"] = write_bundle(dense.eval(), out / "dense", targets, settings, dense_fp, tokenizer, None,
+                                        overwrite, str(baseline or src))
+    return results
