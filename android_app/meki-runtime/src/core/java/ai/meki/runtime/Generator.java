@@ -1,0 +1,103 @@
+package ai.meki.runtime;
+
+import java.io.IOException;
+
+/**
+ * The generation loop over one backbone: prefill (chunks of prefill_len) -> decode one token at
+ * a time, each step fed the memory rows of its tokens looked up from the pack.
+ * sample -> prefill -> decodeOne -> generate, as in the Python runtime.
+ */
+public final class Generator {
+    /** Called with each new token id; return false to stop. */
+    public interface TokenListener {
+        boolean onToken(int token);
+    }
+
+    private final BundleManifest.Backbone spec;
+    private final StepProgram program;
+    private final MemoryPack pack;   // null for a dense backbone
+    private final Sampler sampler;
+
+    public Generator(BundleManifest.Backbone spec, StepProgram program, MemoryPack pack, Sampler sampler)
+            throws BundleException {
+        if (spec.takesMekiRows() && pack == null) {
+            throw new BundleException("backbone " + spec.file + " takes meki_rows but no memory pack was given");
+        }
+        this.spec = spec;
+        this.program = program;
+        this.pack = spec.takesMekiRows() ? pack : null;
+        this.sampler = sampler;
+    }
+
+    /** rows [1, T, L, m] of tokens, timing the lookup into stats (null for a dense backbone). */
+    private float[] rows(long[] tokens, GenerationStats stats) throws PackException {
+        if (pack == null) return null;
+        long t0 = System.nanoTime();
+        int[] ids = new int[tokens.length];
+        for (int i = 0; i < ids.length; i++) ids[i] = (int) tokens[i];
+        float[] r = pack.lookup(ids);
+        stats.exposedLookupS.add((System.nanoTime() - t0) / 1e9);
+        return r;
+    }
+
+    /** Run the prompt through "prefill" in chunks; returns the logits [V] after the last token. */
+    float[] prefill(int[] prompt, GenerationStats stats) throws IOException {
+        float[] logits = null;
+        for (int start = 0; start < prompt.length; start += spec.prefillLen) {
+            int n = Math.min(spec.prefillLen, prompt.length - start);
+            long[] toks = new long[n], pos = new long[n];
+            for (int i = 0; i < n; i++) {
+                toks[i] = prompt[start + i];
+                pos[i] = start + i;
+            }
+            logits = program.step("prefill", toks, pos, rows(toks, stats));
+        }
+        return logits;
+    }
+
+    /** One decode step for token at position pos; returns logits [V]. */
+    float[] decodeOne(int token, int pos, GenerationStats stats) throws IOException {
+        long[] toks = {token};
+        return program.step("decode", toks, new long[] {pos}, rows(toks, stats));
+    }
+
+    /**
+     * Generate up to maxNewTokens after prompt; stops at an eos id or the cache's max_seq_len.
+     * @param prompt token ids, 1 <= length < max_seq_len
+     */
+    public GenerationStats generate(int[] prompt, int maxNewTokens, int[] eos, TokenListener listener) throws IOException {
+        if (prompt.length == 0 || prompt.length >= spec.maxSeqLen) {
+            throw new IllegalArgumentException("prompt has " + prompt.length + " tokens; need 1.." + (spec.maxSeqLen - 1));
+        }
+        GenerationStats stats = new GenerationStats();
+        stats.promptTokens = prompt.length;
+        long t0 = System.nanoTime();
+        int tok = sampler.sample(prefill(prompt, stats));
+        long t1 = System.nanoTime();
+        stats.prefillS = stats.ttftS = (t1 - t0) / 1e9;
+        int pos = prompt.length;
+        stats.stopReason = "max_tokens";
+        while (maxNewTokens > 0) {
+            stats.tokens.add(tok);
+            stats.newTokens++;
+            boolean go = listener == null || listener.onToken(tok);
+            if (contains(eos, tok)) {
+                stats.stopReason = "eos";
+                break;
+            }
+            if (!go || stats.newTokens >= maxNewTokens) break;
+            if (pos >= spec.maxSeqLen) {
+                stats.stopReason = "max_seq_len";
+                break;
+            }
+            tok = sampler.sample(decodeOne(tok, pos++, stats));
+        }
+        stats.decodeS = (System.nanoTime() - t1) / 1e9;
+        return stats;
+    }
+
+    private static boolean contains(int[] xs, int x) {
+        if (xs != null) for (int v : xs) if (v == x) return true;
+        return false;
+    }
+}
