@@ -29,6 +29,7 @@ javac -Xlint:all,-serial,-options -Werror --release 8 -cp "$JSON" -d "$OUT/core"
 find "$APP/meki-runtime/src/test/java" -name '*.java' > "$OUT/test.txt"
 javac -cp "$OUT/core:$JUNIT:$JSON" -d "$OUT/test" @"$OUT/test.txt"
 cp -r "$APP/meki-runtime/src/test/resources/." "$OUT/test/"
+"$APP/scripts/stub_compile.sh"
 "$PY" "$APP/scripts/make_test_bundle.py" "$OUT/bundle" >/dev/null
 
 set +e

@@ -1,0 +1,30 @@
+plugins { id("com.android.application") }
+
+android {
+    namespace = "ai.meki.app"
+    compileSdk = 35
+    defaultConfig {
+        applicationId = "ai.meki.app"
+        minSdk = 26          // java.nio.file (FileChannel.open(Path)) and AssetFileDescriptor offsets
+        targetSdk = 35       // Android 15: 16 KiB page devices
+        versionCode = 1
+        versionName = "0.1.0"
+        ndk { abiFilters += listOf("arm64-v8a") }
+    }
+    compileOptions {
+        sourceCompatibility = JavaVersion.VERSION_11
+        targetCompatibility = JavaVersion.VERSION_11
+    }
+    // The memory pack is mapped in place from the APK: it must be stored, not deflated.
+    // .pte is stored too (copied out once; deflating a GB program buys nothing).
+    androidResources { noCompress += listOf("mekipack", "mpk", "pte") }
+    // Uncompressed, 16 KiB-aligned .so files (ExecuTorch's JNI library) for 16 KiB page devices.
+    packaging { jniLibs { useLegacyPackaging = false } }
+    // A bundle too large for the base APK goes to an install-time asset pack (see meki bundle).
+    if (rootProject.file("meki_assets/build.gradle.kts").exists()) assetPacks += listOf(":meki_assets")
+}
+
+dependencies {
+    implementation(project(":meki-runtime"))
+    implementation("org.pytorch:executorch-android:1.0.1")
+}

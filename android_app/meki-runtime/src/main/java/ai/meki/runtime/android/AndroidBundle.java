@@ -1,0 +1,113 @@
+package ai.meki.runtime.android;
+
+import ai.meki.runtime.BundleException;
+import ai.meki.runtime.BundleManifest;
+import ai.meki.runtime.MemoryPack;
+import android.content.Context;
+import android.content.res.AssetFileDescriptor;
+import android.content.res.AssetManager;
+import java.io.Closeable;
+import java.io.File;
+import java.io.FileInputStream;
+import java.io.FileNotFoundException;
+import java.io.FileOutputStream;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.nio.channels.FileChannel;
+import java.nio.file.Path;
+
+/**
+ * A MeKi bundle on the device: a folder (files dir, adb-pushed storage, or an asset pack's
+ * extracted path), or the APK's assets under {@code meki/} (base or install-time asset pack).
+ * From assets the memory pack is mapped in place through AssetFileDescriptor's offset: it must be
+ * stored uncompressed (noCompress), which {@code meki bundle --android} configures.
+ */
+public final class AndroidBundle implements Closeable {
+    public static final String ASSET_ROOT = "meki";
+    public final BundleManifest manifest;
+    private final Context context;
+    private final File dir;                 // null when the bundle is in the APK's assets
+    private AssetFileDescriptor packFd;     // kept open while the pack is mapped
+
+    private AndroidBundle(Context context, File dir, BundleManifest manifest) {
+        this.context = context;
+        this.dir = dir;
+        this.manifest = manifest;
+    }
+
+    /** A bundle folder; manifest and every file's size and sha256 are verified. */
+    public static AndroidBundle fromDirectory(Context context, File dir) throws IOException {
+        return new AndroidBundle(context, dir, BundleManifest.verify(dir.toPath(), true));
+    }
+
+    /** The bundle in assets/meki/ (sizes checked; sha256 is left to the pack's own block checksums). */
+    public static AndroidBundle fromAssets(Context context) throws IOException {
+        AssetManager am = context.getAssets();
+        BundleManifest m;
+        try (InputStream in = am.open(ASSET_ROOT + "/" + BundleManifest.FILE)) {
+            m = BundleManifest.parse(in);
+        }
+        for (String p : m.referenceProblems()) throw new BundleException("assets/" + ASSET_ROOT + ": " + p);
+        return new AndroidBundle(context, null, m);
+    }
+
+    /** Open the memory pack, mapped in place (from a file or from the uncompressed APK asset). */
+    public MemoryPack openPack(MemoryPack.Options opts) throws IOException {
+        BundleManifest.PackRef ref = manifest.memoryPack;
+        if (ref == null) throw new BundleException("bundle '" + manifest.name + "' is dense: it has no memory pack");
+        opts.expectFingerprint(manifest.fingerprint);
+        MemoryPack pack;
+        if (dir != null) {
+            pack = MemoryPack.open(new File(dir, ref.file).toPath(), opts);
+        } else {
+            try {
+                packFd = context.getAssets().openFd(ASSET_ROOT + "/" + ref.file);
+            } catch (FileNotFoundException e) {
+                throw new BundleException("assets/" + ASSET_ROOT + "/" + ref.file + " cannot be opened as a file "
+                        + "descriptor: it is compressed in the APK (add its extension to androidResources.noCompress)");
+            }
+            FileChannel ch = new FileInputStream(packFd.getFileDescriptor()).getChannel();
+            opts.closeChannel = false;   // the AssetFileDescriptor owns the fd
+            pack = MemoryPack.open(ch, packFd.getStartOffset(), packFd.getLength(), opts);
+        }
+        ref.check(pack.header);
+        return pack;
+    }
+
+    /**
+     * A filesystem path to a bundle file (ExecuTorch and Core ML load programs by path): the file
+     * itself for a folder bundle; for assets, a copy in noBackupFilesDir, made once and re-made if
+     * its size differs from the manifest.
+     */
+    public Path filePath(String relPath) throws IOException {
+        if (dir != null) return new File(dir, relPath).toPath();
+        BundleManifest.FileEntry e = manifest.file(relPath);
+        if (e == null) throw new BundleException(relPath + ": not listed in the manifest");
+        File out = new File(new File(context.getNoBackupFilesDir(), "meki-" + manifest.fingerprint), relPath);
+        if (out.length() != e.bytes) {
+            File tmp = new File(out.getPath() + ".partial");
+            if (!tmp.getParentFile().isDirectory() && !tmp.getParentFile().mkdirs()) throw new IOException("mkdir " + tmp);
+            try (InputStream in = context.getAssets().open(ASSET_ROOT + "/" + relPath);
+                 OutputStream os = new FileOutputStream(tmp)) {
+                byte[] buf = new byte[1 << 16];
+                for (int n; (n = in.read(buf)) > 0; ) os.write(buf, 0, n);
+            }
+            String sha;
+            try (InputStream in = new FileInputStream(tmp)) {
+                sha = BundleManifest.sha256(in);
+            }
+            if (!sha.equals(e.sha256) || !tmp.renameTo(out)) {
+                tmp.delete();
+                throw new BundleException(relPath + ": copied asset does not match the manifest's sha256");
+            }
+        }
+        return out.toPath();
+    }
+
+    @Override
+    public void close() throws IOException {
+        if (packFd != null) packFd.close();
+        packFd = null;
+    }
+}
