@@ -1,5 +1,10 @@
 plugins { id("com.android.application") }
 
+// Written by `meki bundle BUNDLE --android android_app`: extensions to store uncompressed, asset pack.
+val mekiBundle = java.util.Properties().apply {
+    rootProject.file("meki-bundle.properties").takeIf { it.exists() }?.inputStream()?.use { load(it) }
+}
+
 android {
     namespace = "ai.meki.app"
     compileSdk = 35
@@ -17,7 +22,10 @@ android {
     }
     // The memory pack is mapped in place from the APK: it must be stored, not deflated.
     // .pte is stored too (copied out once; deflating a GB program buys nothing).
-    androidResources { noCompress += listOf("mekipack", "mpk", "pte") }
+    androidResources {
+        noCompress += listOf("mekipack", "mpk", "pte")
+        noCompress += mekiBundle.getProperty("noCompress", "").split(",").filter { it.isNotBlank() }
+    }
     // Uncompressed, 16 KiB-aligned .so files (ExecuTorch's JNI library) for 16 KiB page devices.
     packaging { jniLibs { useLegacyPackaging = false } }
     // A bundle too large for the base APK goes to an install-time asset pack (see meki bundle).
