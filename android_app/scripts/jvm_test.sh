@@ -2,6 +2,7 @@
 # Compile the platform-independent part of meki-runtime (src/core, no Android imports) with the JDK
 # and run its JUnit 5 tests against tests/golden and a bundle written by the Python manifest writer.
 # JUnit and org.json come from Debian (junit5, libandroid-json-java): installed here if missing.
+# Also installs aapt, zipalign, android-framework-res for tests/test_bundle_apps.py's APK check.
 # Closing line: "jvm: N passed, N failed[, N skipped]". Usage: android_app/scripts/jvm_test.sh
 set -euo pipefail
 APP="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,6 +15,10 @@ need=()
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
 [ -f "$JUNIT" ] || need+=(junit5)
 [ -f "$JSON" ] || need+=(libandroid-json-java)
+# for tests/test_bundle_apps.py's APK check (aapt + zipalign + framework-res.apk); run this script before pytest
+command -v aapt >/dev/null || need+=(aapt)
+command -v zipalign >/dev/null || need+=(zipalign)
+[ -f /usr/share/android-framework-res/framework-res.apk ] || need+=(android-framework-res)
 if [ ${#need[@]} -gt 0 ]; then
     echo "jvm_test: installing ${need[*]} from Debian"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -21,6 +26,7 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+[ -x "$PY" ] || make -C "$ROOT" setup   # make_test_bundle.py uses the project's manifest writer
 OUT="$APP/build/jvm"
 rm -rf "$OUT" && mkdir -p "$OUT/core" "$OUT/test"
 # core: Java 8 API surface (what Android's runtime offers at minSdk 26), no Android classes on the path
