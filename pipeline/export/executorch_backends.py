@@ -28,8 +28,8 @@ def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -
     """torchao in place: 8da4w (int8 dynamic activations, int4 grouped weights) or int8 weight-only."""
     if quant == "none":
         return
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
-    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
 
     if quant == "8da4w":
         # int4 groups must tile the input dimension; a layer that cannot stays fp32
@@ -37,7 +37,11 @@ def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -
         quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                                weight_granularity=PerGroup(group_size)), filter_fn=fits)
     elif quant == "int8wo":
-        quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)))
+        # torchao's IntxWeightOnlyConfig lowers through XNNPACK to wrong numbers (~1e3 off, ExecuTorch
+        # 1.5.1); ExecuTorch's own int8 weight-only handler swaps Linear layers and computes correctly.
+        from executorch.examples.models.llama.source_transformation.quantize import WeightOnlyInt8QuantHandler
+
+        WeightOnlyInt8QuantHandler(model).quantized_model()
     else:
         raise ValueError(f"unknown quant {quant!r} (valid: {', '.join(EXECUTORCH_QUANTS)})")
 
