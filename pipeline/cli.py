@@ -170,6 +170,18 @@ def _run_verify(a: argparse.Namespace) -> int:
     return 0 if all(r.status != "fail" for r in rows) else 1
 
 
+def _add_run(p: argparse.ArgumentParser) -> None:
+    from mobile_runtime.run import add_run_args
+
+    add_run_args(p)
+
+
+def _run_run(a: argparse.Namespace) -> int:
+    from mobile_runtime.run import run
+
+    return run(a)
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything the demo makes")
     p.add_argument("--preset", default="tiny")
@@ -191,6 +203,7 @@ VERBS: list[Verb] = [
     ("export", "lower a checkpoint to on-device bundles (MeKi + dense baseline)", _add_export, _run_export),
     ("targets", "list the export targets", _add_targets, _run_targets),
     ("verify", "compare every runnable artifact of a bundle with eager PyTorch", _add_verify, _run_verify),
+    ("run", "generate text from a bundle (streams; --stats writes JSON)", _add_run, _run_run),
     ("demo", "the main job on an embedded default, end to end", _add_demo, _run_demo),
 ]
 

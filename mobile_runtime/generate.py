@@ -1,0 +1,141 @@
+"""Text generation over a bundle: lookup -> prefill -> decode_one -> decode_n -> generate.
+
+The MeKi rows of a token are keyed by its id alone, so the pack read for the next step is issued
+the moment a token is sampled and runs while the loop does its bookkeeping (stop check, streaming
+detokenisation); `collect` just before the backbone call records how long the loop really waited.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from mobile_runtime.backends import open_runner
+from mobile_runtime.manifest import BundleError, load_manifest, verify_bundle
+from mobile_runtime.memory import memory_snapshot
+from mobile_runtime.sampling import SamplingConfig, sample
+from mobile_runtime.stats import RunStats
+
+BACKENDS = {"executorch": "executorch-xnnpack", "litert": "tflite"}
+
+
+@dataclass
+class StepTimes:
+    decode_step_s: list[float] = field(default_factory=list)
+    exposed_lookup_s: list[float] = field(default_factory=list)
+    lookup_total_s: float = 0.0
+
+
+class Generator:
+    """One bundle, one backbone, one memory pack; `generate` runs one prompt."""
+
+    def __init__(self, bundle: Path, backend: str = "executorch", pack_mode: str = "pread",
+                 cache_bytes: int = 8 << 20, check_hashes: bool = True) -> None:
+        self.bundle = Path(bundle)
+        target = BACKENDS.get(backend, backend)
+        self.manifest = verify_bundle(self.bundle, check_hashes) if check_hashes else load_manifest(self.bundle)
+        self.backbone = self.manifest.backbone(target)
+        self.runner = open_runner(self.bundle, self.backbone)
+        self.pack = None
+        if self.manifest.memory_pack is not None:
+            from mobile_runtime.pack import MemoryPack
+
+            self.pack = MemoryPack.open(self.bundle / self.manifest.memory_pack.file, mode=pack_mode,
+                                        cache_bytes=cache_bytes, expected_fingerprint=self.manifest.fingerprint)
+        self.tokenizer = None
+        if self.manifest.tokenizer is not None:
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(self.bundle / self.manifest.tokenizer.file))
+        self.times = StepTimes()
+
+    def encode(self, prompt: str) -> list[int]:
+        if self.tokenizer is None:
+            raise BundleError(f"bundle {self.manifest.name!r} has no tokenizer: pass token ids")
+        return self.tokenizer.encode(prompt).ids
+
+    def decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids) if self.tokenizer is not None else " ".join(map(str, ids))
+
+    def lookup(self, tokens: np.ndarray) -> np.ndarray | None:
+        """tokens [1, T] -> rows [1, T, L, m] (None for a dense bundle)."""
+        if self.pack is None:
+            return None
+        t0 = time.perf_counter()
+        rows = self.pack.lookup(tokens.reshape(-1))[None]
+        self.times.lookup_total_s += time.perf_counter() - t0
+        return rows
+
+    def prefill(self, prompt: list[int]) -> np.ndarray:
+        """Feed the prompt in chunks of prefill_len (the last chunk may be shorter); logits [1, V]."""
+        step = self.backbone.prefill_len
+        for start in range(0, len(prompt), step):
+            chunk = np.array([prompt[start:start + step]], dtype=np.int64)
+            logits = self.runner.step("prefill", chunk, np.arange(start, start + chunk.shape[1]), self.lookup(chunk))
+        return logits
+
+    def decode_one(self, token: int, pos: int, rows: np.ndarray | None) -> np.ndarray:
+        t0 = time.perf_counter()
+        logits = self.runner.step("decode", np.array([[token]], dtype=np.int64), np.array([pos], dtype=np.int64), rows)
+        self.times.decode_step_s.append(time.perf_counter() - t0)
+        return logits
+
+    def decode_n(self, first: int, pos: int, cfg: SamplingConfig, rng: np.random.Generator,
+                 on_token: Callable[[int], None]) -> tuple[list[int], str]:
+        """Greedy/sampled decoding from `first` at position `pos`; returns (tokens, stop reason)."""
+        out, token = [first], first
+        handle = self.pack.prefetch([token]) if self.pack is not None else None
+        while True:
+            on_token(token)  # bookkeeping overlaps the pack read issued above
+            if token in cfg.stop_ids:
+                return out, "eos"
+            if len(out) >= cfg.max_new_tokens or pos >= self.backbone.max_seq_len:
+                return out, "max_tokens" if len(out) >= cfg.max_new_tokens else "max_seq_len"
+            rows = None
+            if handle is not None:
+                rows = self.pack.collect(handle)[None]
+                self.times.exposed_lookup_s.append(handle.waited_s)
+            token = sample(self.decode_one(token, pos, rows), cfg, rng)
+            pos += 1
+            out.append(token)
+            handle = self.pack.prefetch([token]) if self.pack is not None else None
+
+    def generate(self, prompt_ids: list[int], cfg: SamplingConfig,
+                 on_text: Callable[[str], None] | None = None) -> RunStats:
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        if len(prompt_ids) + cfg.max_new_tokens > self.backbone.max_seq_len:
+            raise ValueError(f"prompt ({len(prompt_ids)}) + max_new_tokens ({cfg.max_new_tokens}) exceeds the "
+                             f"bundle's KV cache ({self.backbone.max_seq_len})")
+        self.times = StepTimes()
+        rng = np.random.default_rng(cfg.seed)
+        mem_start = memory_snapshot(self.pack)
+        t0 = time.perf_counter()
+        first = sample(self.prefill(prompt_ids), cfg, rng)
+        ttft = time.perf_counter() - t0
+        streamed = _Streamer(self, on_text)
+        t1 = time.perf_counter()
+        tokens, reason = self.decode_n(first, len(prompt_ids), cfg, rng, streamed.push)
+        decode_s = time.perf_counter() - t1
+        return RunStats.build(self, prompt_ids, tokens, reason, ttft, decode_s, mem_start, memory_snapshot(self.pack))
+
+
+class _Streamer:
+    """Streams text as tokens arrive; decodes the whole tail so multi-byte characters come out whole."""
+
+    def __init__(self, gen: Generator, on_text: Callable[[str], None] | None) -> None:
+        self.gen, self.on_text, self.ids, self.sent = gen, on_text, [], ""
+
+    def push(self, token: int) -> None:
+        self.ids.append(token)
+        if self.on_text is None or self.gen.tokenizer is None:
+            return
+        text = self.gen.decode_text(self.ids)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return
+        self.on_text(text[len(self.sent):])
+        self.sent = text
