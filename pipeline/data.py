@@ -22,6 +22,8 @@ from typing import Iterator
 
 import numpy as np
 
+from mobile_runtime.manifest import sha256_file
+
 EOT = "<|endoftext|>"
 DOC_SEP = "\x1e"  # record separator: a corpus line "\x1e<doc id>" starts a document
 TOKEN_DTYPE = np.uint16
@@ -321,14 +323,6 @@ def iter_documents(corpus_txt: Path) -> Iterator[tuple[str, str]]:
 
 # ---------------------------------------------------------------------------------------------
 # Files
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
