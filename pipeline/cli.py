@@ -182,6 +182,42 @@ def _run_run(a: argparse.Namespace) -> int:
     return run(a)
 
 
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, help="folder for corpus, tokenizer.json, train.bin, val.bin, meta.json")
+    p.add_argument("--source", type=Path, action="append", help="document folders (default: scripts/get_corpus.sh's)")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--val-fraction", type=float, default=0.02)
+    p.add_argument("--max-train-tokens", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _run_data(a: argparse.Namespace) -> int:
+    from pipeline.data import prepare_data
+
+    meta = prepare_data(a.out, a.source, a.vocab_size, a.val_fraction, a.seed, a.max_train_tokens, a.overwrite)
+    console.print(f"wrote {a.out}: {meta}")
+    return 0
+
+
+def _add_bundle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="bundle folder (manifest.json)")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--android", type=Path, metavar="APP_DIR", help="the Gradle project (android_app)")
+    dest.add_argument("--ios", type=Path, metavar="DIR", help="folder for the MekiAssets Swift package")
+    p.add_argument("--delivery", default="install-time", help="Play Asset Delivery mode for large packs")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _run_bundle(a: argparse.Namespace) -> int:
+    from pipeline.bundle_apps import bundle_android, bundle_ios
+
+    placed = (bundle_android(a.bundle, a.android, delivery=a.delivery, overwrite=a.overwrite) if a.android
+              else bundle_ios(a.bundle, a.ios, overwrite=a.overwrite))
+    console.print(placed)
+    return 0
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything the demo makes")
     p.add_argument("--preset", default="tiny")
@@ -204,6 +240,8 @@ VERBS: list[Verb] = [
     ("targets", "list the export targets", _add_targets, _run_targets),
     ("verify", "compare every runnable artifact of a bundle with eager PyTorch", _add_verify, _run_verify),
     ("run", "generate text from a bundle (streams; --stats writes JSON)", _add_run, _run_run),
+    ("bundle", "place a verified bundle into the Android or iOS build", _add_bundle, _run_bundle),
+    ("data", "build the training corpus, tokenizer and token files", _add_data, _run_data),
     ("demo", "the main job on an embedded default, end to end", _add_demo, _run_demo),
 ]
 
