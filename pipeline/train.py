@@ -249,9 +249,7 @@ def _check_data(model_cfg: ModelConfig, data_dir: Path) -> None:
 
 def _build(model_cfg: ModelConfig, tcfg: TrainConfig, d: _Dist):
     model = init_weights(MekiModel(model_cfg), seed=tcfg.seed, std=tcfg.init_std).to(d.device)
-    fused = d.device.type == "cuda"
-    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr,
-                            betas=(tcfg.beta1, tcfg.beta2), fused=fused)
+    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2))
     return model, opt
 
 
