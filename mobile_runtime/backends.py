@@ -41,7 +41,56 @@ class ExecuTorchRunner:
         return self._methods[method].execute(args)[0].numpy()
 
 
-RUNNERS: dict[str, Callable[[Path, Backbone], Runner]] = {"executorch-xnnpack": ExecuTorchRunner}
+class LiteRTRunner:
+    """A .tflite through LiteRT's interpreter (ai-edge-litert); the KV cache lives here, passed in and out.
+
+    Prefill takes exactly prefill_len tokens: a shorter chunk is padded (token 0, zero rows, positions
+    continuing) and `last_index` picks its last real token's logits (Backbone.extra["prefill_last_index"]).
+    A chunk whose padded slice would run past the cache goes through decode one token at a time.
+    """
+
+    def __init__(self, bundle: Path, backbone: Backbone) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.backbone = backbone
+        self._interp = Interpreter(model_path=str(Path(bundle) / backbone.file))
+        self._sigs = {step: self._interp.get_signature_runner(spec.entry or step)
+                      for step, spec in backbone.methods.items()}
+        self._dtypes = {step: {t.name: np.dtype(t.dtype) for t in spec.inputs} for step, spec in backbone.methods.items()}
+        self._kv = [t for t in backbone.methods["decode"].inputs if t.name in backbone.extra["kv_cache_tensors"]]
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = {t.name: np.zeros(t.shape, np.dtype(t.dtype)) for t in self._kv}
+
+    def step(self, method: str, tokens: np.ndarray, input_pos: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        n, b = tokens.shape[1], self.backbone
+        if method == "prefill" and n > b.prefill_len:
+            raise ValueError(f"prefill chunk of {n} tokens > prefill_len {b.prefill_len}")
+        if method == "prefill" and int(input_pos[0]) + b.prefill_len > b.max_seq_len:
+            for i in range(n):  # the padded slice would be clamped into earlier positions
+                row = None if rows is None else rows[:, i:i + 1]
+                logits = self.step("decode", tokens[:, i:i + 1], input_pos[i:i + 1], row)
+            return logits
+        if method == "prefill":
+            tokens, input_pos, rows = self._pad(tokens, input_pos, rows)
+        feeds = {"tokens": tokens, "input_pos": input_pos} | ({} if rows is None else {"meki_rows": rows})
+        if method == "prefill":
+            feeds["last_index"] = np.array([n - 1])
+        dtypes = self._dtypes[method]
+        out = self._sigs[method](**{k: np.ascontiguousarray(v, dtypes[k]) for k, v in feeds.items()}, **self.cache)
+        self.cache = {name: out[name] for name in self.cache}
+        return out["logits"]
+
+    def _pad(self, tokens: np.ndarray, input_pos: np.ndarray, rows: np.ndarray | None):
+        # to prefill_len: token 0, positions continuing past the chunk, zero rows (later steps overwrite them)
+        pad = self.backbone.prefill_len - tokens.shape[1]
+        tokens = np.pad(tokens, ((0, 0), (0, pad)))
+        input_pos = np.concatenate([input_pos, input_pos[-1] + 1 + np.arange(pad)])
+        return tokens, input_pos, None if rows is None else np.pad(rows, ((0, 0), (0, pad), (0, 0), (0, 0)))
+
+
+RUNNERS: dict[str, Callable[[Path, Backbone], Runner]] = {"executorch-xnnpack": ExecuTorchRunner, "tflite": LiteRTRunner}
 
 
 def open_runner(bundle: Path, backbone: Backbone) -> Runner:
