@@ -57,9 +57,9 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 input_pos: torch.Tensor | None) -> torch.Tensor:
-        # x: [B, T, d]; mask: [T, S] bool (True = attend)
+        # x: [B, T, d]; mask: [T, S] bool (True = attend), None = causal over x alone
         cfg = self.cfg
         bsz, seq, _ = x.shape
         q = self.wq(x).view(bsz, seq, cfg.num_heads, cfg.head_dim)
@@ -69,6 +69,9 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if mask is None:  # full sequence, no cache (training): fused causal kernel, GQA without copies
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return self.wo(out.transpose(1, 2).reshape(bsz, seq, cfg.num_heads * cfg.head_dim))
         if self.cache is not None and input_pos is not None:
             k, v = self.cache.update(input_pos, k, v)
         groups = cfg.num_heads // cfg.num_kv_heads
@@ -100,7 +103,7 @@ class DecoderLayer(nn.Module):
         self.memory = MekiMemory(cfg) if cfg.has_meki and not cfg.folded else None
         self.fusion = MekiFusion(cfg) if cfg.has_meki else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 input_pos: torch.Tensor | None, tokens: torch.Tensor, emb: torch.Tensor,
                 rows: torch.Tensor | None) -> torch.Tensor:
         # x: [B, T, d]; rows: [B, T, m] looked-up expert vectors (folded form) or None
@@ -155,8 +158,7 @@ class MekiModel(nn.Module):
             raise ValueError("folded MeKi model needs meki_rows [B, T, L, m] (looked up from its tables)")
         if input_pos is None or self.cache_len == 0:
             pos = torch.arange(seq, device=tokens.device) if input_pos is None else input_pos
-            mask = torch.ones(seq, seq, dtype=torch.bool, device=tokens.device).tril()
-            input_pos = None
+            mask, input_pos = None, None
         else:
             pos = input_pos
             mask = torch.arange(self.cache_len, device=tokens.device)[None, :] <= input_pos[:, None]
