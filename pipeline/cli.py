@@ -218,6 +218,43 @@ def _run_bundle(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, help="run folder: log.jsonl, last/model (checkpoint), last/state.pt")
+    p.add_argument("--data", type=Path, required=True, help="folder from `meki data` (train.bin, val.bin, meta.json)")
+    p.add_argument("--preset", default="tiny", help="model shape; vocab_size is taken from the data")
+    p.add_argument("--model-config", type=Path, help="config.json instead of a preset")
+    p.add_argument("--memory", help="both | static | dynamic | none")
+    p.add_argument("--d-mem", type=int)
+    p.add_argument("--variant", help="paper | megatron")
+    p.add_argument("--train-config", type=Path, help="JSON of TrainConfig fields")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue an earlier run")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _run_train(a: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.config import ModelConfig, preset
+    from pipeline.data import DatasetMeta
+    from pipeline.train import TrainConfig, train
+
+    cfg = ModelConfig.load(a.model_config) if a.model_config else preset(a.preset)
+    changes = {"memory": a.memory, "d_mem": a.d_mem, "variant": a.variant}
+    cfg = cfg.replace(vocab_size=DatasetMeta.load(a.data).vocab_size, **{k: v for k, v in changes.items() if v})
+    fields = json.loads(a.train_config.read_text()) if a.train_config else {}
+    for item in a.set:
+        key, _, value = item.partition("=")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:  # a bare string such as cuda
+            fields[key] = value
+    result = train(cfg, TrainConfig.from_dict(fields), a.data, a.out, resume=not a.no_resume, overwrite=a.overwrite)
+    console.print(f"step {result.step}: train loss {result.train_loss:.4f}, val loss {result.val_loss:.4f}; "
+                  f"checkpoint {result.checkpoint}")
+    return 0
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything the demo makes")
     p.add_argument("--preset", default="tiny")
@@ -242,6 +279,7 @@ VERBS: list[Verb] = [
     ("run", "generate text from a bundle (streams; --stats writes JSON)", _add_run, _run_run),
     ("bundle", "place a verified bundle into the Android or iOS build", _add_bundle, _run_bundle),
     ("data", "build the training corpus, tokenizer and token files", _add_data, _run_data),
+    ("train", "train a model (single GPU, or DDP under torchrun)", _add_train, _run_train),
     ("demo", "the main job on an embedded default, end to end", _add_demo, _run_demo),
 ]
 

@@ -133,3 +133,16 @@ def test_ddp_two_ranks_gloo(data_dir, tmp_path):
     assert state["rng"][0]["data"] != state["rng"][1]["data"]
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
+
+
+def test_cli_train_verb(data_dir, tmp_path):
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.cli import main
+
+    args = ["train", str(tmp_path / "run"), "--data", str(data_dir), "--preset", "fake", "--d-mem", "8",
+            "--set", "max_steps=3", "--set", "batch_size=2", "--set", "seq_len=16", "--set", "device=cpu",
+            "--set", "progress=false", "--set", "eval_batches=1"]
+    assert main(args) == 0
+    model, _ = load_checkpoint(tmp_path / "run" / "last" / "model")
+    assert model.cfg.d_mem == 8 and model.cfg.name == "fake"
+    assert main(args[:-2] + ["--set", "colour=1"]) == 2  # unknown TrainConfig key, named
