@@ -1,0 +1,201 @@
+// Generation loop over an ExecuTorch program; see generator.h.
+#include "generator.h"
+
+#include <executorch/extension/tensor/tensor.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+
+namespace meki {
+namespace {
+
+using executorch::aten::ScalarType;
+using executorch::extension::from_blob;
+using executorch::extension::Module;
+using executorch::runtime::Error;
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string hex_error(Error e) {
+  std::ostringstream o;
+  o << "ExecuTorch error 0x" << std::hex << int(e);
+  return o.str();
+}
+
+}  // namespace
+
+MemorySnapshot memory_snapshot(const MemoryPack* pack) {
+  MemorySnapshot s;
+  std::ifstream in("/proc/self/status");  // absent off Linux/Android: zeros
+  std::string key;
+  int64_t kb = 0;
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream ls(line);
+    if (!(ls >> key >> kb)) continue;
+    if (key == "VmRSS:") s.rss = kb * 1024;
+    else if (key == "VmHWM:") s.rss_peak = kb * 1024;
+    else if (key == "RssAnon:") s.rss_anon = kb * 1024;
+    else if (key == "RssFile:") s.rss_file = kb * 1024;
+  }
+  s.pack_resident = pack != nullptr ? pack->resident_bytes() : 0;
+  return s;
+}
+
+int64_t sample(const float* logits, int64_t V, const SamplingConfig& cfg, std::mt19937_64& rng) {
+  if (cfg.temperature == 0.0) return std::max_element(logits, logits + V) - logits;
+  std::vector<double> l(logits, logits + V);
+  for (double& x : l) x /= cfg.temperature;
+  if (cfg.top_k > 0 && cfg.top_k < V) {
+    std::vector<double> tmp(l);
+    std::nth_element(tmp.begin(), tmp.begin() + (V - cfg.top_k), tmp.end());
+    const double kth = tmp[V - cfg.top_k];
+    for (double& x : l)
+      if (x < kth) x = -INFINITY;
+  }
+  const double mx = *std::max_element(l.begin(), l.end());
+  double sum = 0;
+  for (double& x : l) sum += (x = std::exp(x - mx));
+  for (double& x : l) x /= sum;
+  if (cfg.top_p < 1.0) {  // keep the smallest top set reaching top_p (the top token always)
+    std::vector<int64_t> order(V);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return l[a] > l[b]; });
+    double before = 0, kept = 0;  // probability mass of the tokens ranked above this one
+    for (int64_t i : order) {
+      const double p = l[i];
+      if (before < cfg.top_p) kept += p;
+      else l[i] = 0;
+      before += p;
+    }
+    for (double& x : l) x /= kept;
+  }
+  std::discrete_distribution<int64_t> dist(l.begin(), l.end());
+  return dist(rng);
+}
+
+Generator::Generator(const std::string& bundle, const std::string& target, const PackOptions& pack_opts)
+    : manifest_(load_manifest(bundle)) {
+  check_bundle_files(bundle, manifest_);
+  backbone_ = &manifest_.backbone(target);
+  if (manifest_.has_pack) {
+    PackOptions o = pack_opts;
+    o.expected_fingerprint = manifest_.fingerprint;
+    pack_ = MemoryPack::open(bundle + "/" + manifest_.pack.file, o);
+    if (!backbone_->takes_meki_rows()) throw BundleError("bundle has a memory pack but its decode takes no meki_rows");
+    prefetcher_ = std::make_unique<Prefetcher>(pack_.get());
+    rows_.resize(pack_->row_floats());
+  }
+  // share_memory_arenas: prefill and decode must see one KV cache (share_mutable_buffers export)
+  module_ = std::make_unique<Module>(bundle + "/" + backbone_->file, Module::LoadMode::File, nullptr, nullptr,
+                                     nullptr, /*share_memory_arenas=*/true);
+  // Load both methods before the first execute: loading a method re-initialises the mutable
+  // buffers it owns, so a lazy load of decode after prefill would zero the KV cache.
+  for (const auto* m : {&backbone_->prefill, &backbone_->decode}) {
+    const Error e = module_->load_method(m->entry);
+    if (e != Error::Ok) throw RuntimeError("cannot load method '" + m->entry + "' of " + backbone_->file + ": " + hex_error(e));
+  }
+  tok_t_ = from_blob(&tok_, {1, 1}, ScalarType::Long);
+  pos_t_ = from_blob(&pos_, {1}, ScalarType::Long);
+  decode_in_ = {tok_t_, pos_t_};
+  if (pack_) {
+    const auto& h = pack_->header();
+    rows_t_ = from_blob(rows_.data(), {1, 1, int(h.num_layers), int(h.d_mem)}, ScalarType::Float);
+    decode_in_.push_back(rows_t_);
+  }
+}
+
+Generator::~Generator() {
+  prefetcher_.reset();  // join the worker before the pack it reads goes away
+}
+
+void Generator::run_method(const std::string& entry, const std::vector<executorch::runtime::EValue>& in) {
+  auto out = module_->execute(entry, in);
+  if (!out.ok()) throw RuntimeError("method '" + entry + "' failed: " + hex_error(out.error()));
+  const auto& t = (*out)[0].toTensor();  // logits [1, V] (or [1, T, V]: the last row is taken)
+  const int64_t V = t.size(t.dim() - 1);
+  const float* p = t.const_data_ptr<float>() + (t.numel() - V);
+  logits_.assign(p, p + V);
+}
+
+void Generator::prefill(const std::vector<int64_t>& prompt, RunResult& r) {
+  const int64_t step = backbone_->prefill_len, n = int64_t(prompt.size());
+  std::vector<int64_t> pos;
+  std::vector<float> rows;
+  for (int64_t start = 0; start < n; start += step) {
+    const int64_t T = std::min(step, n - start);  // dynamic prefill: the last chunk may be shorter
+    std::vector<int64_t> chunk(prompt.begin() + start, prompt.begin() + start + T);
+    pos.resize(T);
+    std::iota(pos.begin(), pos.end(), start);
+    std::vector<executorch::runtime::EValue> in = {from_blob(chunk.data(), {1, int(T)}, ScalarType::Long),
+                                                   from_blob(pos.data(), {int(T)}, ScalarType::Long)};
+    if (pack_) {
+      const auto t0 = Clock::now();
+      rows.resize(T * pack_->row_floats());
+      pack_->lookup(chunk.data(), size_t(T), rows.data());
+      r.lookup_total_s += since(t0);
+      const auto& h = pack_->header();
+      in.push_back(from_blob(rows.data(), {1, int(T), int(h.num_layers), int(h.d_mem)}, ScalarType::Float));
+    }
+    run_method(backbone_->prefill.entry, in);
+  }
+}
+
+void Generator::decode_one(int64_t token, int64_t pos, RunResult& r) {
+  tok_ = token;
+  pos_ = pos;
+  const auto t0 = Clock::now();
+  run_method(backbone_->decode.entry, decode_in_);
+  r.decode_step_s.push_back(since(t0));
+}
+
+void Generator::decode_n(int64_t first, int64_t pos, const SamplingConfig& cfg, std::mt19937_64& rng,
+                         const std::function<void(int64_t)>& on_token, RunResult& r) {
+  int64_t token = first;
+  r.tokens = {first};
+  if (prefetcher_) prefetcher_->submit(token);
+  for (;;) {
+    if (on_token) on_token(token);  // bookkeeping overlaps the pack read issued above
+    const bool eos = std::find(cfg.stop_ids.begin(), cfg.stop_ids.end(), token) != cfg.stop_ids.end();
+    const bool full = int64_t(r.tokens.size()) >= cfg.max_new_tokens;
+    if (eos || full || pos >= backbone_->max_seq_len) {
+      r.stop_reason = eos ? "eos" : full ? "max_tokens" : "max_seq_len";
+      if (prefetcher_) prefetcher_->collect(rows_.data());  // drain the unused last read
+      return;
+    }
+    if (prefetcher_) r.exposed_lookup_s.push_back(prefetcher_->collect(rows_.data()));
+    decode_one(token, pos, r);
+    token = sample(logits_.data(), int64_t(logits_.size()), cfg, rng);
+    pos += 1;
+    r.tokens.push_back(token);
+    if (prefetcher_) prefetcher_->submit(token);
+  }
+}
+
+RunResult Generator::generate(const std::vector<int64_t>& prompt, const SamplingConfig& cfg,
+                              const std::function<void(int64_t)>& on_token) {
+  if (prompt.empty()) throw std::invalid_argument("empty prompt");
+  if (cfg.max_new_tokens < 1) throw std::invalid_argument("max_new_tokens must be >= 1");
+  if (int64_t(prompt.size()) + cfg.max_new_tokens > backbone_->max_seq_len)
+    throw std::invalid_argument("prompt (" + std::to_string(prompt.size()) + ") + max_new_tokens (" +
+                                std::to_string(cfg.max_new_tokens) + ") exceeds the bundle's KV cache (" +
+                                std::to_string(backbone_->max_seq_len) + ")");
+  RunResult r;
+  std::mt19937_64 rng(cfg.seed);
+  r.mem_start = memory_snapshot(pack_.get());
+  const auto t0 = Clock::now();
+  prefill(prompt, r);
+  const int64_t first = sample(logits_.data(), int64_t(logits_.size()), cfg, rng);
+  r.ttft_s = since(t0);
+  const auto t1 = Clock::now();
+  decode_n(first, int64_t(prompt.size()), cfg, rng, on_token, r);
+  r.decode_s = since(t1);
+  r.mem_end = memory_snapshot(pack_.get());
+  return r;
+}
+
+}  // namespace meki

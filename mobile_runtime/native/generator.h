@@ -1,0 +1,81 @@
+// The generation loop of mobile_runtime/generate.py over ExecuTorch's Module API:
+// lookup -> prefill (chunks of prefill_len) -> decode_one -> decode_n, with the pack read of the
+// next token issued the moment it is sampled and collected just before the next decode call.
+#pragma once
+
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "manifest.h"
+#include "pack_reader.h"
+
+namespace meki {
+
+// Raised for ExecuTorch load/execute failures; the message names the method and error code.
+class RuntimeError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct SamplingConfig {
+  int64_t max_new_tokens = 64;   // generated tokens, the first (from prefill) included
+  double temperature = 0.0;      // 0: greedy (argmax)
+  int64_t top_k = 0;             // keep the k most likely tokens (0: all)
+  double top_p = 1.0;            // keep the smallest set whose probability reaches p
+  uint64_t seed = 0;             // std::mt19937_64 seed (not numpy's stream: sampled text differs from Python's)
+  std::vector<int64_t> stop_ids;  // generation ends after emitting one of these
+};
+
+struct MemorySnapshot {
+  int64_t rss = 0, rss_peak = 0, rss_anon = 0, rss_file = 0;  // /proc/self/status, bytes
+  int64_t pack_resident = 0;
+};
+MemorySnapshot memory_snapshot(const MemoryPack* pack);
+
+struct RunResult {
+  std::vector<int64_t> tokens;
+  std::string stop_reason;  // eos | max_tokens | max_seq_len
+  double ttft_s = 0, decode_s = 0, lookup_total_s = 0;
+  std::vector<double> decode_step_s, exposed_lookup_s;  // per decode step
+  MemorySnapshot mem_start, mem_end;
+};
+
+// logits [V] -> token id (greedy: the first maximum, as numpy's argmax).
+int64_t sample(const float* logits, int64_t vocab, const SamplingConfig& cfg, std::mt19937_64& rng);
+
+class Generator {
+ public:
+  Generator(const std::string& bundle, const std::string& target, const PackOptions& pack_opts);
+  ~Generator();
+  RunResult generate(const std::vector<int64_t>& prompt, const SamplingConfig& cfg,
+                     const std::function<void(int64_t)>& on_token);
+  const Manifest& manifest() const { return manifest_; }
+  const BackboneRef& backbone() const { return *backbone_; }
+  const MemoryPack* pack() const { return pack_.get(); }
+
+ private:
+  void prefill(const std::vector<int64_t>& prompt, RunResult& r);      // leaves logits in logits_
+  void decode_one(int64_t token, int64_t pos, RunResult& r);           // rows already in rows_
+  void decode_n(int64_t first, int64_t pos, const SamplingConfig& cfg, std::mt19937_64& rng,
+                const std::function<void(int64_t)>& on_token, RunResult& r);
+  void run_method(const std::string& entry, const std::vector<executorch::runtime::EValue>& in);
+
+  Manifest manifest_;
+  const BackboneRef* backbone_ = nullptr;
+  std::unique_ptr<executorch::extension::Module> module_;
+  std::unique_ptr<MemoryPack> pack_;
+  std::unique_ptr<Prefetcher> prefetcher_;
+  std::vector<float> logits_, rows_;  // logits [V] of the last call; decode rows [1, 1, L, m]
+  int64_t tok_ = 0, pos_ = 0;         // decode inputs, wrapped once as tensors
+  std::vector<executorch::runtime::EValue> decode_in_;
+  executorch::extension::TensorPtr tok_t_, pos_t_, rows_t_;
+};
+
+}  // namespace meki

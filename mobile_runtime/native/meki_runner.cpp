@@ -1,0 +1,187 @@
+// meki_runner: the native runner. Same flags, loop and JSON stats as `python -m mobile_runtime.run`
+// (token-id prompts only: the tokenizer stays on the Python/app side).
+//
+//   meki_runner BUNDLE --prompt-ids 3,1,4 [--max-new-tokens 64] [--ignore-eos] [--stats out.json]
+//               [--pack-mode pread|mmap] [--cache-mib 8] [--temperature 0 --top-k 0 --top-p 1 --seed 0]
+//               [--backend executorch|TARGET] [--quiet]
+//
+// Exit status: 0 ok, 2 usage or bundle error, 3 memory pack error, 4 ExecuTorch error.
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "generator.h"
+
+namespace {
+
+struct Args {
+  std::string bundle, prompt_ids, backend = "executorch", pack_mode = "pread", stats;
+  int64_t max_new_tokens = 64;
+  double temperature = 0.0, top_p = 1.0, cache_mib = 8.0;
+  int64_t top_k = 0;
+  uint64_t seed = 0;
+  bool ignore_eos = false, quiet = false;
+};
+
+const char* kUsage =
+    "usage: meki_runner BUNDLE --prompt-ids IDS [--max-new-tokens N] [--ignore-eos] [--stats PATH]\n"
+    "       [--pack-mode pread|mmap] [--cache-mib MIB] [--temperature T] [--top-k K] [--top-p P]\n"
+    "       [--seed S] [--backend executorch|TARGET] [--quiet]\n";
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(k + " needs a value");
+      return argv[++i];
+    };
+    if (k == "--prompt-ids") a.prompt_ids = val();
+    else if (k == "--prompt") throw std::invalid_argument("--prompt needs a tokenizer: the native runner takes --prompt-ids");
+    else if (k == "--max-new-tokens") a.max_new_tokens = std::stoll(val());
+    else if (k == "--temperature") a.temperature = std::stod(val());
+    else if (k == "--top-k") a.top_k = std::stoll(val());
+    else if (k == "--top-p") a.top_p = std::stod(val());
+    else if (k == "--seed") a.seed = std::stoull(val());
+    else if (k == "--ignore-eos") a.ignore_eos = true;
+    else if (k == "--pack-mode") a.pack_mode = val();
+    else if (k == "--cache-mib") a.cache_mib = std::stod(val());
+    else if (k == "--stats") a.stats = val();
+    else if (k == "--backend") a.backend = val();
+    else if (k == "--quiet") a.quiet = true;
+    else if (k == "-h" || k == "--help") { std::fputs(kUsage, stdout); std::exit(0); }
+    else if (!k.empty() && k[0] == '-') throw std::invalid_argument("unknown option " + k);
+    else if (a.bundle.empty()) a.bundle = k;
+    else throw std::invalid_argument("unexpected argument " + k);
+  }
+  if (a.bundle.empty() || a.prompt_ids.empty()) throw std::invalid_argument("BUNDLE and --prompt-ids are required");
+  if (a.pack_mode != "pread" && a.pack_mode != "mmap")
+    throw std::invalid_argument("--pack-mode must be pread or mmap, got " + a.pack_mode);
+  if (a.temperature < 0 || a.top_k < 0 || !(a.top_p > 0 && a.top_p <= 1) || a.max_new_tokens < 1 || a.cache_mib < 0)
+    throw std::invalid_argument("invalid sampling settings");
+  return a;
+}
+
+std::vector<int64_t> parse_ids(const std::string& s) {
+  std::vector<int64_t> ids;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t end = s.find(',', start);
+    const std::string item = s.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    size_t used = 0;
+    const long long v = std::stoll(item, &used);
+    if (used != item.size() || v < 0) throw std::invalid_argument("bad token id '" + item + "' in --prompt-ids");
+    ids.push_back(v);
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return ids;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// The fields of mobile_runtime/stats.py (RunStats), in its order.
+nlohmann::ordered_json stats_json(const meki::Generator& gen, size_t prompt_tokens, const meki::RunResult& r) {
+  const size_t steps = r.tokens.size() - 1;  // the first token came from prefill
+  double exposed = 0;
+  for (double x : r.exposed_lookup_s) exposed += x;
+  nlohmann::ordered_json j;
+  j["runner"] = "native";
+  j["bundle"] = gen.manifest().name;
+  j["target"] = gen.backbone().target;
+  j["memory"] = gen.manifest().memory;
+  j["prompt_tokens"] = prompt_tokens;
+  j["generated_tokens"] = r.tokens.size();
+  j["stop_reason"] = r.stop_reason;
+  j["ttft_s"] = r.ttft_s;
+  j["prefill_s"] = r.ttft_s;
+  j["prefill_tok_s"] = r.ttft_s > 0 ? double(prompt_tokens) / r.ttft_s : 0.0;
+  j["decode_s"] = r.decode_s;
+  j["decode_tok_s"] = steps && r.decode_s > 0 ? double(steps) / r.decode_s : 0.0;
+  j["decode_step_median_s"] = median(r.decode_step_s);
+  j["exposed_lookup_s"] = r.exposed_lookup_s;
+  j["exposed_lookup_total_s"] = exposed;
+  j["exposed_lookup_fraction"] = r.decode_s > 0 ? exposed / r.decode_s : 0.0;
+  j["lookup_total_s"] = r.lookup_total_s;
+  j["rss_start_bytes"] = r.mem_start.rss;
+  j["rss_end_bytes"] = r.mem_end.rss;
+  j["rss_peak_bytes"] = r.mem_end.rss_peak;
+  j["rss_anon_bytes"] = r.mem_end.rss_anon;
+  j["rss_file_bytes"] = r.mem_end.rss_file;
+  j["pack_resident_bytes"] = std::max<int64_t>(0, r.mem_end.pack_resident);
+  j["tokens"] = r.tokens;
+  j["text"] = nullptr;  // no tokenizer in the native runner
+  j["format"] = "meki-run-stats";
+  j["version"] = 1;
+  j["x_decode_step_s"] = r.decode_step_s;
+  return j;
+}
+
+void write_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".partial";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    if (!out) throw std::runtime_error("cannot write " + tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
+}
+
+int run(const Args& a) {
+  meki::PackOptions po;
+  po.mode = a.pack_mode == "mmap" ? meki::PackMode::kMmap : meki::PackMode::kPread;
+  po.cache_bytes = size_t(a.cache_mib * (1 << 20));
+  const std::string target = a.backend == "executorch" ? "executorch-xnnpack" : a.backend;
+  meki::Generator gen(a.bundle, target, po);
+  const std::vector<int64_t> ids = parse_ids(a.prompt_ids);
+  meki::SamplingConfig cfg;
+  cfg.max_new_tokens = a.max_new_tokens;
+  cfg.temperature = a.temperature;
+  cfg.top_k = a.top_k;
+  cfg.top_p = a.top_p;
+  cfg.seed = a.seed;
+  if (!a.ignore_eos && gen.manifest().has_tokenizer) cfg.stop_ids = gen.manifest().eos_token_ids;
+  std::function<void(int64_t)> echo;
+  if (!a.quiet) echo = [](int64_t t) { std::printf("%lld ", static_cast<long long>(t)); std::fflush(stdout); };
+  const meki::RunResult r = gen.generate(ids, cfg, echo);
+  if (!a.quiet) std::printf("\n");
+  const auto j = stats_json(gen, ids.size(), r);
+  if (!a.stats.empty()) write_atomic(a.stats, j.dump(2) + "\n");
+  std::fprintf(stderr, "[%s] prefill %.1f tok/s, decode %.1f tok/s, exposed lookup %.2f%% of decode, peak RSS %lld MiB\n",
+               gen.manifest().name.c_str(), j["prefill_tok_s"].get<double>(), j["decode_tok_s"].get<double>(),
+               100.0 * j["exposed_lookup_fraction"].get<double>(), static_cast<long long>(r.mem_end.rss_peak >> 20));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  try {
+    a = parse_args(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n%s", e.what(), kUsage);
+    return 2;
+  }
+  try {
+    return run(a);
+  } catch (const meki::PackError& e) {
+    std::fprintf(stderr, "error: memory pack (%s): %s\n", meki::pack_errc_name(e.code()), e.what());
+    return 3;
+  } catch (const meki::RuntimeError& e) {
+    std::fprintf(stderr, "error: executorch: %s\n", e.what());
+    return 4;
+  } catch (const std::exception& e) {  // BundleError, invalid_argument
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+}
