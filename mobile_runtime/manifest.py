@@ -156,7 +156,9 @@ def verify_bundle(bundle: Path, check_hashes: bool = True) -> Manifest:
     m = load_manifest(bundle)
     listed = {f.path: f for f in m.files}
     referenced = [b.file for b in m.backbones] + [r.file for r in (m.tokenizer, m.memory_pack) if r is not None]
-    problems = [f"{p}: referenced but not listed in files" for p in referenced if p not in listed]
+    # a referenced folder (a Core ML .mlpackage) counts as listed when files under it are
+    problems = [f"{p}: referenced but not listed in files" for p in referenced
+                if p not in listed and not any(f.startswith(p.rstrip("/") + "/") for f in listed)]
     for f in m.files:
         path = bundle / f.path
         if not path.is_file():

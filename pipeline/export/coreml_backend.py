@@ -1,0 +1,178 @@
+"""Core ML target: one iOS 18 `.mlpackage` with two functions, `prefill` and `decode`, KV cache as state.
+
+Both functions come from the same model and declare the same states (k/v per layer, fp16, max_seq_len
+positions), so one MLState made from either serves both: the pattern ANEMLL ships on the Neural
+Engine (prefill/infer functions of one multifunction package, one state). It cannot be run on Linux.
+prefill takes 1..prefill_len tokens (flexible), decode exactly one (fixed: what the ANE prefers).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mobile_runtime.manifest import Backbone, MethodSpec, TensorSpec
+from pipeline.config import ModelConfig
+from pipeline.export.executorch_backends import table_shaped_tensors
+from pipeline.export.registry import ExportError, ExportSettings, register_target
+from pipeline.export.step import make_step
+from pipeline.model import KVCache, MekiModel
+
+log = logging.getLogger(__name__)
+COREML_QUANTS = ("none", "int4", "palettize4")
+QUANT_OPS = {"int4": "constexpr_blockwise_shift_scale", "palettize4": "constexpr_lut_to_dense"}
+INT4_BLOCK = 32  # int4 per-block: one scale per 32 input channels
+MIN_QUANT_ELEMENTS = 256  # coremltools skips weights below 2048 elements by default: too coarse for tests
+
+
+class SliceKVCache(KVCache):
+    """KV cache written as one contiguous slice at input_pos[0] (Core ML has no index_copy / scatter
+    into state); positions in a step are consecutive, which prefill and decode guarantee."""
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # input_pos: [T] consecutive; k, v: [B, Hkv, T, hd] -> the whole cache [B, Hkv, S, hd]
+        start = input_pos[0].item()
+        torch._check_is_size(start)
+        torch._check(start + k.shape[2] <= self.k.shape[2])
+        self.k[:, :, start:start + k.shape[2]] = k
+        self.v[:, :, start:start + v.shape[2]] = v
+        return self.k, self.v
+
+
+def with_slice_cache(model: MekiModel, max_seq_len: int) -> MekiModel:
+    """A copy of `model` with a static slice-written KV cache of max_seq_len positions."""
+    model = copy.deepcopy(model).eval()
+    model.setup_cache(max_seq_len)
+    cfg = model.cfg
+    for layer in model.layers:
+        layer.attn.cache = SliceKVCache(1, cfg.num_kv_heads, max_seq_len, cfg.head_dim, model.embed.weight.dtype)
+    return model
+
+
+def step_inputs(cfg: ModelConfig, seq: int, start: int = 0) -> tuple[torch.Tensor, ...]:
+    """int32 tokens [1, T] and input_pos [T] (Core ML has no int64 inputs), f32 meki_rows [1, T, L, m]."""
+    tokens = (torch.arange(seq, dtype=torch.int32) % cfg.vocab_size)[None]
+    pos = torch.arange(start, start + seq, dtype=torch.int32)
+    rows = (torch.zeros(1, seq, cfg.num_layers, cfg.d_mem),) if cfg.has_meki else ()
+    return (tokens, pos, *rows)
+
+
+def coreml_method_spec(cfg: ModelConfig, seq: int, entry: str) -> MethodSpec:
+    inputs = [TensorSpec("tokens", [1, seq], "int32"), TensorSpec("input_pos", [seq], "int32")]
+    if cfg.has_meki:
+        inputs.append(TensorSpec("meki_rows", [1, seq, cfg.num_layers, cfg.d_mem], "float32"))
+    return MethodSpec(inputs, [TensorSpec("logits", [1, cfg.vocab_size], "float32")], entry)
+
+
+def export_programs(model: MekiModel, settings: ExportSettings) -> dict[str, Any]:
+    """torch.export of prefill (T in [1, prefill_len]) and decode (T = 1), each over its own cached copy."""
+    from torch.export import Dim, export
+
+    cfg = model.cfg
+    seq = Dim("seq", min=1, max=settings.prefill_len)
+    dyn = {"tokens": {1: seq}, "input_pos": {0: seq}} | ({"meki_rows": {1: seq}} if cfg.has_meki else {})
+    programs = {}
+    for name, inputs, shapes in (("prefill", step_inputs(cfg, settings.prefill_len), dyn),
+                                 ("decode", step_inputs(cfg, 1, settings.prefill_len), None)):
+        step = make_step(with_slice_cache(model, settings.max_seq_len))
+        with torch.no_grad():
+            programs[name] = export(step, inputs, dynamic_shapes=shapes, strict=False).run_decompositions({})
+    return programs
+
+
+def convert(program: Any) -> Any:
+    """ExportedProgram -> Core ML ML program (iOS 18: states; fp16 compute; f32 logits out)."""
+    import coremltools as ct
+    import numpy as np
+
+    return ct.convert(program, minimum_deployment_target=ct.target.iOS18, compute_precision=ct.precision.FLOAT16,
+                      compute_units=ct.ComputeUnit.CPU_AND_NE, skip_model_load=True,
+                      outputs=[ct.TensorType(name="logits", dtype=np.float32)])
+
+
+def weight_consts(mlmodel: Any) -> list[str]:
+    """Names of the 2-D float weight constants to compress: linear weights and the embedding. RoPE
+    tables stay fp16 (16 levels of cos/sin would wreck positions); norm weights are 1-D."""
+    names = []
+    for fn in mlmodel._mil_program.functions.values():
+        for op in fn.find_ops(op_type="const"):
+            val = op.outputs[0].val
+            if (getattr(val, "ndim", 0) == 2 and val.dtype.kind == "f" and val.size >= MIN_QUANT_ELEMENTS
+                    and "rope_" not in op.name):
+                names.append(op.name)
+    return names
+
+
+def compress(mlmodel: Any, quant: str) -> Any:
+    """int4: symmetric per-block (32) linear quantisation; palettize4: 16-entry k-means LUT per tensor."""
+    import coremltools.optimize.coreml as cto
+
+    if quant == "none":
+        return mlmodel
+    if quant == "int4":
+        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                         block_size=INT4_BLOCK, weight_threshold=MIN_QUANT_ELEMENTS)
+        run = cto.linear_quantize_weights
+    elif quant == "palettize4":
+        op = cto.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_tensor",
+                                    weight_threshold=MIN_QUANT_ELEMENTS)
+        run = cto.palettize_weights
+    else:
+        raise ValueError(f"unknown quant {quant!r} (valid: {', '.join(COREML_QUANTS)})")
+    return run(mlmodel, cto.OptimizationConfig(op_name_configs={name: op for name in weight_consts(mlmodel)}))
+
+
+def mil_op_counts(spec: Any, function: str) -> Counter:
+    """Operation types in one function of an ML program spec (what the graph checks look at)."""
+    counts: Counter = Counter()
+    for block in spec.mlProgram.functions[function].block_specializations.values():
+        counts.update(op.type for op in block.operations)
+    return counts
+
+
+def save_multifunction(parts: dict[str, Path], out: Path, default: str) -> None:
+    """Merge single-function packages into one package whose functions are named by `parts`' keys."""
+    import coremltools as ct
+
+    desc = ct.utils.MultiFunctionDescriptor()
+    for name, path in parts.items():
+        desc.add_function(str(path), src_function_name="main", target_function_name=name)
+    desc.default_function_name = default
+    ct.utils.save_multifunction(desc, str(out))
+
+
+@register_target("coreml", "Core ML .mlpackage (iOS 18, KV cache as state, fp16, ANE); spec-checked here",
+                 "coreml", ("coremltools",), COREML_QUANTS)
+def export_coreml(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
+    t0 = time.perf_counter()
+    programs = export_programs(model, settings)
+    tables = table_shaped_tensors(programs, model.cfg)
+    if tables:
+        raise ExportError(f"coreml: the graph holds MeKi-table-shaped tensors: {', '.join(tables)}")
+    out = out_dir / "model.mlpackage"
+    with tempfile.TemporaryDirectory(prefix="meki-coreml-") as work:
+        parts = {}
+        for name, program in programs.items():
+            mlmodel = compress(convert(program), settings.quant)
+            parts[name] = Path(work) / f"{name}.mlpackage"
+            mlmodel.save(str(parts[name]))
+            log.info("coreml %s: MIL ops %s", name, dict(mil_op_counts(mlmodel.get_spec(), "main")))
+        shutil.rmtree(out, ignore_errors=True)
+        save_multifunction(parts, out, default="prefill")
+    cfg = model.cfg
+    return Backbone(target="coreml", file=out.name, quant=settings.quant, max_seq_len=settings.max_seq_len,
+                    prefill_len=settings.prefill_len, kv_cache="internal",
+                    methods={"prefill": coreml_method_spec(cfg, settings.prefill_len, "prefill"),
+                             "decode": coreml_method_spec(cfg, 1, "decode")},
+                    extra={"prefill_dynamic": True, "minimum_deployment_target": "iOS18",
+                           "compute_precision": "float16", "compute_units": "CPU_AND_NE", "state_dtype": "float16",
+                           "shared_state": "one MLState serves both functions (same state names and shapes)",
+                           "export_s": round(time.perf_counter() - t0, 1)})
