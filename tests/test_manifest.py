@@ -62,3 +62,26 @@ def test_schema_refusals(tmp_path, edit, msg):
     path.write_text(json.dumps(data))
     with pytest.raises(BundleError, match=msg):
         load_manifest(tmp_path / "b")
+
+
+def test_backbone_may_be_a_folder(tmp_path):
+    """A Core ML .mlpackage is a folder: it counts as listed when its files are, and each is hashed."""
+    root = tmp_path / "b"
+    make_bundle(root)
+    pkg = root / "model.mlpackage" / "Data"
+    pkg.mkdir(parents=True)
+    (root / "model.mlpackage" / "Manifest.json").write_text("{}")
+    (pkg / "model.mlmodel").write_bytes(b"spec")
+    m = load_manifest(root)
+    m.backbones[0].file = "model.mlpackage"
+    write_manifest(root, m)
+    assert {"model.mlpackage/Manifest.json", "model.mlpackage/Data/model.mlmodel"} <= {f.path for f in m.files}
+    verify_bundle(root)
+    (pkg / "model.mlmodel").write_bytes(b"SPEC")
+    with pytest.raises(BundleError, match="model.mlpackage/Data/model.mlmodel: sha256"):
+        verify_bundle(root)
+    m.backbones[0].file = "model.mlpack"  # a prefix of the folder's name is not the folder
+    (pkg / "model.mlmodel").write_bytes(b"spec")
+    write_manifest(root, m)
+    with pytest.raises(BundleError, match="model.mlpack: referenced but not listed"):
+        verify_bundle(root)
