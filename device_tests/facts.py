@@ -144,3 +144,68 @@ def host_facts() -> DeviceFacts:
 def collect_facts(t: Transport) -> DeviceFacts:
     """Device facts for whatever the transport reaches."""
     return host_facts() if isinstance(t, LocalTransport) else android_facts(t)
+
+
+# A fixed script (no interpolated input): "cpu NAME CUR CAP MAX" per cpufreq policy, then
+# "tz TEMP TYPE" per thermal zone. CAP (scaling_max_freq) is what thermal mitigation lowers.
+_THERMAL_SCRIPT = (
+    "for d in /sys/devices/system/cpu/cpufreq/policy*; do [ -d \"$d\" ] || continue; "
+    'echo "cpu ${d##*/} $(cat $d/scaling_cur_freq 2>/dev/null) $(cat $d/scaling_max_freq 2>/dev/null) '
+    '$(cat $d/cpuinfo_max_freq 2>/dev/null)"; done; '
+    "for z in /sys/class/thermal/thermal_zone*; do [ -d \"$z\" ] || continue; "
+    'echo "tz $(cat $z/temp 2>/dev/null) $(cat $z/type 2>/dev/null)"; done'
+)
+
+
+@dataclass
+class ThermalSnapshot:
+    """Temperatures and CPU frequency caps at one moment (before or after a run)."""
+
+    max_celsius: float | None  # hottest CPU zone (any zone when none is named cpu)
+    status: str | None  # Android thermal status (NONE, LIGHT, MODERATE, ...); None on a host
+    status_level: int | None = None  # the same as a number, 0 (none) .. 6 (shutdown)
+    cooling_engaged: bool | None = None  # a CPU cooling device is capping (thermal service)
+    cur_khz: dict[str, int] = field(default_factory=dict)  # per cpufreq policy
+    cap_khz: dict[str, int] = field(default_factory=dict)  # scaling_max_freq
+    max_khz: dict[str, int] = field(default_factory=dict)  # cpuinfo_max_freq
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_thermal_lines(text: str) -> ThermalSnapshot:
+    """Parse the output of _THERMAL_SCRIPT; unreadable values are skipped."""
+    snap = ThermalSnapshot(max_celsius=None, status=None)
+    cpu_temps, all_temps = [], []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "cpu":
+            for i, store in ((2, snap.cur_khz), (3, snap.cap_khz), (4, snap.max_khz)):
+                if len(parts) > i and parts[i].isdigit():
+                    store[parts[1]] = int(parts[i])
+        elif len(parts) >= 2 and parts[0] == "tz" and parts[1].lstrip("-").isdigit():
+            raw = int(parts[1])
+            celsius = raw / 1000.0 if abs(raw) >= 1000 else float(raw)  # most zones report m°C
+            if -40.0 < celsius < 150.0:  # disabled zones report 0 or garbage
+                all_temps.append(celsius)
+                if "cpu" in " ".join(parts[2:]).lower():
+                    cpu_temps.append(celsius)
+    temps = cpu_temps or all_temps
+    snap.max_celsius = max(temps) if temps else None
+    return snap
+
+
+def thermal_snapshot(t: Transport) -> ThermalSnapshot:
+    """Read temperatures and frequency caps (and, on a phone, the thermal service's status)."""
+    snap = parse_thermal_lines(t.shell(["sh", "-c", _THERMAL_SCRIPT], timeout_s=30.0).stdout)
+    if not isinstance(t, LocalTransport):
+        try:
+            dump = parse_thermalservice(t.shell(["dumpsys", "thermalservice"], timeout_s=30.0).check().stdout)
+            snap.status, snap.status_level = dump.status_name, dump.status
+            snap.cooling_engaged = dump.throttling
+            cpu = dump.max_celsius("CPU")
+            if cpu is not None:
+                snap.max_celsius = cpu
+        except (TransportError, ValueError):
+            pass  # no dumpsys (old or locked-down device): sysfs alone
+    return snap

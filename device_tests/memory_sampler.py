@@ -87,7 +87,11 @@ class MemorySampler:
                     read_sample(self.t, self.pid, time.monotonic() - t0, self.package))
             except (TransportError, ValueError) as exc:
                 # The process exiting between two samples ends the series; anything else is noted.
-                if not self.t.is_running(self.pid):
+                try:
+                    if not self.t.is_running(self.pid):
+                        return
+                except TransportError as again:  # the link itself is gone: the bench decides
+                    self.series.errors.append(f"{exc}; then {again}"[:300])
                     return
                 self.series.errors.append(str(exc)[:300])
             self._stop.wait(self.series.interval_s)

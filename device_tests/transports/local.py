@@ -121,6 +121,8 @@ class LocalTransport(Transport):
             raise RunnerMissing(f"{args[0]}: not found (cwd {wd})") from exc
         except PermissionError as exc:
             raise PermissionDenied(f"{args[0]}: {exc}") from exc
+        except OSError as exc:  # ENOEXEC: not a program for this machine (wrong ABI, no #!)
+            raise RunnerMissing(f"{args[0]}: cannot execute ({exc})") from exc
         self._procs[proc.pid] = proc
         return proc.pid
 
