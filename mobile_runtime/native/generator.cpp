@@ -131,16 +131,18 @@ void Generator::prefill(const std::vector<int64_t>& prompt, RunResult& r) {
     std::vector<int64_t> chunk(prompt.begin() + start, prompt.begin() + start + T);
     pos.resize(T);
     std::iota(pos.begin(), pos.end(), start);
-    std::vector<executorch::runtime::EValue> in = {from_blob(chunk.data(), {1, int(T)}, ScalarType::Long),
-                                                   from_blob(pos.data(), {int(T)}, ScalarType::Long)};
+    // the TensorPtrs own the tensor objects the EValues point at: keep them alive over the call
+    std::vector<executorch::extension::TensorPtr> keep = {from_blob(chunk.data(), {1, int(T)}, ScalarType::Long),
+                                                          from_blob(pos.data(), {int(T)}, ScalarType::Long)};
     if (pack_) {
       const auto t0 = Clock::now();
       rows.resize(T * pack_->row_floats());
       pack_->lookup(chunk.data(), size_t(T), rows.data());
       r.lookup_total_s += since(t0);
       const auto& h = pack_->header();
-      in.push_back(from_blob(rows.data(), {1, int(T), int(h.num_layers), int(h.d_mem)}, ScalarType::Float));
+      keep.push_back(from_blob(rows.data(), {1, int(T), int(h.num_layers), int(h.d_mem)}, ScalarType::Float));
     }
+    const std::vector<executorch::runtime::EValue> in(keep.begin(), keep.end());
     run_method(backbone_->prefill.entry, in);
   }
 }

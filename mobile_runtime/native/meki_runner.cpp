@@ -153,7 +153,7 @@ int run(const Args& a) {
   std::function<void(int64_t)> echo;
   if (!a.quiet) echo = [](int64_t t) { std::printf("%lld ", static_cast<long long>(t)); std::fflush(stdout); };
   const meki::RunResult r = gen.generate(ids, cfg, echo);
-  if (!a.quiet) std::printf("\n");
+  if (!a.quiet) std::printf("\n"), std::fflush(stdout);
   const auto j = stats_json(gen, ids.size(), r);
   if (!a.stats.empty()) write_atomic(a.stats, j.dump(2) + "\n");
   std::fprintf(stderr, "[%s] prefill %.1f tok/s, decode %.1f tok/s, exposed lookup %.2f%% of decode, peak RSS %lld MiB\n",
