@@ -96,20 +96,32 @@ def verify_backbone(bundle: Path, manifest: Manifest, backbone: Backbone, refere
         quantize_weights(ref, backbone.quant)
     lookup = _row_lookup(bundle, manifest)
     runner = open_runner(bundle, backbone)
-    diffs, snrs, match = [], [], True
+    diffs, snrs, match, notes = [], [], True, []
     for prompt in PROMPTS:
         ref_tokens, ref_logits = greedy_trace(_eager_runner(ref, backbone.max_seq_len), list(prompt), steps,
                                               backbone.prefill_len, lookup)
         got_tokens, got_logits = greedy_trace(runner.step, list(prompt), steps, backbone.prefill_len, lookup)
-        match &= ref_tokens == got_tokens
-        agree = next((i for i, (a, b) in enumerate(zip(ref_tokens, got_tokens)) if a != b), len(ref_tokens)) + 1
+        split = next((i for i, (a, b) in enumerate(zip(ref_tokens, got_tokens)) if a != b), None)
+        agree = len(ref_tokens) if split is None else split + 1
         diffs += [float(np.abs(a - b).max()) for a, b in zip(ref_logits[:agree], got_logits[:agree])]
         snrs += [snr_db(a, b) for a, b in zip(ref_logits[:agree], got_logits[:agree])]
+        if split is not None:
+            tie = backbone.quant != "none" and _near_tie(ref_logits[split], got_logits[split])
+            match &= tie
+            notes.append(f"greedy split at step {split}" + (" on a near-tie" if tie else ""))
     row.max_abs_diff, row.snr_db, row.greedy_match = max(diffs), min(snrs), match
     close = row.max_abs_diff <= FP32_MAX_ABS if backbone.quant == "none" else row.snr_db >= SNR_FLOOR_DB[backbone.quant]
     row.status = "pass" if close and match else "fail"
-    row.note = "" if backbone.quant == "none" else f"SNR floor {SNR_FLOOR_DB[backbone.quant]} dB"
+    notes += [] if backbone.quant == "none" else [f"SNR floor {SNR_FLOOR_DB[backbone.quant]} dB"]
+    row.note = "; ".join(notes)
     return row
+
+
+def _near_tie(ref: np.ndarray, got: np.ndarray) -> bool:
+    """A quantised artifact may pick the other token only where the reference's top-2 margin is
+    smaller than the logit error seen at that very step: there the choice is noise, not a bug."""
+    top2 = np.sort(ref.reshape(-1))[-2:]
+    return float(top2[1] - top2[0]) < float(np.abs(ref - got).max())
 
 
 def _row_lookup(bundle: Path, manifest: Manifest):
