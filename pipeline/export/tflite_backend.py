@@ -23,7 +23,6 @@ import argparse
 import copy
 import ctypes
 import importlib.util
-import json
 import logging
 import os
 import re
