@@ -67,7 +67,8 @@ def mediatek_sdk_missing() -> str | None:
     if not absent:
         return None
     return (f"needs MediaTek's NeuroPilot Express SDK Python wheels, not on PyPI: {', '.join(absent)} "
-            "not importable (install the mtk_converter and mtk_neuron wheels for cp311 from MediaTek's NeuroPilot portal)")
+            "not importable (install the mtk_converter and mtk_neuron wheels for cp311 from MediaTek's "
+            "NeuroPilot portal)")
 
 
 def delegated_ops(edge: Any) -> dict[str, int]:
@@ -115,8 +116,9 @@ def lower_single_method(model: MekiModel, out: Path, settings: ExportSettings, p
                     prefill_len=settings.prefill_len, kv_cache="internal",
                     methods={"prefill": method_spec(cfg, settings.prefill_len, "forward"),
                              "decode": method_spec(cfg, 1, "forward")},
-                    delegated=delegated, extra={"prefill_dynamic": True, "export_s": round(time.perf_counter() - t0, 1),
-                                                "single_method": "the delegate holds the KV cache; one method shares it"})
+                    delegated=delegated,
+                    extra={"prefill_dynamic": True, "export_s": round(time.perf_counter() - t0, 1),
+                           "single_method": "the delegate holds the KV cache; one method shares it"})
 
 
 @register_target("executorch-coreml", "ExecuTorch, Core ML delegate (ANE, fp16, iOS 18); spec-checked here",

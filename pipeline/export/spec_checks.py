@@ -159,6 +159,17 @@ def check_pte(path: Path, backbone: Backbone, backend_id: str) -> list[str]:
             continue
         for t, spec in zip(tensors, method.inputs):
             dtype = PTE_DTYPES.get(getattr(t.scalar_type, "name", str(t.scalar_type)), "?")
-            if list(t.sizes) != spec.shape or dtype != spec.dtype:
+            if list(t.sizes) != spec.shape and not _within_dynamic_seq(list(t.sizes), spec, backbone):
+                problems.append(f"{step}.{spec.name}: {list(t.sizes)} {dtype}, manifest says {spec.shape} {spec.dtype}")
+            elif dtype != spec.dtype:
                 problems.append(f"{step}.{spec.name}: {list(t.sizes)} {dtype}, manifest says {spec.shape} {spec.dtype}")
     return problems
+
+
+def _within_dynamic_seq(sizes: list[int], spec: TensorSpec, backbone: Backbone) -> bool:
+    """A dynamic-T method records T's upper bound: the manifest's T may be smaller, nothing else may differ."""
+    axis = SEQ_AXIS.get(spec.name)
+    if not backbone.extra.get("prefill_dynamic") or axis is None or len(sizes) != len(spec.shape):
+        return False
+    same_elsewhere = all(a == b for i, (a, b) in enumerate(zip(sizes, spec.shape)) if i != axis)
+    return same_elsewhere and spec.shape[axis] <= sizes[axis]
