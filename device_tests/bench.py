@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from device_tests.errors import (
     CommandTimeout,
@@ -53,7 +53,7 @@ class BenchConfig:
     max_celsius: float = 50.0  # a run ending hotter than this is flagged as throttled
     max_freq_drop: float = 0.10  # ... or with a CPU frequency cap this far under its maximum
     max_thermal_status: int = 1  # ... or an Android thermal status above this (1 = LIGHT)
-    remote_dir: str | None = None  # working dir on the device; default per transport
+    remote_dir: str | None = None  # working dir on the device ('{device}' is replaced); default per transport
     native_path: str | None = None  # host path of meki_runner (default build/native/meki_runner)
     device_python: str | None = None  # interpreter on the device for --runner python (tests)
     app_package: str = "ai.meki.app"
@@ -150,15 +150,19 @@ def prompt_ids(n: int, seed: int = 1234) -> list[int]:
     return ids
 
 
-def run_bench(bundles: Path | Sequence[Path], cfg: BenchConfig, out_dir: Path) -> BenchResult:
-    """Bench every device in parallel; write JSON, Markdown and plots into out_dir."""
+def run_bench(bundles: Path | Sequence[Path], cfg: BenchConfig, out_dir: Path, *,
+              open_device: Callable[[str], Transport] = open_transport) -> BenchResult:
+    """Bench every device in parallel; write JSON, Markdown and plots into out_dir.
+
+    open_device maps a device id to its transport (e.g. adb-shell with custom keys)."""
     from device_tests import report  # noqa: PLC0415 - report imports this module's types
 
     resolved = resolve_bundles(bundles)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, len(cfg.devices))) as pool:
-        reports = list(pool.map(lambda d: bench_device(d, resolved, cfg, out_dir), cfg.devices))
+        reports = list(pool.map(lambda d: bench_device(d, resolved, cfg, out_dir, open_device),
+                                cfg.devices))
     result = BenchResult(dataclasses.asdict(cfg), [b for b, _ in resolved], reports,
                          time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     report.write_all(result, out_dir)
@@ -166,30 +170,30 @@ def run_bench(bundles: Path | Sequence[Path], cfg: BenchConfig, out_dir: Path) -
 
 
 def bench_device(device: str, bundles: list[tuple[BundleInfo, Path]], cfg: BenchConfig,
-                 out_dir: Path, transport: Transport | None = None) -> DeviceReport:
+                 out_dir: Path, open_device: Callable[[str], Transport] = open_transport) -> DeviceReport:
     """All runs on one device; never raises for a device problem (it lands in .errors)."""
     rep = DeviceReport(device)
     raw = out_dir / "raw" / _safe(device)
     raw.mkdir(parents=True, exist_ok=True)
-    t: Transport | None = transport
+    t: Transport | None = None
     try:
-        t = t or open_transport(device)
+        t = open_device(device)
         rep.transport = t.name
         rep.facts = retry(lambda: collect_facts(t), attempts=cfg.attempts).to_json()
         runner = make_runner(cfg.runner, t, native_path=Path(cfg.native_path) if cfg.native_path else None,
                              device_python=cfg.device_python, app_package=cfg.app_package,
                              extra_args=tuple(cfg.runner_args))
         rep.runner = runner.kind
-        workdir = cfg.remote_dir or _default_workdir(t)
+        workdir = workdir_for(cfg, device, t)
         remote = retry(lambda: stage(t, runner, bundles, workdir), attempts=cfg.attempts)
         try:
-            _run_all(t, runner, remote, cfg, raw, out_dir, rep)
+            _run_all(t, runner, remote, cfg, f"{workdir}/runs", raw, out_dir, rep)
         finally:
             cleanup(t, workdir, cfg.keep_pushed, rep)
     except Exception as exc:  # noqa: BLE001 - any failure is this device's, reported, not raised
         rep.errors.append(_describe(exc))
     finally:
-        if t is not None and transport is None:
+        if t is not None:
             t.close()
     measured = [r for r in rep.runs if not r.warmup]
     ok = sum(r.ok for r in measured)
@@ -230,12 +234,11 @@ def _check_space(t: Transport, bundles: list[tuple[BundleInfo, Path]], workdir: 
 
 
 def _run_all(t: Transport, runner: Runner, remote: dict[str, str], cfg: BenchConfig,
-             raw: Path, out_dir: Path, rep: DeviceReport) -> None:
+             run_dir: str, raw: Path, out_dir: Path, rep: DeviceReport) -> None:
     labels = list(remote)
     plan = [(lb, i, True) for i in range(cfg.warmup) for lb in labels]
     plan += [(lb, i, False) for i in range(cfg.reps) for lb in labels]  # M D M D ...
     ids, t0 = prompt_ids(cfg.prompt_len), time.monotonic()
-    run_dir = f"{cfg.remote_dir or _default_workdir(t)}/runs"
     for label, i, warm in plan:
         rec = RunRecord(label, i, warm, t_start_s=time.monotonic() - t0)
         rep.runs.append(rec)
@@ -247,7 +250,7 @@ def _run_all(t: Transport, runner: Runner, remote: dict[str, str], cfg: BenchCon
             rec.error, rec.error_type = _describe(exc), type(exc).__name__
             rep.errors.append(f"stopped after {label} {name}: {rec.error}")
             return
-        except (TransportError, ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad run is recorded; the next one goes on
             rec.error, rec.error_type = _describe(exc), type(exc).__name__
 
 
@@ -285,7 +288,7 @@ def _wait(t: Transport, runner: Runner, launch: Any, cfg: BenchConfig) -> None:
         if time.monotonic() > deadline:
             runner.stop(t, launch)
             raise CommandTimeout(f"runner still going after {cfg.run_timeout_s:g} s; stopped it")
-        time.sleep(min(0.05, cfg.sample_interval_s))
+        time.sleep(0.05 if isinstance(t, LocalTransport) else 0.25)  # a device poll costs a shell
 
 
 def throttle_reasons(before: ThermalSnapshot | None, after: ThermalSnapshot | None,
@@ -338,7 +341,10 @@ def _memory_json(series: MemorySeries) -> dict[str, Any]:
     }
 
 
-def _default_workdir(t: Transport) -> str:
+def workdir_for(cfg: BenchConfig, device: str, t: Transport) -> str:
+    """The device's working dir: cfg.remote_dir with {device} filled in, else a per-transport default."""
+    if cfg.remote_dir:
+        return cfg.remote_dir.replace("{device}", _safe(device))
     if isinstance(t, LocalTransport):
         return str(Path(tempfile.gettempdir()) / "meki-bench")
     return "/data/local/tmp/meki-bench"

@@ -174,7 +174,7 @@ def write_plots(result: BenchResult, out_dir: Path) -> list[str]:
             ax.set(title=f"{rep.device}: {METRICS[metric][0]}", xlabel="run (order on device)",
                    ylabel="tok/s")
             ax.xaxis.get_major_locator().set_params(integer=True)
-            ax.legend(fontsize=8)
+            _legend(ax)
     fig.tight_layout()
     fig.savefig(out_dir / "tok_s.png", dpi=90)
     plt.close(fig)
@@ -187,11 +187,16 @@ def write_plots(result: BenchResult, out_dir: Path) -> list[str]:
                         color=colors.get(r.label), alpha=0.6,
                         label=r.label if r is next(x for x in rep.runs if x.label == r.label and not x.warmup) else None)
         ax.set(title=f"{rep.device}: VmRSS while running", xlabel="s since start", ylabel="MiB")
-        ax.legend(fontsize=8)
+        _legend(ax)
     fig.tight_layout()
     fig.savefig(out_dir / "rss.png", dpi=90)
     plt.close(fig)
     return ["tok_s.png", "rss.png"]
+
+
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -95,6 +96,9 @@ class AdbShellTransport(RemoteShellTransport):
         self.attempts, self.backoff_s = attempts, backoff_s
         self._signers = signers
         self._device: Any = None
+        # One command at a time: the bench polls the runner while a sampler thread reads /proc,
+        # and a reconnect after an error must not pull the link from under another command.
+        self._lock = threading.RLock()
 
     # -- connection ---------------------------------------------------------------------------
     def _new_device(self) -> Any:
@@ -146,6 +150,10 @@ class AdbShellTransport(RemoteShellTransport):
         A dead link and a slow command both surface as read timeouts; reconnecting tells them
         apart (and resets the stream state a half-read command leaves behind).
         """
+        with self._lock:
+            return self._call_locked(what, fn, timeout_s=timeout_s)
+
+    def _call_locked(self, what: str, fn: Callable[[Any], T], *, timeout_s: float) -> T:
         from adb_shell import exceptions as ex  # noqa: PLC0415
 
         device = self._dev()
