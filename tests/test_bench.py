@@ -281,35 +281,29 @@ def test_aihub_profile_folds_into_the_bench_format(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bundles", ["none"], indirect=True)
-def test_local_bench_real_runner(bundles, tmp_path):
+def test_real_runner_local_and_over_adb_in_parallel(bundles, tmp_path, adbd):
+    """The Python runner on real bundles: on this machine, and through FakeAdbd's shell (the
+    venv's interpreter stands in for a phone's runner), two devices in parallel, one row each."""
     out, _ = bundles
-    cfg = BenchConfig(devices=["local"], runner="python", reps=1, warmup=0, new_tokens=8,
-                      remote_dir=str(tmp_path / "work"))
-    result = run_bench(out, cfg, tmp_path / "bench")
-    check_outputs(tmp_path / "bench", result)
-    dev = result.devices[0]
-    assert dev.status == "ok", run_errors(dev)
-    schema = json.loads(STATS_SCHEMA.read_text())
-    for r in dev.runs:
-        stats = json.loads((tmp_path / "bench" / r.stats_file).read_text())
-        jsonschema.validate(stats, schema)
-        assert stats["runner"] == "python" and stats["generated_tokens"] == 8
-        assert stats["decode_tok_s"] > 0 and r.memory["peak_rss_anon_kb"] > 10_000
-    assert dev.runs[0].stats["memory"] == "both" and dev.runs[1].stats["memory"] == "none"
-    assert all(dev.ratios[m] for m in ("decode_tok_s", "prefill_tok_s", "rss_anon_mib"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("bundles", ["none"], indirect=True)
-def test_adb_bench_real_runner_through_fake_adbd(bundles, tmp_path, adbd):
-    out, _ = bundles
-    cfg = BenchConfig(devices=[adbd.address], runner="python", device_python=sys.executable, reps=1,
-                      warmup=0, new_tokens=8, remote_dir=f"{adbd.root}/meki bench")
+    cfg = BenchConfig(devices=["local", adbd.address], runner="python", device_python=sys.executable,
+                      reps=1, warmup=0, new_tokens=8, remote_dir=f"{adbd.root}/meki bench {{device}}")
     result = run_bench(out, cfg, tmp_path / "bench", open_device=adb_opener(adbd))
-    check_outputs(tmp_path / "bench", result)
-    dev = result.devices[0]
-    assert dev.status == "ok" and dev.transport == "adb-shell", run_errors(dev)
-    assert dev.facts["kind"] == "android" and dev.facts["model"] is None  # no getprop on this host
-    assert all(r.stats["decode_tok_s"] > 0 and r.memory["samples"] for r in dev.runs)
+    data = check_outputs(tmp_path / "bench", result)
+    assert data["outputs"]["plots"] == ["tok_s.png", "rss.png"]
+    md = (tmp_path / "bench" / "bench.md").read_text()
+    assert "| local (local) | python | ok |" in md and f"| {adbd.address} (adb-shell) | python | ok |" in md
+    schema = json.loads(STATS_SCHEMA.read_text())
+    for dev in result.devices:
+        assert dev.status == "ok", run_errors(dev)
+        assert [r.label for r in dev.runs] == ["meki", "dense"]
+        assert dev.runs[0].stats["memory"] == "both" and dev.runs[1].stats["memory"] == "none"
+        for r in dev.runs:
+            stats = json.loads((tmp_path / "bench" / r.stats_file).read_text())
+            jsonschema.validate(stats, schema)
+            assert stats["runner"] == "python" and stats["generated_tokens"] == 8
+            assert stats["decode_tok_s"] > 0 and r.memory["peak_rss_anon_kb"] > 10_000
+        assert all(dev.ratios[m] for m in ("decode_tok_s", "prefill_tok_s", "rss_anon_mib"))
+    phone = result.devices[1]
+    assert phone.transport == "adb-shell" and phone.facts["kind"] == "android"
     assert any("mobile_runtime.run" in c for c in adbd.shell_commands)
-    assert not (adbd.root / "meki bench").exists()
+    assert not list(adbd.root.glob("meki bench*"))  # both working dirs cleaned up
