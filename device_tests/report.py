@@ -29,20 +29,21 @@ METRICS: dict[str, tuple[str, str, bool]] = {
 
 
 def run_metrics(run: RunRecord) -> dict[str, float | None]:
-    """One run's figures: speeds from the runner's JSON, memory peaks from the sampler
-    (falling back to the runner's own accounting when no sample was taken)."""
+    """One run's figures: speeds from the runner's JSON; each memory figure the larger of the
+    sampler's peak and the runner's own end-of-run reading (a run shorter than the sampling
+    period leaves the sampler only its start-up, the runner's reading misses mid-run peaks)."""
     st, mem = run.stats or {}, run.memory or {}
     kib = lambda k: mem[k] / 1024 if mem.get(k) is not None else None  # noqa: E731
     byt = lambda k: st[k] / 2**20 if st.get(k) is not None else None  # noqa: E731
-    pick = lambda a, b: a if a is not None else b  # noqa: E731
+    top = lambda *xs: max((x for x in xs if x is not None), default=None)  # noqa: E731
     return {
         "prefill_tok_s": st.get("prefill_tok_s"),
         "decode_tok_s": st.get("decode_tok_s"),
         "ttft_ms": st["ttft_s"] * 1000 if st.get("ttft_s") is not None else None,
-        "rss_anon_mib": pick(kib("peak_rss_anon_kb"), byt("rss_anon_bytes")),
-        "rss_file_mib": pick(kib("peak_rss_file_kb"), byt("rss_file_bytes")),
-        "pss_mib": pick(kib("peak_pss_kb"), kib("peak_app_pss_kb")),
-        "peak_rss_mib": pick(pick(kib("peak_vm_hwm_kb"), kib("peak_vm_rss_kb")), byt("rss_peak_bytes")),
+        "rss_anon_mib": top(kib("peak_rss_anon_kb"), byt("rss_anon_bytes")),
+        "rss_file_mib": top(kib("peak_rss_file_kb"), byt("rss_file_bytes")),
+        "pss_mib": top(kib("peak_pss_kb"), kib("peak_app_pss_kb")),
+        "peak_rss_mib": top(kib("peak_vm_hwm_kb"), kib("peak_vm_rss_kb"), byt("rss_peak_bytes")),
     }
 
 
@@ -115,7 +116,8 @@ def markdown(result: BenchResult) -> str:
     lines = [f"# MeKi bench ({result.created_utc})", "",
              f"prompt {cfg['prompt_len']} tokens, {cfg['new_tokens']} new tokens, {cfg['warmup']} warm-up + "
              f"{cfg['reps']} measured runs per bundle, alternating; runner `{cfg['runner']}`. "
-             "Cells: median [min–max] over unthrottled runs; memory is the peak while the runner ran.", "",
+             "Cells: median [min–max] over unthrottled runs; memory is the peak while the runner ran "
+             "(sampled from /proc, or the runner's own reading where larger).", "",
              "## MeKi / dense per device", ""]
     head = ["device", "runner", "status"] + [f"{t} ({u})" for t, u, _ in METRICS.values()]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
