@@ -255,16 +255,30 @@ def _run_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    from device_tests.cli import add_bench_args
+
+    add_bench_args(p)
+
+
+def _run_bench(a: argparse.Namespace) -> int:
+    from device_tests.cli import run_bench_cli
+
+    return run_bench_cli(a)
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything the demo makes")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--prompt", default="The function returns")
+    p.add_argument("--new-tokens", type=int, default=48)
+    p.add_argument("--reps", type=int, default=3, help="measured runs of each model")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs")
 
 
 def _run_demo(a: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
-    return run_demo(a.out, a.preset, a.overwrite)
+    return run_demo(a.out, a.prompt, a.new_tokens, a.reps, a.overwrite)
 
 
 VERBS: list[Verb] = [
@@ -277,6 +291,7 @@ VERBS: list[Verb] = [
     ("targets", "list the export targets", _add_targets, _run_targets),
     ("verify", "compare every runnable artifact of a bundle with eager PyTorch", _add_verify, _run_verify),
     ("run", "generate text from a bundle (streams; --stats writes JSON)", _add_run, _run_run),
+    ("bench", "benchmark MeKi vs dense on phones over adb (or locally)", _add_bench, _run_bench),
     ("bundle", "place a verified bundle into the Android or iOS build", _add_bundle, _run_bundle),
     ("data", "build the training corpus, tokenizer and token files", _add_data, _run_data),
     ("train", "train a model (single GPU, or DDP under torchrun)", _add_train, _run_train),

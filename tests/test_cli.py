@@ -1,5 +1,7 @@
 """The `meki` command end to end on the fake preset: init -> fold, and clear errors."""
 
+import pytest
+
 from pipeline.cli import main
 
 
@@ -13,5 +15,11 @@ def test_init_fold_and_refusals(tmp_path, capsys):
     assert "already exists" in err and "unknown preset 'nope'" in err
 
 
-def test_demo_runs(tmp_path):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--preset", "fake"]) == 0
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--reps", "1", "--new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "MeKi/dense" in out and "The function returns" in out
+    assert (tmp_path / "demo" / "bench" / "bench.md").exists()
+    assert (tmp_path / "demo" / "bundles" / "meki" / "manifest.json").exists()
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2  # no silent overwrite
