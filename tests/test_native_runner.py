@@ -13,7 +13,6 @@ import pytest
 from mobile_runtime.generate import Generator
 from mobile_runtime.sampling import SamplingConfig
 from mobile_runtime.stats import SCHEMA_PATH
-from tests.test_export_executorch import bundles  # noqa: F401  (module-scoped export fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -61,16 +60,16 @@ def test_native_tokens_match_python_loop(native, bundles, kind, tmp_path):
 
 
 @pytest.mark.parametrize("bundles", ["none"], indirect=True)
-def test_pack_modes_agree(native, bundles, tmp_path):
+def test_pack_modes_and_warmup_agree(native, bundles, tmp_path):
     out, _ = bundles
     tokens = []
-    for mode, cache in (("pread", "8"), ("pread", "0"), ("mmap", "0")):
-        path = tmp_path / f"{mode}-{cache}.json"
+    for mode, cache, warmup in (("pread", "8", "0"), ("pread", "0", "0"), ("mmap", "0", "0"), ("pread", "8", "5")):
+        path = tmp_path / f"{mode}-{cache}-{warmup}.json"
         res = run_native(native, out / "meki", "--prompt-ids", "7,8,9", "--max-new-tokens", "12",
-                         "--pack-mode", mode, "--cache-mib", cache, "--stats", str(path))
+                         "--pack-mode", mode, "--cache-mib", cache, "--warmup", warmup, "--stats", str(path))
         assert res.returncode == 0, res.stderr
         tokens.append(json.loads(path.read_text())["tokens"])
-    assert tokens[0] == tokens[1] == tokens[2]
+    assert tokens[0] == tokens[1] == tokens[2] == tokens[3]  # a warm-up run leaves no trace in the next
 
 
 @pytest.mark.parametrize("bundles", ["none"], indirect=True)

@@ -3,7 +3,7 @@
 //
 //   meki_runner BUNDLE --prompt-ids 3,1,4 [--max-new-tokens 64] [--ignore-eos] [--stats out.json]
 //               [--pack-mode pread|mmap] [--cache-mib 8] [--temperature 0 --top-k 0 --top-p 1 --seed 0]
-//               [--backend executorch|TARGET] [--quiet]
+//               [--backend executorch|TARGET] [--warmup N] [--quiet]
 //
 // Exit status: 0 ok, 2 usage or bundle error, 3 memory pack error, 4 ExecuTorch error.
 #include <cstdio>
@@ -22,7 +22,7 @@ struct Args {
   std::string bundle, prompt_ids, backend = "executorch", pack_mode = "pread", stats;
   int64_t max_new_tokens = 64;
   double temperature = 0.0, top_p = 1.0, cache_mib = 8.0;
-  int64_t top_k = 0;
+  int64_t top_k = 0, warmup = 0;
   uint64_t seed = 0;
   bool ignore_eos = false, quiet = false;
 };
@@ -30,7 +30,8 @@ struct Args {
 const char* kUsage =
     "usage: meki_runner BUNDLE --prompt-ids IDS [--max-new-tokens N] [--ignore-eos] [--stats PATH]\n"
     "       [--pack-mode pread|mmap] [--cache-mib MIB] [--temperature T] [--top-k K] [--top-p P]\n"
-    "       [--seed S] [--backend executorch|TARGET] [--quiet]\n";
+    "       [--seed S] [--backend executorch|TARGET] [--warmup N] [--quiet]\n"
+    "  --warmup N: an untimed generate of N tokens first (as ExecuTorch's LLM runner does)\n";
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -53,6 +54,7 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--stats") a.stats = val();
     else if (k == "--backend") a.backend = val();
     else if (k == "--quiet") a.quiet = true;
+    else if (k == "--warmup") a.warmup = std::stoll(val());
     else if (k == "-h" || k == "--help") { std::fputs(kUsage, stdout); std::exit(0); }
     else if (!k.empty() && k[0] == '-') throw std::invalid_argument("unknown option " + k);
     else if (a.bundle.empty()) a.bundle = k;
@@ -61,7 +63,7 @@ Args parse_args(int argc, char** argv) {
   if (a.bundle.empty() || a.prompt_ids.empty()) throw std::invalid_argument("BUNDLE and --prompt-ids are required");
   if (a.pack_mode != "pread" && a.pack_mode != "mmap")
     throw std::invalid_argument("--pack-mode must be pread or mmap, got " + a.pack_mode);
-  if (a.temperature < 0 || a.top_k < 0 || !(a.top_p > 0 && a.top_p <= 1) || a.max_new_tokens < 1 || a.cache_mib < 0)
+  if (a.warmup < 0 || a.temperature < 0 || a.top_k < 0 || !(a.top_p > 0 && a.top_p <= 1) || a.max_new_tokens < 1 || a.cache_mib < 0)
     throw std::invalid_argument("invalid sampling settings");
   return a;
 }
@@ -150,6 +152,12 @@ int run(const Args& a) {
   cfg.top_p = a.top_p;
   cfg.seed = a.seed;
   if (!a.ignore_eos && gen.manifest().has_tokenizer) cfg.stop_ids = gen.manifest().eos_token_ids;
+  if (a.warmup > 0) {  // first-call costs (page faults, caches) out of the timed run; the KV cache
+    meki::SamplingConfig w = cfg;  // is rewritten from position 0 by the next prefill
+    w.max_new_tokens = a.warmup;
+    w.stop_ids.clear();
+    gen.generate(ids, w, nullptr);
+  }
   std::function<void(int64_t)> echo;
   if (!a.quiet) echo = [](int64_t t) { std::printf("%lld ", static_cast<long long>(t)); std::fflush(stdout); };
   const meki::RunResult r = gen.generate(ids, cfg, echo);
