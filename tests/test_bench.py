@@ -24,7 +24,6 @@ from device_tests.transports import open_transport
 from mobile_runtime.manifest import (Backbone, Manifest, MethodSpec, PackRef, TensorSpec,
                                      write_manifest)
 from mobile_runtime.stats import SCHEMA_PATH as STATS_SCHEMA
-from tests.test_export_executorch import bundles  # noqa: F401  (module-scoped export fixture)
 
 FIX = Path(__file__).parent / "fixtures"
 STATS = {"runner": "native", "bundle": "stub", "target": "executorch-xnnpack", "memory": "both",

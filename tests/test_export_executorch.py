@@ -5,36 +5,12 @@ import json
 import pytest
 import torch
 
-from pipeline.checkpoint import save_checkpoint
-from pipeline.export.bundle import export_bundles
 from pipeline.export.executorch_backends import table_shaped_tensors
 from pipeline.export.registry import ExportError, ExportSettings, Target, get_target
 from pipeline.export.verify import verify_bundle_artifacts
-from pipeline.config import fake
-from pipeline.model import MekiModel, init_weights
-from tests.test_model import random_model
+from tests.helpers import random_model
 
 pytestmark = pytest.mark.slow
-
-
-def trained_like_model():
-    """Weights at the scale training leaves them (std 0.02): int4 weights on a std-0.2 random net
-    give 6 dB SNR and meaningless greedy tokens, which would test nothing."""
-    model = init_weights(MekiModel(fake()), seed=1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-    return model
-
-
-@pytest.fixture(scope="module", params=["none", "8da4w", "int8wo"])
-def bundles(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"export-{request.param}")
-    save_checkpoint(trained_like_model(), root / "ck")
-    settings = ExportSettings(quant=request.param, max_seq_len=64, prefill_len=8)
-    export_bundles(root / "ck", root / "out", ["executorch-xnnpack"], settings, pack_dtype="fp16")
-    return root / "out", request.param
 
 
 def test_bundles_verify_against_eager(bundles):

@@ -13,7 +13,7 @@ from pipeline.export.registry import ExportError, ExportSettings, get_target
 from pipeline.export.spec_checks import check_pte, check_spec
 from pipeline.export.verify import verify_bundle_artifacts
 from pipeline.fold import fold_model
-from tests.test_export_executorch import trained_like_model
+from tests.helpers import trained_like_model
 
 pytestmark = pytest.mark.slow
 SETTINGS = ExportSettings(max_seq_len=64, prefill_len=8)

@@ -16,7 +16,7 @@ from pipeline.export.bundle import export_bundles
 from pipeline.export.registry import ExportError, ExportSettings, get_target
 from pipeline.export.verify import (PROMPTS, _eager_runner, greedy_trace, reference_model,
                                     verify_bundle_artifacts)
-from tests.test_export_executorch import trained_like_model
+from tests.helpers import trained_like_model
 
 pytestmark = pytest.mark.slow
 # S = 60 is not a multiple of P = 8: a last prompt chunk near the end exercises the decode fallback

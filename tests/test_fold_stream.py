@@ -6,7 +6,7 @@ from safetensors import safe_open
 
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.fold import fold_checkpoint, fold_model, load_tables
-from tests.test_model import TOKENS, random_model
+from tests.helpers import TOKENS, random_model
 
 
 @pytest.mark.parametrize("variant", ["paper", "megatron"])

@@ -10,7 +10,6 @@ from mobile_runtime.generate import Generator
 from mobile_runtime.sampling import SamplingConfig, sample
 from mobile_runtime.stats import SCHEMA_PATH
 from pipeline.export.verify import _eager_runner, greedy_trace, reference_model
-from tests.test_export_executorch import bundles  # noqa: F401  (module-scoped export fixture)
 
 pytestmark = pytest.mark.slow
 

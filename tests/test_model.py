@@ -5,22 +5,8 @@ import torch
 
 from pipeline.config import ConfigError, ModelConfig, PRESETS, fake, preset
 from pipeline.fold import fold_model
-from pipeline.model import MekiModel, init_weights
-
-
-def random_model(**changes) -> MekiModel:
-    torch.manual_seed(0)
-    model = init_weights(MekiModel(fake().replace(**changes)), seed=1, std=0.2)
-    with torch.no_grad():  # non-trivial scalars and norms, so folding is really tested
-        for name, p in model.named_parameters():
-            if name.endswith(("alpha", "beta")):
-                p.fill_(0.7 if name.endswith("alpha") else 1.3)
-            elif "norm" in name:
-                p.uniform_(0.5, 1.5)
-    return model.eval()
-
-
-TOKENS = torch.tensor([[3, 17, 99, 5, 64, 127, 0, 42, 8, 8]])
+from pipeline.model import MekiModel
+from tests.helpers import TOKENS, random_model
 
 
 @pytest.mark.parametrize("variant", ["paper", "megatron"])
