@@ -1,7 +1,6 @@
 """The one small interface every transport (adb-shell, adb binary, local) implements."""
 from __future__ import annotations
 
-import hashlib
 import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -9,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from device_tests.errors import TransportError, classify
+from mobile_runtime.manifest import sha256_file  # noqa: F401  (re-exported for the transports)
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,6 @@ def quote_argv(argv: Sequence[str]) -> str:
     if not argv:
         raise ValueError("empty argv")
     return " ".join(shlex.quote(str(a)) for a in argv)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a local file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tmp_name_for(remote: str, token: str) -> str:

@@ -76,6 +76,13 @@ def table_shaped_tensors(programs: dict[str, Any], cfg: Any) -> list[str]:
     return found
 
 
+def refuse_tables(programs: dict[str, Any], cfg: Any, target: str) -> None:
+    """The exported backbone must never hold the tables: they are the runtime's lookup."""
+    tables = table_shaped_tensors(programs, cfg)
+    if tables:
+        raise ExportError(f"{target}: the graph holds MeKi-table-shaped tensors: {', '.join(tables)}")
+
+
 def delegation_summary(edge: Any) -> dict[str, int]:
     """Delegate calls per method plus the ops left to the portable kernels (logged, and kept in the manifest)."""
     summary: dict[str, int] = {}
@@ -99,9 +106,7 @@ def lower_to_pte(model: MekiModel, out: Path, settings: ExportSettings, partitio
 
     t0 = time.perf_counter()
     programs = export_methods(model, settings)
-    tables = table_shaped_tensors(programs, model.cfg)
-    if tables:
-        raise ExportError(f"{target}: the graph holds MeKi-table-shaped tensors: {', '.join(tables)}")
+    refuse_tables(programs, model.cfg, target)
     edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False))
     delegated = delegation_summary(edge)

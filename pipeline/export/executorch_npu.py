@@ -24,7 +24,7 @@ import torch
 
 from mobile_runtime.manifest import Backbone
 from pipeline.export.coreml_backend import with_slice_cache
-from pipeline.export.executorch_backends import lower_to_pte, table_shaped_tensors
+from pipeline.export.executorch_backends import lower_to_pte, refuse_tables
 from pipeline.export.registry import ExportError, ExportSettings, register_target
 from pipeline.export.step import example_inputs, make_step, method_spec
 from pipeline.model import MekiModel
@@ -102,9 +102,7 @@ def lower_single_method(model: MekiModel, out: Path, settings: ExportSettings, p
     with torch.no_grad():
         programs = {"forward": export(step, example_inputs(cfg, settings.prefill_len), dynamic_shapes=dyn,
                                       strict=False)}
-    tables = table_shaped_tensors(programs, cfg)
-    if tables:
-        raise ExportError(f"{target}: the graph holds MeKi-table-shaped tensors: {', '.join(tables)}")
+    refuse_tables(programs, cfg, target)
     edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False))
     delegated = delegated_ops(edge)
