@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from mobile_runtime.backends import open_runner
-from mobile_runtime.manifest import BundleError, load_manifest, verify_bundle
+from mobile_runtime.manifest import BundleError, verify_bundle
 from mobile_runtime.memory import memory_snapshot
 from mobile_runtime.sampling import SamplingConfig, sample
 from mobile_runtime.stats import RunStats
@@ -37,7 +37,7 @@ class Generator:
                  cache_bytes: int = 8 << 20, check_hashes: bool = True) -> None:
         self.bundle = Path(bundle)
         target = BACKENDS.get(backend, backend)
-        self.manifest = verify_bundle(self.bundle, check_hashes) if check_hashes else load_manifest(self.bundle)
+        self.manifest = verify_bundle(self.bundle, check_hashes)  # sizes always; sha256 unless told not to
         self.backbone = self.manifest.backbone(target)
         self.runner = open_runner(self.bundle, self.backbone)
         self.pack = None

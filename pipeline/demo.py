@@ -64,7 +64,7 @@ def _print_side_by_side(result: "BenchResult") -> None:
     from device_tests.report import METRICS
 
     for rep in result.devices:
-        table = Table(title=f"MeKi vs dense on {rep.device} (median of {cfg_runs(rep)} measured runs each)")
+        table = Table(title=f"MeKi vs dense on {rep.device} (median of {_measured_runs(rep)} measured runs each)")
         for col in ("metric", "MeKi", "dense", "MeKi/dense"):
             table.add_column(col, justify="right")
         for metric, (label, unit, _) in METRICS.items():
@@ -74,7 +74,7 @@ def _print_side_by_side(result: "BenchResult") -> None:
         console.print(table)
 
 
-def cfg_runs(rep: "DeviceReport") -> int:
+def _measured_runs(rep: "DeviceReport") -> int:
     return rep.summary.get("meki", {}).get("runs", 0)
 
 

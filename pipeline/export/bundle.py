@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tqdm import tqdm
+
 from mobile_runtime.manifest import Manifest, PackRef, TokenizerRef, write_manifest
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.config import ModelConfig
@@ -67,7 +69,8 @@ def write_bundle(model: MekiModel, out: Path, targets: list[str], settings: Expo
             shutil.copyfile(pack, tmp / "tables.mpk")
             with MemoryPack.open(tmp / "tables.mpk", expected_fingerprint=fingerprint) as p:
                 pack_ref = PackRef("tables.mpk", p.dtype, p.layout, p.vocab_size, p.num_layers, p.d_mem, p.fingerprint)
-        backbones = [get_target(t).export(model, tmp, settings) for t in targets]
+        backbones = [get_target(t).export(model, tmp, settings)
+                     for t in tqdm(targets, desc=f"export {out.name}", unit="target")]
         manifest = Manifest(name=cfg.name, fingerprint=fingerprint, memory=cfg.memory, config=cfg.to_dict(),
                             tokenizer=tok, memory_pack=pack_ref, backbones=backbones,
                             export={"settings": settings.__dict__, "targets": targets, "source": source,
