@@ -14,7 +14,7 @@ from pipeline.checkpoint import save_checkpoint
 from pipeline.export import tflite_backend
 from pipeline.export.bundle import export_bundles
 from pipeline.export.registry import ExportError, ExportSettings, get_target
-from pipeline.export.verify import (PROMPTS, _eager_runner, greedy_trace, reference_model,
+from pipeline.export.verify import (PROMPTS, eager_runner, greedy_trace, reference_model,
                                     verify_bundle_artifacts)
 from tests.helpers import trained_like_model
 
@@ -45,7 +45,7 @@ def traces(bundle, prompt, steps):
         from mobile_runtime.pack import MemoryPack
         pack = MemoryPack.open(bundle / manifest.memory_pack.file)
         lookup = lambda tokens: pack.lookup(tokens.reshape(-1))[None]  # noqa: E731
-    eager = greedy_trace(_eager_runner(ref, backbone.max_seq_len), prompt, steps, backbone.prefill_len, lookup)
+    eager = greedy_trace(eager_runner(ref, backbone.max_seq_len), prompt, steps, backbone.prefill_len, lookup)
     return eager, greedy_trace(open_runner(bundle, backbone).step, prompt, steps, backbone.prefill_len, lookup)
 
 

@@ -56,7 +56,7 @@ def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
     return math.inf if noise == 0 else 10 * math.log10(float((ref ** 2).sum()) / noise)
 
 
-def _eager_runner(model: MekiModel, max_seq_len: int):
+def eager_runner(model: MekiModel, max_seq_len: int):
     model = copy.deepcopy(model)
     model.setup_cache(max_seq_len)
 
@@ -98,7 +98,7 @@ def verify_backbone(bundle: Path, manifest: Manifest, backbone: Backbone, refere
     runner = open_runner(bundle, backbone)
     diffs, snrs, match, notes = [], [], True, []
     for prompt in PROMPTS:
-        ref_tokens, ref_logits = greedy_trace(_eager_runner(ref, backbone.max_seq_len), list(prompt), steps,
+        ref_tokens, ref_logits = greedy_trace(eager_runner(ref, backbone.max_seq_len), list(prompt), steps,
                                               backbone.prefill_len, lookup)
         got_tokens, got_logits = greedy_trace(runner.step, list(prompt), steps, backbone.prefill_len, lookup)
         split = next((i for i, (a, b) in enumerate(zip(ref_tokens, got_tokens)) if a != b), None)
