@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobile_runtime.backends import open_runner  # noqa: E402
-from mobile_runtime.manifest import load_manifest  # noqa: E402
+from contract.manifest import load_manifest  # noqa: E402
 from mobile_runtime.pack import MemoryPack  # noqa: E402
 from pipeline.config import preset  # noqa: E402
 from pipeline.export.bundle import dense_baseline, write_bundle  # noqa: E402

@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mobile_runtime.manifest import load_manifest, write_manifest  # noqa: E402
+from contract.manifest import load_manifest, write_manifest  # noqa: E402
 
 PY = sys.executable
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mobile_runtime import pack_format as pf  # noqa: E402
+from contract import pack_format as pf  # noqa: E402
 from mobile_runtime.pack import MemoryPack  # noqa: E402
 from pipeline.pack_writer import PackWriter  # noqa: E402
 

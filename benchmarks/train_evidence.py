@@ -32,7 +32,7 @@ from pipeline.config import ModelConfig  # noqa: E402
 from pipeline.fold import fold_model  # noqa: E402
 from pipeline.model import MekiModel  # noqa: E402
 from pipeline.pack_writer import write_pack  # noqa: E402
-from pipeline.train import TrainConfig, evaluate, fixed_val_batches, train  # noqa: E402
+from training.train import TrainConfig, evaluate, fixed_val_batches, train  # noqa: E402
 
 SEED = 1234
 PACK_DTYPES = ("fp16", "bf16", "int8", "int4")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from device_tests.bench import BenchResult, DeviceReport, RunRecord, resolve_bundles
-from mobile_runtime.manifest import load_manifest
+from contract.manifest import load_manifest
 
 PROFILE_SUFFIX = ".aihub-profile.json"
 

@@ -32,7 +32,7 @@ from device_tests.runners import Runner, make_runner
 from device_tests.transports import open_transport
 from device_tests.transports.base import Transport
 from device_tests.transports.local import LocalTransport
-from mobile_runtime.manifest import verify_bundle
+from contract.manifest import verify_bundle
 
 # Errors after which every further run on the device would fail the same way.
 FATAL = (DeviceDisconnected, DeviceFull, PermissionDenied, RunnerMissing)

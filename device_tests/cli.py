@@ -1,6 +1,6 @@
 """`meki bench BUNDLE_DIR --device local|SERIAL ...`: argparse wiring for device_tests.bench.
 
-pipeline/cli.py adds the verb with:  add_bench_args(sub.add_parser("bench")) ... run_bench_cli(args)
+meki/cli.py adds the verb with:  add_bench_args(sub.add_parser("bench")) ... run_bench_cli(args)
 Also runnable alone: python -m device_tests.cli BUNDLE_DIR [...]
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Sequence
 
 from device_tests.bench import BenchConfig, run_bench
 from device_tests.runners import RUNNER_KINDS
-from mobile_runtime.manifest import BundleError
+from contract.manifest import BundleError
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:

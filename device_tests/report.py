@@ -6,12 +6,13 @@ min-max and the interquartile range; ratios are MeKi's median over dense's.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+
+from contract.atomic import atomic_write_text
 
 from device_tests.bench import BenchResult, DeviceReport, RunRecord
 
@@ -91,10 +92,10 @@ def write_all(result: BenchResult, out_dir: Path) -> None:
         result.outputs["plots"] = write_plots(result, out_dir)
     except ImportError:
         result.outputs["notes"].append("plots skipped: matplotlib missing (pip install 'meki-toolkit[bench]')")
-    _atomic_write(out_dir / "bench.md", markdown(result))
+    atomic_write_text(out_dir / "bench.md", markdown(result))
     data = result.to_json()
     validate(data)
-    _atomic_write(out_dir / "bench.json", json.dumps(data, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "bench.json", json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _fmt(x: float | None) -> str:
@@ -199,9 +200,3 @@ def write_plots(result: BenchResult, out_dir: Path) -> list[str]:
 def _legend(ax: Any) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)

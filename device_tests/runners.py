@@ -1,7 +1,7 @@
 """The programs a bench starts: the Python runner, the native meki_runner, or the Android app.
 
 Each runner stages what it needs on the device, starts one generation, says when it is done and
-brings back its stats JSON as one flat dict (the fields of mobile_runtime/stats.schema.json).
+brings back its stats JSON as one flat dict (the fields of contract/stats.schema.json).
 """
 from __future__ import annotations
 

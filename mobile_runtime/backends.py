@@ -12,7 +12,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from mobile_runtime.manifest import Backbone, BundleError
+from contract.manifest import Backbone, BundleError
 
 
 class Runner(Protocol):

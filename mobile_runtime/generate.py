@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from mobile_runtime.backends import open_runner
-from mobile_runtime.manifest import BundleError, verify_bundle
+from contract.manifest import BundleError, verify_bundle
 from mobile_runtime.memory import memory_snapshot
 from mobile_runtime.sampling import SamplingConfig, sample
 from mobile_runtime.stats import RunStats

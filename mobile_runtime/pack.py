@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mobile_runtime import pack_format as pf
+from contract import pack_format as pf
 
 _CACHE_ENTRY_OVERHEAD = 120   # bytes a cached record costs beyond its payload (bytes obj + dict)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mobile_runtime.generate import BACKENDS, Generator
-from mobile_runtime.manifest import BundleError
+from contract.manifest import BundleError
 from mobile_runtime.sampling import SamplingConfig
 
 

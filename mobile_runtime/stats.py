@@ -1,6 +1,6 @@
 """The JSON stats of one run: the same fields from the Python loop, the native runner and the app.
 
-Schema: stats.schema.json beside this file.
+Schema: contract/stats.schema.json.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import contract
 from mobile_runtime.memory import MemorySnapshot
 
 if TYPE_CHECKING:
     from mobile_runtime.generate import Generator
 
-SCHEMA_PATH = Path(__file__).with_name("stats.schema.json")
+SCHEMA_PATH = Path(contract.__file__).with_name("stats.schema.json")
 
 
 @dataclass

@@ -4,17 +4,16 @@ Android: `app/src/main/assets/meki/` (base APK) or, above `base_limit_bytes`, an
 `meki_assets/` (install-time or fast-follow), plus `meki-bundle.properties`, which the Gradle
 scripts read (noCompress extensions, asset pack). iOS: a local SwiftPM package `MekiAssets` whose
 resources are the bundle folder, copied verbatim. A bundle whose manifest, sha256 or pack header
-does not verify is refused (mobile_runtime.manifest.BundleError) before anything is written.
+does not verify is refused (contract.manifest.BundleError) before anything is written.
 """
 from __future__ import annotations
 
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mobile_runtime.manifest import MANIFEST, BundleError, Manifest, verify_bundle
+from contract.atomic import atomic_dir, atomic_write_text
+from contract.manifest import MANIFEST, BundleError, Manifest, verify_bundle
 from mobile_runtime.pack import MemoryPack, PackError
 
 ANDROID_ASSET_DIR = "meki"                 # assets/meki/ (AndroidBundle.ASSET_ROOT)
@@ -23,7 +22,6 @@ BASE_LIMIT_BYTES = 150 << 20               # keep the base APK under Play's 200 
 DELIVERY_TYPES = ("install-time", "fast-follow")
 IOS_PACKAGE = "MekiAssets"
 IOS_BUNDLE_DIR = "MekiBundle"              # Bundle.module resource folder name
-FRAMEWORK_RES = Path("/usr/share/android-framework-res/framework-res.apk")   # Debian android-framework-res
 
 
 @dataclass
@@ -69,26 +67,10 @@ def _no_compress(m: Manifest) -> list[str]:
 
 def _copy_bundle(bundle: Path, m: Manifest, dest: Path, overwrite: bool) -> None:
     """Copy manifest.json and every listed file into dest atomically (temp folder, then rename)."""
-    if dest.exists() and not overwrite:
-        raise FileExistsError(f"{dest} exists; pass overwrite=True to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest, overwrite) as tmp:
         for rel in [MANIFEST] + [f.path for f in m.files]:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(bundle / rel, tmp / rel)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def bundle_android(bundle: Path, app_dir: Path, *, base_limit_bytes: int = BASE_LIMIT_BYTES,
@@ -117,9 +99,9 @@ def bundle_android(bundle: Path, app_dir: Path, *, base_limit_bytes: int = BASE_
     if stale.exists():
         shutil.rmtree(stale)
     if use_pack:
-        _write_atomic(pack_module / "build.gradle.kts", _asset_pack_gradle(delivery))
+        atomic_write_text(pack_module / "build.gradle.kts", _asset_pack_gradle(delivery))
     exts = _no_compress(m)
-    _write_atomic(app_dir / "meki-bundle.properties",
+    atomic_write_text(app_dir / "meki-bundle.properties",
                   f"# written by meki bundle; read by app/build.gradle.kts\nname={m.name}\n"
                   f"fingerprint={m.fingerprint}\nnoCompress={','.join(exts)}\n"
                   f"assetPack={ASSET_PACK if use_pack else ''}\n")
@@ -143,8 +125,8 @@ def bundle_ios(bundle: Path, dest: Path, *, overwrite: bool = False) -> IosPlace
     m = verify_for_apps(bundle)
     src_dir = dest / "Sources" / IOS_PACKAGE
     _copy_bundle(bundle, m, src_dir / IOS_BUNDLE_DIR, overwrite)
-    _write_atomic(dest / "Package.swift", _ios_package_swift())
-    _write_atomic(src_dir / f"{IOS_PACKAGE}.swift",
+    atomic_write_text(dest / "Package.swift", _ios_package_swift())
+    atomic_write_text(src_dir / f"{IOS_PACKAGE}.swift",
                   "import Foundation\n\n/// The MeKi bundle copied here by `meki bundle --ios`.\n"
                   f"public enum {IOS_PACKAGE} {{\n"
                   "    /// Folder holding manifest.json and the bundle's files.\n"
@@ -163,40 +145,3 @@ def _ios_package_swift() -> str:
             f'    products: [.library(name: "{IOS_PACKAGE}", targets: ["{IOS_PACKAGE}"])],\n'
             f'    targets: [.target(name: "{IOS_PACKAGE}", resources: [.copy("{IOS_BUNDLE_DIR}")])]\n'
             ")\n")
-
-
-def copy_golden_ios(golden_dir: Path, ios_dir: Path) -> Path:
-    """Copy the memory-pack golden vectors (tests/golden) into the Swift test resources."""
-    dest = Path(ios_dir) / "Tests/MekiBridgeTests/Resources/golden"
-    dest.mkdir(parents=True, exist_ok=True)
-    for p in sorted(Path(golden_dir).iterdir()):
-        if p.suffix in (".mekipack", ".json"):
-            shutil.copyfile(p, dest / p.name)
-    return dest
-
-
-def assemble_test_apk(assets_root: Path, out_apk: Path, *, no_compress: list[str],
-                      framework_res: Path = FRAMEWORK_RES, align: int = 16384) -> Path:
-    """Resource-only APK of assets_root/ (holding meki/) with Debian's aapt, 16 KiB-aligned by zipalign.
-
-    Proves the packaging rules (stored, aligned pack) where no modern AGP exists; unsigned.
-    """
-    for tool in ("aapt", "zipalign"):
-        if shutil.which(tool) is None:
-            raise FileNotFoundError(f"{tool} not found: apt-get install aapt zipalign android-framework-res")
-    out_apk = Path(out_apk)
-    with tempfile.TemporaryDirectory() as tmp:
-        manifest = Path(tmp) / "AndroidManifest.xml"
-        manifest.write_text(
-            '<?xml version="1.0" encoding="utf-8"?>\n'
-            '<manifest xmlns:android="http://schemas.android.com/apk/res/android" package="ai.meki.packcheck">\n'
-            '    <uses-sdk android:minSdkVersion="26" android:targetSdkVersion="35" />\n'
-            '    <application android:label="meki pack check" android:hasCode="false" />\n</manifest>\n')
-        raw = Path(tmp) / "unaligned.apk"
-        cmd = ["aapt", "package", "-f", "-M", str(manifest), "-I", str(framework_res), "-A", str(assets_root),
-               "-F", str(raw)]
-        for ext in no_compress:
-            cmd[2:2] = ["-0", ext]
-        subprocess.run(cmd, check=True, capture_output=True)
-        subprocess.run(["zipalign", "-f", str(align), str(raw), str(out_apk)], check=True, capture_output=True)
-    return out_apk

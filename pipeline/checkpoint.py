@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.config import ConfigError, ModelConfig
-from pipeline.fsutil import atomic_dir
+from contract.atomic import atomic_dir
 from pipeline.model import MekiModel
 from pipeline.tensor_io import DictSource, fingerprint
 

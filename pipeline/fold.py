@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from pipeline.checkpoint import CheckpointError, CheckpointInfo, check_state_dict, read_info, write_info
 from pipeline.config import ModelConfig
-from pipeline.fsutil import atomic_dir
+from contract.atomic import atomic_dir
 from pipeline.meki_branch import MekiMemory
 from pipeline.model import MekiModel
 from pipeline.tensor_io import DictSource, SafetensorsReader, SafetensorsWriter, TensorSource

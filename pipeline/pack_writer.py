@@ -1,4 +1,4 @@
-"""Write a MeKi memory pack (format v1, see mobile_runtime/PACK_FORMAT.md), streamed chunk by chunk.
+"""Write a MeKi memory pack (format v1, see contract/PACK_FORMAT.md), streamed chunk by chunk.
 
     with PackWriter(path, vocab_size=V, num_layers=L, d_mem=m, dtype="int8",
                     fingerprint=fp) as w:
@@ -11,12 +11,12 @@ temp file is removed and nothing is left at `path`.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from mobile_runtime import pack_format as pf
+from contract import pack_format as pf
+from contract.atomic import commit_file, temp_sibling
 
 
 class PackWriteError(ValueError):
@@ -58,11 +58,8 @@ class PackWriter:
     # ------------------------------------------------------------ context manager
     def __enter__(self) -> "PackWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                   dir=self.path.parent)
-        self._tmp = Path(tmp)
-        self._f = os.fdopen(fd, "w+b", buffering=0)
-        os.fchmod(fd, 0o666 & ~_umask())   # mkstemp makes 0600; packs are ordinary files
+        self._tmp = temp_sibling(self.path)
+        self._f = open(self._tmp, "x+b", buffering=0)
         h = self.header
         # header region stays zero until finalize: a crash leaves a file with no magic
         self._f.truncate(h.data_offset if h.layout == "token-major" else h.table_offset)
@@ -192,8 +189,7 @@ class PackWriter:
         self._f = None
         if self.path.exists() and not self.overwrite:
             raise FileExistsError(f"{self.path} appeared while writing; not overwriting it")
-        os.replace(self._tmp, self.path)
-        _fsync_dir(self.path.parent)
+        commit_file(self._tmp, self.path)
 
     def _abort(self) -> None:
         if self._f is not None:
@@ -219,19 +215,6 @@ def _hash_blocks(f, h: pf.PackHeader):
         for i in range(n):
             yield pf.checksum(mv[i * h.block_size:(i + 1) * h.block_size])
 
-
-def _umask() -> int:
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_pack(path, tables, *, fingerprint: str, dtype: str = "int8", group_size: int = 32,

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import xxhash
 
+from contract.atomic import commit_file, temp_sibling
+
 _DTYPES = {  # safetensors name -> (torch dtype, bytes per element)
     "F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
     "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I8": (torch.int8, 1), "U8": (torch.uint8, 1),
@@ -141,7 +143,7 @@ class SafetensorsWriter:
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned, as the reference writer does
         self._base = 8 + len(blob)
-        self._tmp = self.path.with_name(self.path.name + ".partial")
+        self._tmp = temp_sibling(self.path)
         self._fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         os.pwrite(self._fd, struct.pack("<Q", len(blob)) + blob, 0)
         os.ftruncate(self._fd, self._base + offset)
@@ -171,7 +173,7 @@ class SafetensorsWriter:
             raise ValueError(f"{self.path}: tensors not completely written: {', '.join(short[:5])}")
         os.fsync(self._fd)
         os.close(self._fd)
-        os.replace(self._tmp, self.path)
+        commit_file(self._tmp, self.path)
 
     def abort(self) -> None:
         os.close(self._fd)

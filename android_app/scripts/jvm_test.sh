@@ -2,7 +2,7 @@
 # Compile the platform-independent part of meki-runtime (src/core, no Android imports) with the JDK
 # and run its JUnit 5 tests against tests/golden and a bundle written by the Python manifest writer.
 # JUnit and org.json come from Debian (junit5, libandroid-json-java): installed here if missing.
-# Also installs aapt, zipalign, android-framework-res for tests/test_bundle_apps.py's APK check.
+# Also installs aapt, zipalign, android-framework-res for tests/apps/test_bundle_apps.py's APK check.
 # Closing line: "jvm: N passed, N failed[, N skipped]". Usage: android_app/scripts/jvm_test.sh
 set -euo pipefail
 APP="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,7 +15,7 @@ need=()
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
 [ -f "$JUNIT" ] || need+=(junit5)
 [ -f "$JSON" ] || need+=(libandroid-json-java)
-# for tests/test_bundle_apps.py's APK check (aapt + zipalign + framework-res.apk); run this script before pytest
+# for tests/apps/test_bundle_apps.py's APK check (aapt + zipalign + framework-res.apk); run this script before pytest
 command -v aapt >/dev/null || need+=(aapt)
 command -v zipalign >/dev/null || need+=(zipalign)
 [ -f /usr/share/android-framework-res/framework-res.apk ] || need+=(android-framework-res)

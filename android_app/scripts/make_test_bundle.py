@@ -1,6 +1,6 @@
 """Write a tiny bundle for the Java tests: the golden int8 pack, a stand-in program, a manifest.
 
-The manifest is written by mobile_runtime.manifest.write_manifest, so the Java reader is tested
+The manifest is written by contract.manifest.write_manifest, so the Java reader is tested
 against what the Python side really writes.  Usage:  python make_test_bundle.py OUT_DIR
 """
 import shutil
@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from mobile_runtime.manifest import (Backbone, Manifest, MethodSpec, PackRef, TensorSpec,  # noqa: E402
+from contract.manifest import (Backbone, Manifest, MethodSpec, PackRef, TensorSpec,  # noqa: E402
                                      TokenizerRef, write_manifest)
 
 GOLDEN = ROOT / "tests/golden"

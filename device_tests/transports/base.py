@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Sequence
 
 from device_tests.errors import TransportError, classify
-from mobile_runtime.manifest import sha256_file  # noqa: F401  (re-exported for the transports)
 
 
 @dataclass(frozen=True)

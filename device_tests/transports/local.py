@@ -19,7 +19,9 @@ from device_tests.errors import (
     RunnerMissing,
     TransportError,
 )
-from device_tests.transports.base import ShellResult, Transport, sha256_file, tmp_name_for
+from contract.atomic import temp_sibling
+from contract.hashing import sha256_file
+from device_tests.transports.base import ShellResult, Transport, tmp_name_for
 
 
 def _os_error(exc: OSError, what: str) -> TransportError:
@@ -83,7 +85,7 @@ class LocalTransport(Transport):
 
     def pull(self, remote: str, local: Path) -> None:
         local = Path(local)
-        tmp = local.with_name(f".{local.name}.meki-tmp-{secrets.token_hex(6)}")
+        tmp = temp_sibling(local)
         try:
             shutil.copyfile(self._path(remote), tmp)
             os.replace(tmp, local)

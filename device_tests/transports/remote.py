@@ -9,12 +9,13 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Sequence
 
+from contract.atomic import temp_sibling
+from contract.hashing import sha256_file
 from device_tests.errors import RemotePathMissing, TransportError, classify
 from device_tests.transports.base import (
     ShellResult,
     Transport,
     quote_argv,
-    sha256_file,
     tmp_name_for,
 )
 
@@ -85,7 +86,7 @@ class RemoteShellTransport(Transport):
 
     def pull(self, remote: str, local: Path) -> None:
         local = Path(local)
-        tmp = local.with_name(f".{local.name}.meki-tmp-{secrets.token_hex(6)}")
+        tmp = temp_sibling(local)
         try:
             self._pull_file(remote, tmp)
             os.replace(tmp, local)

@@ -1,4 +1,4 @@
-// The bundle's manifest.json (mobile_runtime/bundle_manifest.schema.json): the fields the native
+// The bundle's manifest.json (contract/bundle_manifest.schema.json): the fields the native
 // runner needs, read strictly; a missing or mistyped field is a BundleError naming its path.
 #pragma once
 

@@ -1,4 +1,4 @@
-// MeKi memory pack reader (format v1). See pack_reader.h and mobile_runtime/PACK_FORMAT.md.
+// MeKi memory pack reader (format v1). See pack_reader.h and contract/PACK_FORMAT.md.
 #include "pack_reader.h"
 
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-// MeKi memory pack reader, format v1 (mobile_runtime/PACK_FORMAT.md): header and checksum
+// MeKi memory pack reader, format v1 (contract/PACK_FORMAT.md): header and checksum
 // verification in the spec's order, pread or mmap access, fp16/bf16/int8/int4 -> float32,
 // a bounded LRU cache of raw token records, and a one-request background prefetcher.
 #pragma once

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mobile_runtime.manifest import Manifest, PackRef, TokenizerRef, write_manifest
+from contract.manifest import Manifest, PackRef, TokenizerRef, write_manifest
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.config import ModelConfig
 from pipeline.export.registry import ExportSettings, get_target
 from pipeline.fold import fold_checkpoint
-from pipeline.fsutil import atomic_dir, check_free
+from contract.atomic import atomic_dir, check_free
 from pipeline.model import MekiModel
 
 EOS_CANDIDATES = ("<|endoftext|>", "<|im_end|>", "</s>", "<eos>")

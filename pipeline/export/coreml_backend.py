@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mobile_runtime.manifest import Backbone, MethodSpec, TensorSpec
+from contract.manifest import Backbone, MethodSpec, TensorSpec
 from pipeline.config import ModelConfig
 from pipeline.export.executorch_backends import table_shaped_tensors
 from pipeline.export.registry import ExportError, ExportSettings, register_target

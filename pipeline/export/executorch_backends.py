@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mobile_runtime.manifest import Backbone
+from contract.manifest import Backbone
 from pipeline.export.registry import ExportError, ExportSettings, register_target
 from pipeline.export.step import example_inputs, make_step, method_spec
 from pipeline.model import MekiModel

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mobile_runtime.manifest import Backbone
+from contract.manifest import Backbone
 from pipeline.export.coreml_backend import with_slice_cache
 from pipeline.export.executorch_backends import lower_to_pte, refuse_tables
 from pipeline.export.registry import ExportError, ExportSettings, register_target

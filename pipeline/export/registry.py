@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mobile_runtime.manifest import Backbone
+from contract.manifest import Backbone
 from pipeline.model import MekiModel
 
 BACKEND_MODULES = ("executorch_backends", "tflite_backend", "coreml_backend", "executorch_npu")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mobile_runtime.manifest import Backbone, Manifest, TensorSpec
+from contract.manifest import Backbone, Manifest, TensorSpec
 
 # delegate id (the backend class name ExecuTorch writes into the program) per .pte target
 PTE_BACKENDS = {"executorch-coreml": "CoreMLBackend", "executorch-vulkan": "VulkanBackend",

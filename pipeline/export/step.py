@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mobile_runtime.manifest import MethodSpec, TensorSpec
+from contract.manifest import MethodSpec, TensorSpec
 from pipeline.config import ModelConfig
 from pipeline.model import MekiModel
 

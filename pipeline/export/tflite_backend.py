@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mobile_runtime.manifest import Backbone, MethodSpec, TensorSpec
+from contract.atomic import atomic_write_bytes, commit_file, temp_sibling
+from contract.manifest import Backbone, MethodSpec, TensorSpec
 from pipeline.config import ModelConfig
 from pipeline.export.registry import ExportError, ExportSettings, register_target
 from pipeline.model import MekiModel
@@ -149,9 +150,12 @@ def convert_in_process(model: MekiModel, path: Path, settings: ExportSettings) -
         edge = (litert_torch.signature("prefill", step, sample_kwargs=sample_kwargs(cfg, settings, "prefill"))
                 .signature("decode", step, sample_kwargs=sample_kwargs(cfg, settings, "decode"))
                 .convert(quant_config=quant_config(settings.quant)))
-    tmp = path.with_name(f".{path.name}.partial")
-    edge.export(str(tmp))
-    os.replace(tmp, path)
+    tmp = temp_sibling(path)
+    try:
+        edge.export(str(tmp))
+        commit_file(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def litert_python() -> str | None:
@@ -310,9 +314,7 @@ def aot_compile(src: Path, out: Path, target: str) -> None:
             why = "; ".join(_aot_failure(msg) for _, msg in result.failed_backends) or "no model came back"
             raise ExportError(f"{target}: AOT compile for {soc} failed: {why}")
         _, compiled = result.models_with_backend[0]
-        tmp = out.with_name(f".{out.name}.partial")
-        tmp.write_bytes(compiled.model_bytes)
-        os.replace(tmp, out)
+        atomic_write_bytes(out, compiled.model_bytes)
 
 
 def export_npu(model: MekiModel, out_dir: Path, settings: ExportSettings, target: str) -> Backbone:

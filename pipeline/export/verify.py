@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mobile_runtime.backends import RUNNERS, open_runner
-from mobile_runtime.manifest import Backbone, Manifest, verify_bundle
+from contract.manifest import Backbone, Manifest, verify_bundle
 from pipeline.checkpoint import load_checkpoint
 from pipeline.export.bundle import dense_baseline
 from pipeline.export.executorch_backends import quantize_weights

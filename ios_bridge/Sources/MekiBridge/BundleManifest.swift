@@ -1,6 +1,6 @@
 import Foundation
 
-/// A bundle's manifest.json (v1; schema mobile_runtime/bundle_manifest.schema.json), decoded with
+/// A bundle's manifest.json (v1; schema contract/bundle_manifest.schema.json), decoded with
 /// Codable. Unknown keys are refused at every level (Codable alone would drop them silently).
 public struct BundleManifest: Codable {
     public struct TensorSpec: Codable { public let name: String; public let shape: [Int]; public let dtype: String }

@@ -22,7 +22,7 @@ import org.json.JSONException;
 import org.json.JSONObject;
 
 /**
- * A bundle's manifest.json (v1; schema: mobile_runtime/bundle_manifest.schema.json): the only
+ * A bundle's manifest.json (v1; schema: contract/bundle_manifest.schema.json): the only
  * contract between exporter and app. Parsing is strict: an unknown or missing key is an error
  * naming it. org.json is Android's; on the JVM the same API comes from Debian's libandroid-json-java.
  */
@@ -226,7 +226,7 @@ public final class BundleManifest {
         throw new BundleException("bundle '" + name + "' has no backbone for target '" + target + "' (has: " + have + ")");
     }
 
-    /** Same checks as mobile_runtime.manifest.verify_bundle: files, sizes, sha256, references, fingerprints. */
+    /** Same checks as contract.manifest.verify_bundle: files, sizes, sha256, references, fingerprints. */
     public static BundleManifest verify(Path bundleDir, boolean checkHashes) throws IOException {
         BundleManifest m = load(bundleDir);
         List<String> problems = m.referenceProblems();

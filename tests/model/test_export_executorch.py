@@ -1,0 +1,61 @@
+"""ExecuTorch XNNPACK export of the fake preset: bundles, graph checks, and verify against eager."""
+
+import json
+
+import pytest
+import torch
+
+from pipeline.export.executorch_backends import table_shaped_tensors
+from pipeline.export.registry import ExportError, ExportSettings, Target, get_target
+from pipeline.export.verify import verify_bundle_artifacts
+from tests.model.helpers import random_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_bundles_verify_against_eager(bundles):
+    out, quant = bundles
+    for kind in ("meki", "dense"):
+        rows = verify_bundle_artifacts(out / kind, steps=32)
+        assert [r.status for r in rows] == ["pass"], rows
+        assert rows[0].greedy_match
+        if quant == "none":
+            assert rows[0].max_abs_diff <= 1e-3
+
+
+def test_meki_input_only_in_meki_bundle(bundles):
+    out, _ = bundles
+    meki = json.loads((out / "meki" / "manifest.json").read_text())
+    dense = json.loads((out / "dense" / "manifest.json").read_text())
+    names = lambda m, step: [t["name"] for t in m["backbones"][0]["methods"][step]["inputs"]]  # noqa: E731
+    assert names(meki, "decode") == ["tokens", "input_pos", "meki_rows"]
+    assert names(dense, "decode") == ["tokens", "input_pos"]
+    assert meki["memory_pack"]["fingerprint"] == meki["fingerprint"] and dense["memory_pack"] is None
+    assert meki["backbones"][0]["delegated"]["decode.delegate_calls"] > 0
+    # the backbone is smaller than the tables it must not contain plus the rest of the model
+    pte = (out / "meki" / "model_xnnpack.pte").stat().st_size
+    assert pte < (out / "dense" / "model_xnnpack.pte").stat().st_size * 1.5
+
+
+def test_table_shaped_tensor_is_caught():
+    class Leaky(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.zeros(128, 16))
+
+        def forward(self, tokens):
+            return self.table[tokens]
+
+    cfg = random_model().cfg
+    ep = torch.export.export(Leaky(), (torch.tensor([1, 2]),))
+    assert table_shaped_tensors({"decode": ep}, cfg) == ["decode:table(128, 16)"]
+
+
+def test_registry_errors():
+    with pytest.raises(ExportError, match="unknown target 'npu9'.*executorch-xnnpack"):
+        get_target("npu9")
+    missing = Target("x", "", "vendorx", ("no_such_toolkit_mod",), ("none",), lambda *a: None)
+    with pytest.raises(ExportError, match=r"pip install -e '.\[vendorx\]'"):
+        missing.ensure_available(ExportSettings())
+    with pytest.raises(ExportError, match="quant 'int2' not supported"):
+        get_target("executorch-xnnpack").ensure_available(ExportSettings(quant="int2"))

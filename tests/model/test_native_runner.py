@@ -1,0 +1,105 @@
+"""The native runner (mobile_runtime/native): builds here, reads the golden packs exactly, generates
+the same greedy tokens as the Python loop on a real ExecuTorch bundle, writes valid stats, and
+refuses a damaged pack with a clear message and a non-zero exit."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from mobile_runtime.generate import Generator
+from mobile_runtime.sampling import SamplingConfig
+from mobile_runtime.stats import SCHEMA_PATH
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "golden"
+PROMPT = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]  # longer than prefill_len=8: two prefill chunks
+
+
+@pytest.fixture(scope="module")
+def native() -> Path:
+    """Build (or bring up to date) the runner under build/native (git-ignored, kept between runs)."""
+    out = subprocess.run([str(REPO / "mobile_runtime" / "native" / "build.sh"), str(REPO / "build" / "native")],
+                         check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def run_native(native: Path, bundle: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(native / "meki_runner"), str(bundle), "--quiet", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_golden_vectors(native):
+    res = subprocess.run([str(native / "pack_golden_check"), str(GOLDEN)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    packs = json.loads((GOLDEN / "pack_golden.json").read_text())["packs"]
+    assert res.stdout.count("ok ") == 2 * len(packs)  # pread and mmap per pack
+
+
+@pytest.mark.parametrize("bundles", ["none"], indirect=True)
+@pytest.mark.parametrize("kind", ["meki", "dense"])
+def test_native_tokens_match_python_loop(native, bundles, kind, tmp_path):
+    out, _ = bundles
+    stats_path = tmp_path / "stats.json"
+    res = run_native(native, out / kind, "--prompt-ids", ",".join(map(str, PROMPT)), "--max-new-tokens", "24",
+                     "--stats", str(stats_path))
+    assert res.returncode == 0, res.stderr
+    stats = json.loads(stats_path.read_text())
+    jsonschema.validate(stats, json.loads(SCHEMA_PATH.read_text()))
+    python = Generator(out / kind).generate(PROMPT, SamplingConfig(max_new_tokens=24))
+    assert stats["tokens"] == python.tokens
+    assert (stats["runner"], stats["generated_tokens"], stats["stop_reason"]) == ("native", 24, "max_tokens")
+    assert len(stats["exposed_lookup_s"]) == (23 if kind == "meki" else 0)
+    assert stats["rss_peak_bytes"] >= stats["rss_end_bytes"] > 0 and stats["decode_tok_s"] > 0
+    assert (stats["pack_resident_bytes"] > 0) == (kind == "meki")
+
+
+@pytest.mark.parametrize("bundles", ["none"], indirect=True)
+def test_pack_modes_and_warmup_agree(native, bundles, tmp_path):
+    out, _ = bundles
+    tokens = []
+    for mode, cache, warmup in (("pread", "8", "0"), ("pread", "0", "0"), ("mmap", "0", "0"), ("pread", "8", "5")):
+        path = tmp_path / f"{mode}-{cache}-{warmup}.json"
+        res = run_native(native, out / "meki", "--prompt-ids", "7,8,9", "--max-new-tokens", "12",
+                         "--pack-mode", mode, "--cache-mib", cache, "--warmup", warmup, "--stats", str(path))
+        assert res.returncode == 0, res.stderr
+        tokens.append(json.loads(path.read_text())["tokens"])
+    assert tokens[0] == tokens[1] == tokens[2] == tokens[3]  # a warm-up run leaves no trace in the next
+
+
+@pytest.mark.parametrize("bundles", ["none"], indirect=True)
+def test_damaged_pack_is_refused(native, bundles, tmp_path):
+    out, _ = bundles
+    bad = tmp_path / "bad"
+    shutil.copytree(out / "meki", bad)
+    pack = bad / "tables.mpk"
+    with open(pack, "r+b") as fh:  # flip one byte of data block 0: same size, wrong checksum
+        fh.seek(16384 + 5)
+        byte = fh.read(1)[0]
+        fh.seek(16384 + 5)
+        fh.write(bytes([byte ^ 0xFF]))
+    res = run_native(native, bad, "--prompt-ids", "0,1,2", "--max-new-tokens", "4")
+    assert res.returncode == 3 and "block_checksum" in res.stderr and "data block 0" in res.stderr, res.stderr
+
+    with open(pack, "r+b") as fh:
+        fh.truncate(pack.stat().st_size - 8)
+    res = subprocess.run([str(native / "pack_golden_check"), "--verify", str(pack)], capture_output=True, text=True)
+    assert res.returncode == 3 and "(truncated)" in res.stderr, res.stderr
+    res = run_native(native, bad, "--prompt-ids", "0,1,2", "--max-new-tokens", "4")
+    assert res.returncode == 2 and "tables.mpk" in res.stderr and "manifest says" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("bundles", ["none"], indirect=True)
+def test_bad_requests_exit_with_a_message(native, bundles):
+    out, _ = bundles
+    res = run_native(native, out / "dense", "--prompt-ids", "1,2", "--max-new-tokens", "100")
+    assert res.returncode == 2 and "exceeds the bundle's KV cache (64)" in res.stderr
+    res = run_native(native, out / "dense", "--prompt", "hello")
+    assert res.returncode == 2 and "--prompt-ids" in res.stderr
+    res = run_native(native, out / "dense", "--prompt-ids", "1", "--backend", "tflite")
+    assert res.returncode == 2 and "no backbone for target 'tflite'" in res.stderr

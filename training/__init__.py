@@ -1,0 +1,1 @@
+"""Corpus building (Debian documentation -> tokenizer -> token files) and training (bf16 AdamW)."""
