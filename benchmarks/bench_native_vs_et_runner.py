@@ -72,9 +72,9 @@ def export_et_llm(model, out: Path, settings, eos_id: int) -> None:
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
-    from pipeline.export.executorch_backends import export_methods
+    from pipeline.export.common import export_steps
 
-    forward = export_methods(model, settings)["prefill"]  # same graph as the bundle's prefill
+    forward = export_steps(model, settings)["prefill"]  # same graph as the bundle's prefill
     meta = {"get_max_seq_len": settings.prefill_len,  # tokens per forward call (prefill chunk)
             "get_max_context_len": settings.max_seq_len,  # KV cache positions
             "get_vocab_size": model.cfg.vocab_size, "use_kv_cache": True, "use_sdpa_with_kv_cache": False,

@@ -8,7 +8,6 @@ prefill takes 1..prefill_len tokens (flexible), decode exactly one (fixed: what 
 
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
 import tempfile
@@ -19,12 +18,11 @@ from typing import Any
 
 import torch
 
-from contract.manifest import Backbone, MethodSpec, TensorSpec
-from pipeline.config import ModelConfig
-from pipeline.export.executorch_backends import table_shaped_tensors
-from pipeline.export.registry import ExportError, ExportSettings, register_target
-from pipeline.export.step import make_step
-from pipeline.model import KVCache, MekiModel
+from contract.manifest import Backbone
+from pipeline.export.common import (dynamic_seq, example_inputs, make_step, refuse_tables, step_methods,
+                                    table_shaped_tensors, with_slice_cache)
+from pipeline.export.registry import ExportSettings, register_target
+from pipeline.model import MekiModel
 
 log = logging.getLogger(__name__)
 COREML_QUANTS = ("none", "int4", "palettize4")
@@ -33,55 +31,16 @@ INT4_BLOCK = 32  # int4 per-block: one scale per 32 input channels
 MIN_QUANT_ELEMENTS = 256  # coremltools skips weights below 2048 elements by default: too coarse for tests
 
 
-class SliceKVCache(KVCache):
-    """KV cache written as one contiguous slice at input_pos[0] (Core ML has no index_copy / scatter
-    into state); positions in a step are consecutive, which prefill and decode guarantee."""
-
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # input_pos: [T] consecutive; k, v: [B, Hkv, T, hd] -> the whole cache [B, Hkv, S, hd]
-        start = input_pos[0].item()
-        torch._check_is_size(start)
-        torch._check(start + k.shape[2] <= self.k.shape[2])
-        self.k[:, :, start:start + k.shape[2]] = k
-        self.v[:, :, start:start + v.shape[2]] = v
-        return self.k, self.v
-
-
-def with_slice_cache(model: MekiModel, max_seq_len: int) -> MekiModel:
-    """A copy of `model` with a static slice-written KV cache of max_seq_len positions."""
-    model = copy.deepcopy(model).eval()
-    model.setup_cache(max_seq_len)
-    cfg = model.cfg
-    for layer in model.layers:
-        layer.attn.cache = SliceKVCache(1, cfg.num_kv_heads, max_seq_len, cfg.head_dim, model.embed.weight.dtype)
-    return model
-
-
-def step_inputs(cfg: ModelConfig, seq: int, start: int = 0) -> tuple[torch.Tensor, ...]:
-    """int32 tokens [1, T] and input_pos [T] (Core ML has no int64 inputs), f32 meki_rows [1, T, L, m]."""
-    tokens = (torch.arange(seq, dtype=torch.int32) % cfg.vocab_size)[None]
-    pos = torch.arange(start, start + seq, dtype=torch.int32)
-    rows = (torch.zeros(1, seq, cfg.num_layers, cfg.d_mem),) if cfg.has_meki else ()
-    return (tokens, pos, *rows)
-
-
-def coreml_method_spec(cfg: ModelConfig, seq: int, entry: str) -> MethodSpec:
-    inputs = [TensorSpec("tokens", [1, seq], "int32"), TensorSpec("input_pos", [seq], "int32")]
-    if cfg.has_meki:
-        inputs.append(TensorSpec("meki_rows", [1, seq, cfg.num_layers, cfg.d_mem], "float32"))
-    return MethodSpec(inputs, [TensorSpec("logits", [1, cfg.vocab_size], "float32")], entry)
-
-
 def export_programs(model: MekiModel, settings: ExportSettings) -> dict[str, Any]:
     """torch.export of prefill (T in [1, prefill_len]) and decode (T = 1), each over its own cached copy."""
-    from torch.export import Dim, export
+    from torch.export import export
 
     cfg = model.cfg
-    seq = Dim("seq", min=1, max=settings.prefill_len)
-    dyn = {"tokens": {1: seq}, "input_pos": {0: seq}} | ({"meki_rows": {1: seq}} if cfg.has_meki else {})
     programs = {}
-    for name, inputs, shapes in (("prefill", step_inputs(cfg, settings.prefill_len), dyn),
-                                 ("decode", step_inputs(cfg, 1, settings.prefill_len), None)):
+    # int32 indices: Core ML has no int64 inputs
+    for name, inputs, shapes in (("prefill", example_inputs(cfg, settings.prefill_len, 0, torch.int32),
+                                  dynamic_seq(cfg, settings.prefill_len)),
+                                 ("decode", example_inputs(cfg, 1, settings.prefill_len, torch.int32), None)):
         step = make_step(with_slice_cache(model, settings.max_seq_len))
         with torch.no_grad():
             programs[name] = export(step, inputs, dynamic_shapes=shapes, strict=False).run_decompositions({})
@@ -154,9 +113,7 @@ def save_multifunction(parts: dict[str, Path], out: Path, default: str) -> None:
 def export_coreml(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
     t0 = time.perf_counter()
     programs = export_programs(model, settings)
-    tables = table_shaped_tensors(programs, model.cfg)
-    if tables:
-        raise ExportError(f"coreml: the graph holds MeKi-table-shaped tensors: {', '.join(tables)}")
+    refuse_tables(table_shaped_tensors(programs, model.cfg), "coreml")
     out = out_dir / "model.mlpackage"
     with tempfile.TemporaryDirectory(prefix="meki-coreml-") as work:
         parts = {}
@@ -170,8 +127,7 @@ def export_coreml(model: MekiModel, out_dir: Path, settings: ExportSettings) -> 
     cfg = model.cfg
     return Backbone(target="coreml", file=out.name, quant=settings.quant, max_seq_len=settings.max_seq_len,
                     prefill_len=settings.prefill_len, kv_cache="internal",
-                    methods={"prefill": coreml_method_spec(cfg, settings.prefill_len, "prefill"),
-                             "decode": coreml_method_spec(cfg, 1, "decode")},
+                    methods=step_methods(cfg, settings, index_dtype="int32"),
                     extra={"prefill_dynamic": True, "minimum_deployment_target": "iOS18",
                            "compute_precision": "float16", "compute_units": "CPU_AND_NE", "state_dtype": "float16",
                            "shared_state": "one MLState serves both functions (same state names and shapes)",

@@ -16,17 +16,15 @@ import importlib.util
 import logging
 import os
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from contract.manifest import Backbone
-from pipeline.export.coreml_backend import with_slice_cache
-from pipeline.export.executorch_backends import lower_to_pte, refuse_tables
+from pipeline.export.common import (dynamic_seq, example_inputs, lower_shared_cache, lower_to_pte, make_step,
+                                    pte_backbone, step_methods, with_slice_cache)
 from pipeline.export.registry import ExportError, ExportSettings, register_target
-from pipeline.export.step import example_inputs, make_step, method_spec
 from pipeline.model import MekiModel
 
 log = logging.getLogger(__name__)
@@ -71,52 +69,20 @@ def mediatek_sdk_missing() -> str | None:
             "NeuroPilot portal)")
 
 
-def delegated_ops(edge: Any) -> dict[str, int]:
-    """Delegate calls and ops left outside any delegate, per method (logged with the delegate ids)."""
-    summary: dict[str, int] = {}
-    for name in sorted(edge.methods):
-        gm = edge.exported_program(name).graph_module
-        calls = [n for n in gm.graph.nodes if n.op == "call_function"]
-        delegates = [n for n in calls if "executorch_call_delegate" in str(n.target)]
-        ids = Counter(getattr(gm, d.args[0].target).backend_id for d in delegates)
-        rest = Counter(str(getattr(n.target, "__name__", n.target)) for n in calls
-                       if n not in delegates and "getitem" not in str(n.target))
-        summary[f"{name}.delegate_calls"] = len(delegates)
-        summary[f"{name}.portable_ops"] = sum(rest.values())
-        log.info("%s: delegates %s; not delegated: %s", name, dict(ids), dict(rest))
-    return summary
-
-
 def lower_single_method(model: MekiModel, out: Path, settings: ExportSettings, partitioners: list[Any],
                         target: str) -> Backbone:
     """One method `forward` (T in [1, prefill_len]) over a slice-written cache the delegate owns."""
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
-    from executorch.exir.passes import MemoryPlanningPass
-    from torch.export import Dim, export
+    from torch.export import export
 
     t0 = time.perf_counter()
     cfg = model.cfg
     step = make_step(with_slice_cache(model, settings.max_seq_len))
-    seq = Dim("seq", min=1, max=settings.prefill_len)
-    dyn = {"tokens": {1: seq}, "input_pos": {0: seq}} | ({"meki_rows": {1: seq}} if cfg.has_meki else {})
     with torch.no_grad():
-        programs = {"forward": export(step, example_inputs(cfg, settings.prefill_len), dynamic_shapes=dyn,
-                                      strict=False)}
-    refuse_tables(programs, cfg, target)
-    edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
-                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
-    delegated = delegated_ops(edge)
-    program = edge.to_executorch(ExecutorchBackendConfig(
-        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False), emit_mutable_buffer_names=True))
-    with open(out, "wb") as fh:
-        program.write_to_file(fh)
-    return Backbone(target=target, file=out.name, quant=settings.quant, max_seq_len=settings.max_seq_len,
-                    prefill_len=settings.prefill_len, kv_cache="internal",
-                    methods={"prefill": method_spec(cfg, settings.prefill_len, "forward"),
-                             "decode": method_spec(cfg, 1, "forward")},
-                    delegated=delegated,
-                    extra={"prefill_dynamic": True, "export_s": round(time.perf_counter() - t0, 1),
-                           "single_method": "the delegate holds the KV cache; one method shares it"})
+        programs = {"forward": export(step, example_inputs(cfg, settings.prefill_len),
+                                      dynamic_shapes=dynamic_seq(cfg, settings.prefill_len), strict=False)}
+    delegated = lower_to_pte(programs, cfg, out, partitioners, target, shared_cache=False)
+    return pte_backbone(target, out, settings, step_methods(cfg, settings, "forward", "forward"), delegated, t0,
+                        single_method="the delegate holds the KV cache; one method shares it")
 
 
 @register_target("executorch-coreml", "ExecuTorch, Core ML delegate (ANE, fp16, iOS 18); spec-checked here",
@@ -138,7 +104,8 @@ def export_et_coreml(model: MekiModel, out_dir: Path, settings: ExportSettings) 
 def export_et_vulkan(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
     from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
 
-    return lower_to_pte(model, out_dir / "model_vulkan.pte", settings, [VulkanPartitioner()], "executorch-vulkan")
+    return lower_shared_cache(model, out_dir / "model_vulkan.pte", settings, [VulkanPartitioner()],
+                              "executorch-vulkan")
 
 
 @register_target("executorch-qnn", f"ExecuTorch, Qualcomm QNN HTP delegate ({QNN_SOC}, fp16); needs the QNN SDK",
@@ -154,7 +121,7 @@ def export_et_qnn(model: MekiModel, out_dir: Path, settings: ExportSettings) -> 
 
     specs = generate_qnn_executorch_compiler_spec(soc_model=getattr(QcomChipset, QNN_SOC),
                                                   backend_options=generate_htp_compiler_spec(use_fp16=True))
-    return lower_to_pte(model, out_dir / "model_qnn.pte", settings, [QnnPartitioner(specs)], "executorch-qnn")
+    return lower_shared_cache(model, out_dir / "model_qnn.pte", settings, [QnnPartitioner(specs)], "executorch-qnn")
 
 
 @register_target("executorch-mediatek", "ExecuTorch, MediaTek NeuroPilot APU delegate; needs the NeuroPilot SDK",
@@ -167,4 +134,4 @@ def export_et_mediatek(model: MekiModel, out_dir: Path, settings: ExportSettings
     from executorch.exir.backend.compile_spec_schema import CompileSpec
 
     partitioner = NeuropilotPartitioner([CompileSpec("platform-config", MEDIATEK_PLATFORM)])
-    return lower_to_pte(model, out_dir / "model_mediatek.pte", settings, [partitioner], "executorch-mediatek")
+    return lower_shared_cache(model, out_dir / "model_mediatek.pte", settings, [partitioner], "executorch-mediatek")

@@ -15,7 +15,7 @@ from typing import Callable
 from contract.manifest import Backbone
 from pipeline.model import MekiModel
 
-BACKEND_MODULES = ("executorch_backends", "tflite_backend", "coreml_backend", "executorch_npu")
+BACKEND_MODULES = ("executorch_xnnpack", "tflite_backend", "coreml_backend", "executorch_npu")
 
 
 class ExportError(RuntimeError):

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from contract.manifest import Backbone, Manifest, TensorSpec
+from pipeline.export.common import SEQ_AXIS, table_shapes
 
 # delegate id (the backend class name ExecuTorch writes into the program) per .pte target
 PTE_BACKENDS = {"executorch-coreml": "CoreMLBackend", "executorch-vulkan": "VulkanBackend",
                 "executorch-qnn": "QnnBackend", "executorch-mediatek": "NeuropilotBackend",
                 "executorch-xnnpack": "XnnpackBackend"}
-SEQ_AXIS = {"tokens": 1, "input_pos": 0, "meki_rows": 1}  # the axis that is T in a step's inputs
 ML_DTYPES = {"INT32": "int32", "FLOAT32": "float32", "FLOAT16": "float16", "DOUBLE": "float64"}
 PTE_DTYPES = {"LONG": "int64", "INT": "int32", "FLOAT": "float32", "HALF": "float16", "BOOL": "bool"}
 COMPRESSION_OPS = {"int4": "constexpr_blockwise_shift_scale", "palettize4": "constexpr_lut_to_dense"}
@@ -119,8 +119,7 @@ def check_mlpackage(path: Path, manifest: Manifest, backbone: Backbone) -> list[
     cfg = manifest.config
     problems = [] if spec.specificationVersion >= 9 else [f"spec version {spec.specificationVersion} < 9 (iOS 18)"]
     functions = {f.name: f for f in spec.description.functions}
-    v, L, m = cfg["vocab_size"], cfg["num_layers"], cfg.get("d_mem", 0)
-    bad_shapes = {(v, m), (v, L, m), (L, v, m)} if m else set()
+    bad_shapes = table_shapes(cfg)
     states = {}
     for step, method in backbone.methods.items():
         fn = functions.get(method.entry)

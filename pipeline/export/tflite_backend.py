@@ -40,6 +40,7 @@ from torch import nn
 from contract.atomic import atomic_write_bytes, commit_file, temp_sibling
 from contract.manifest import Backbone, MethodSpec, TensorSpec
 from pipeline.config import ModelConfig
+from pipeline.export.common import method_spec, refuse_tables, table_shapes
 from pipeline.export.registry import ExportError, ExportSettings, register_target
 from pipeline.model import MekiModel
 
@@ -112,9 +113,7 @@ def signature_specs(cfg: ModelConfig, settings: ExportSettings) -> dict[str, Met
     kv = kv_specs(cfg, settings.max_seq_len)
     specs = {}
     for step, seq in (("prefill", settings.prefill_len), ("decode", 1)):
-        inputs = [TensorSpec("tokens", [1, seq], "int32"), TensorSpec("input_pos", [seq], "int32")]
-        if cfg.has_meki:
-            inputs.append(TensorSpec("meki_rows", [1, seq, cfg.num_layers, cfg.d_mem], "float32"))
+        inputs = list(method_spec(cfg, seq, step, "int32").inputs)
         if step == "prefill":
             inputs.append(TensorSpec("last_index", [1], "int32"))
         specs[step] = MethodSpec(inputs + kv, [TensorSpec("logits", [1, cfg.vocab_size], "float32")] + kv, step)
@@ -199,8 +198,7 @@ def tflite_facts(path: Path, cfg: ModelConfig) -> dict[str, Any]:
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(path))
-    v, L, m = cfg.vocab_size, cfg.num_layers, cfg.d_mem
-    bad = {(v, m), (v, L, m), (L, v, m)} if cfg.has_meki else set()
+    bad = table_shapes(cfg)
     tables = [f"{t['name']}{tuple(int(s) for s in t['shape'])}" for t in interp.get_tensor_details()
               if tuple(int(s) for s in t["shape"]) in bad]
     inputs = {name: list(sig["inputs"]) for name, sig in interp.get_signature_list().items()}
@@ -221,8 +219,7 @@ def export_tflite(model: MekiModel, path: Path, settings: ExportSettings, target
     convert(model, path, settings)
     cfg = model.cfg
     facts = tflite_facts(path, cfg)
-    if facts["tables"]:
-        raise ExportError(f"{target}: the graph holds MeKi-table-shaped tensors: {', '.join(facts['tables'])}")
+    refuse_tables(facts["tables"], target)
     for sig, names in facts["inputs"].items():
         if ("meki_rows" in names) != cfg.has_meki:
             raise ExportError(f"{target}: signature {sig} inputs {names} (meki_rows belongs in MeKi exports only)")

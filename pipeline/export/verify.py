@@ -20,7 +20,7 @@ from mobile_runtime.backends import RUNNERS, open_runner
 from contract.manifest import Backbone, Manifest, verify_bundle
 from pipeline.checkpoint import load_checkpoint
 from pipeline.export.bundle import dense_baseline
-from pipeline.export.executorch_backends import quantize_weights
+from pipeline.export.quantize import quantize_weights
 from pipeline.fold import fold_model
 from pipeline.model import MekiModel
 

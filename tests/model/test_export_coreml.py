@@ -9,7 +9,7 @@ import torch
 from contract.manifest import Manifest, load_manifest
 from pipeline.checkpoint import save_checkpoint
 from pipeline.export.bundle import export_bundles
-from pipeline.export.coreml_backend import with_slice_cache
+from pipeline.export.common import with_slice_cache
 from pipeline.export.registry import ExportSettings, get_target
 from pipeline.export.spec_checks import check_spec
 from pipeline.export.verify import verify_bundle_artifacts

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from pipeline.export.executorch_backends import table_shaped_tensors
+from pipeline.export.common import table_shaped_tensors
 from pipeline.export.registry import ExportError, ExportSettings, Target, get_target
 from pipeline.export.verify import verify_bundle_artifacts
 from tests.model.helpers import random_model

@@ -1,0 +1,211 @@
+"""What every export backend shares; each backend module is a short recipe over these parts.
+
+- the exported entry points (one generation step, with or without the MeKi rows) and their inputs,
+- the manifest's method spec, the dynamic sequence dimension,
+- the table guard (the backbone never holds a MeKi table: the runtime owns the lookup),
+- the slice-written KV cache (for delegates that own the cache as state),
+- ExecuTorch lowering and its delegation summary (shared by every .pte target).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from contract.manifest import Backbone, MethodSpec, TensorSpec
+from pipeline.config import ModelConfig
+from pipeline.export.registry import ExportError, ExportSettings
+from pipeline.model import KVCache, MekiModel
+
+log = logging.getLogger(__name__)
+SEQ_AXIS = {"tokens": 1, "input_pos": 0, "meki_rows": 1}  # the axis that is T in a step's inputs
+
+
+class MekiStep(nn.Module):
+    """(tokens [1, T] int64, input_pos [T] int64, meki_rows [1, T, L, m] f32) -> logits [1, V] (last position)."""
+
+    def __init__(self, model: MekiModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, meki_rows: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens, input_pos, meki_rows, last_only=True)[:, 0]
+
+
+class DenseStep(nn.Module):
+    """(tokens [1, T] int64, input_pos [T] int64) -> logits [1, V] (last position); no MeKi input."""
+
+    def __init__(self, model: MekiModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens, input_pos, last_only=True)[:, 0]
+
+
+def make_step(model: MekiModel) -> nn.Module:
+    if model.cfg.has_meki and not model.cfg.folded:
+        raise ValueError("export takes the folded (inference-form) model: fold it first")
+    return MekiStep(model) if model.cfg.has_meki else DenseStep(model)
+
+
+def example_inputs(cfg: ModelConfig, seq: int, start: int = 0,
+                   index_dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, ...]:
+    """tokens [1, T], input_pos [T] (index_dtype: int32 where the runtime has no int64), meki_rows [1, T, L, m]."""
+    tokens = (torch.arange(seq, dtype=index_dtype) % cfg.vocab_size)[None]
+    pos = torch.arange(start, start + seq, dtype=index_dtype)
+    if not cfg.has_meki:
+        return tokens, pos
+    return tokens, pos, torch.zeros(1, seq, cfg.num_layers, cfg.d_mem)
+
+
+def method_spec(cfg: ModelConfig, seq: int, entry: str, index_dtype: str = "int64") -> MethodSpec:
+    """The manifest's view of one step: inputs in feeding order, the logits output."""
+    inputs = [TensorSpec("tokens", [1, seq], index_dtype), TensorSpec("input_pos", [seq], index_dtype)]
+    if cfg.has_meki:
+        inputs.append(TensorSpec("meki_rows", [1, seq, cfg.num_layers, cfg.d_mem], "float32"))
+    return MethodSpec(inputs, [TensorSpec("logits", [1, cfg.vocab_size], "float32")], entry)
+
+
+def step_methods(cfg: ModelConfig, settings: ExportSettings, prefill: str = "prefill", decode: str = "decode",
+                 index_dtype: str = "int64") -> dict[str, MethodSpec]:
+    """prefill (prefill_len tokens) and decode (one token) specs, naming the program's entry points."""
+    return {"prefill": method_spec(cfg, settings.prefill_len, prefill, index_dtype),
+            "decode": method_spec(cfg, 1, decode, index_dtype)}
+
+
+def dynamic_seq(cfg: ModelConfig, prefill_len: int) -> dict[str, dict[int, Any]]:
+    """torch.export dynamic_shapes: T in [1, prefill_len] on every per-token input."""
+    from torch.export import Dim
+
+    seq = Dim("seq", min=1, max=prefill_len)
+    names = ("tokens", "input_pos") + (("meki_rows",) if cfg.has_meki else ())
+    return {name: {SEQ_AXIS[name]: seq} for name in names}
+
+
+def table_shapes(cfg: ModelConfig | dict[str, Any]) -> set[tuple[int, ...]]:
+    """Shapes a MeKi table would have in a graph ([V, m], [V, L, m], [L, V, m]); empty for dense."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    v, L, m = get("vocab_size"), get("num_layers"), get("d_mem", 0)
+    return {(v, m), (v, L, m), (L, v, m)} if m else set()
+
+
+def table_shaped_tensors(programs: dict[str, Any], cfg: ModelConfig) -> list[str]:
+    """Names of weights/constants of exported programs shaped like a MeKi table: must be none."""
+    bad_shapes, found = table_shapes(cfg), []
+    for method, ep in programs.items():
+        for name, t in list(ep.state_dict.items()) + list(ep.constants.items()):
+            if "rope_" in name:  # RoPE cos/sin [max_seq_len, head_dim] may share a table's shape
+                continue
+            if tuple(getattr(t, "shape", ())) in bad_shapes:
+                found.append(f"{method}:{name}{tuple(t.shape)}")
+    return found
+
+
+def refuse_tables(found: list[str], target: str) -> None:
+    """The exported backbone must never hold the tables: they are the runtime's lookup."""
+    if found:
+        raise ExportError(f"{target}: the graph holds MeKi-table-shaped tensors: {', '.join(found)}")
+
+
+class SliceKVCache(KVCache):
+    """KV cache written as one contiguous slice at input_pos[0] (Core ML has no index_copy / scatter
+    into state); positions in a step are consecutive, which prefill and decode guarantee."""
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # input_pos: [T] consecutive; k, v: [B, Hkv, T, hd] -> the whole cache [B, Hkv, S, hd]
+        start = input_pos[0].item()
+        torch._check_is_size(start)
+        torch._check(start + k.shape[2] <= self.k.shape[2])
+        self.k[:, :, start:start + k.shape[2]] = k
+        self.v[:, :, start:start + v.shape[2]] = v
+        return self.k, self.v
+
+
+def with_slice_cache(model: MekiModel, max_seq_len: int) -> MekiModel:
+    """A copy of `model` with a static slice-written KV cache of max_seq_len positions."""
+    model = copy.deepcopy(model).eval()
+    model.setup_cache(max_seq_len)
+    cfg = model.cfg
+    for layer in model.layers:
+        layer.attn.cache = SliceKVCache(1, cfg.num_kv_heads, max_seq_len, cfg.head_dim, model.embed.weight.dtype)
+    return model
+
+
+def delegation_summary(edge: Any) -> dict[str, int]:
+    """Delegate calls and ops left outside any delegate, per method (logged with the delegate ids)."""
+    summary: dict[str, int] = {}
+    for name in sorted(edge.methods):
+        gm = edge.exported_program(name).graph_module
+        calls = [n for n in gm.graph.nodes if n.op == "call_function"]
+        delegates = [n for n in calls if "executorch_call_delegate" in str(n.target)]
+        ids = Counter(getattr(gm, d.args[0].target).backend_id for d in delegates)
+        rest = Counter(str(getattr(n.target, "__name__", n.target)) for n in calls
+                       if n not in delegates and "getitem" not in str(n.target))
+        summary[f"{name}.delegate_calls"] = len(delegates)
+        summary[f"{name}.portable_ops"] = sum(rest.values())
+        log.info("%s: delegates %s; not delegated: %s", name, dict(ids), dict(rest))
+    return summary
+
+
+def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitioners: list[Any], target: str,
+                 shared_cache: bool) -> dict[str, int]:
+    """Table guard, partition + lower, write the .pte; returns the delegation summary.
+
+    shared_cache: the methods share the KV cache as ExecuTorch mutable buffers (zero-initialised);
+    otherwise the delegate owns it (one method)."""
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
+    refuse_tables(table_shaped_tensors(programs, cfg), target)
+    edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
+                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    delegated = delegation_summary(edge)
+    program = edge.to_executorch(ExecutorchBackendConfig(
+        passes=[InitializedMutableBufferPass(["cache"])] if shared_cache else [],  # the cache starts as zeros
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=shared_cache),
+        emit_mutable_buffer_names=True))
+    with open(out, "wb") as fh:
+        program.write_to_file(fh)
+    return delegated
+
+
+def pte_backbone(target: str, out: Path, settings: ExportSettings, methods: dict[str, MethodSpec],
+                 delegated: dict[str, int], t0: float, **extra: Any) -> Backbone:
+    """The manifest entry of a .pte whose KV cache lives inside the program."""
+    return Backbone(target=target, file=out.name, quant=settings.quant, max_seq_len=settings.max_seq_len,
+                    prefill_len=settings.prefill_len, kv_cache="internal", methods=methods, delegated=delegated,
+                    extra={"prefill_dynamic": True, "export_s": round(time.perf_counter() - t0, 1), **extra})
+
+
+def export_steps(model: MekiModel, settings: ExportSettings) -> dict[str, Any]:
+    """torch.export of prefill (dynamic T in [1, prefill_len]) and decode (T = 1) over ONE cached,
+    quantised copy of the model: both methods see the same weights and KV-cache buffers."""
+    from torch.export import export
+
+    from pipeline.export.quantize import quantize_weights
+
+    model = copy.deepcopy(model).eval()
+    model.setup_cache(settings.max_seq_len)
+    quantize_weights(model, settings.quant)
+    step, cfg = make_step(model), model.cfg
+    with torch.no_grad():
+        return {"prefill": export(step, example_inputs(cfg, settings.prefill_len),
+                                  dynamic_shapes=dynamic_seq(cfg, settings.prefill_len), strict=False),
+                "decode": export(step, example_inputs(cfg, 1, settings.prefill_len), strict=False)}
+
+
+def lower_shared_cache(model: MekiModel, out: Path, settings: ExportSettings, partitioners: list[Any],
+                       target: str) -> Backbone:
+    """The usual .pte recipe: `prefill` + `decode` methods sharing the in-program KV cache."""
+    t0 = time.perf_counter()
+    delegated = lower_to_pte(export_steps(model, settings), model.cfg, out, partitioners, target, shared_cache=True)
+    return pte_backbone(target, out, settings, step_methods(model.cfg, settings), delegated, t0)

@@ -1,0 +1,29 @@
+"""Backbone weight quantisation before export (torchao in place; ExecuTorch's int8 weight-only handler)."""
+
+from __future__ import annotations
+
+import torch
+
+EXECUTORCH_QUANTS = ("none", "8da4w", "int8wo")
+
+
+def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -> None:
+    """torchao in place: 8da4w (int8 dynamic activations, int4 grouped weights) or int8 weight-only."""
+    if quant == "none":
+        return
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    if quant == "8da4w":
+        # int4 groups must tile the input dimension; a layer that cannot stays fp32
+        fits = lambda m, _fqn: isinstance(m, torch.nn.Linear) and m.in_features % group_size == 0  # noqa: E731
+        quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                               weight_granularity=PerGroup(group_size)), filter_fn=fits)
+    elif quant == "int8wo":
+        # torchao's IntxWeightOnlyConfig lowers through XNNPACK to wrong numbers (~1e3 off, ExecuTorch
+        # 1.5.1); ExecuTorch's own int8 weight-only handler swaps Linear layers and computes correctly.
+        from executorch.examples.models.llama.source_transformation.quantize import WeightOnlyInt8QuantHandler
+
+        WeightOnlyInt8QuantHandler(model).quantized_model()
+    else:
+        raise ValueError(f"unknown quant {quant!r} (valid: {', '.join(EXECUTORCH_QUANTS)})")
