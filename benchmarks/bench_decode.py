@@ -47,7 +47,7 @@ def build(work: Path, quant: str, prefill: int, max_seq: int) -> dict[str, float
     cfg = preset("qwen3-0.6b").replace(folded=True, max_seq_len=max_seq)
     model = init_weights(MekiModel(cfg), seed=0).eval()
     gen = np.random.default_rng(0)
-    pack = work / "tables.mpk"
+    pack = work / "tables.mekipack"
     with PackWriter(pack, vocab_size=cfg.vocab_size, num_layers=cfg.num_layers, d_mem=cfg.d_mem, dtype="int8",
                     fingerprint=FINGERPRINT, overwrite=True) as w:
         for start in range(0, cfg.vocab_size, 8192):

@@ -105,7 +105,7 @@ def quant_losses(ckpt: Path, data: Path, tcfg: TrainConfig, device: torch.device
     folded = folded.to(device)
     out["folded_fp32"] = evaluate(folded, val, device, tables=torch.from_numpy(tables).to(device))
     for dtype in PACK_DTYPES:
-        path = write_pack(work / f"{dtype}.mpk", tables, fingerprint=info.fingerprint, dtype=dtype,
+        path = write_pack(work / f"{dtype}.mekipack", tables, fingerprint=info.fingerprint, dtype=dtype,
                           group_size=min(32, tables.shape[2]), overwrite=True)
         with MemoryPack.open(path, expected_fingerprint=info.fingerprint) as pack:
             deq = pack.lookup(np.arange(pack.vocab_size))  # [V, L, m] float32, as the runtime sees it

@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 
+from contract import pack_format as pf
 from contract.atomic import atomic_write_text
 from contract.hashing import sha256_file
 
@@ -143,8 +144,9 @@ def load_manifest(bundle: Path) -> Manifest:
 
 
 def verify_bundle(bundle: Path, check_hashes: bool = True) -> Manifest:
-    """Load the manifest and check every listed file exists with its size (and sha256), that every
-    referenced file is listed, and that the pack's fingerprint is the model's. Raises BundleError."""
+    """The one bundle check (runtime, bench engine, `meki bundle`, verify): the manifest against its
+    schema; every listed file exists with its size (and sha256); every referenced file is listed; the
+    pack's header agrees with the manifest and carries the model's fingerprint. Raises BundleError."""
     bundle = Path(bundle)
     m = load_manifest(bundle)
     listed = {f.path: f for f in m.files}
@@ -162,11 +164,31 @@ def verify_bundle(bundle: Path, check_hashes: bool = True) -> Manifest:
             problems.append(f"{f.path}: sha256 does not match the manifest")
     if m.memory_pack and m.memory_pack.fingerprint != m.fingerprint:
         problems.append(f"memory pack fingerprint {m.memory_pack.fingerprint} != model {m.fingerprint}")
+    if m.memory_pack and (bundle / m.memory_pack.file).is_file():
+        problems += pack_header_problems(bundle / m.memory_pack.file, m.memory_pack)
     if (m.memory == "none") != (m.memory_pack is None):
         problems.append(f"memory={m.memory} but memory_pack is {'absent' if m.memory_pack is None else 'present'}")
     if problems:
         raise BundleError(f"{bundle}: " + "; ".join(problems))
     return m
+
+
+def pack_header_problems(path: Path, ref: PackRef) -> list[str]:
+    """The pack's own header (magic, version, checksum, shape, dtype, layout, fingerprint) against the
+    manifest's description of it; the pack reader checks the rest when it opens the file."""
+    with open(path, "rb") as fh:
+        buf = fh.read(pf.HEADER_SIZE)
+    if len(buf) < pf.HEADER_SIZE or buf[:8] != pf.MAGIC:
+        return [f"{ref.file}: not a MeKi memory pack (bad magic or shorter than its header)"]
+    fields, stored = pf.unpack_header(buf)
+    if pf.checksum(buf[:pf.HEADER_CHECKSUM_OFFSET]) != stored:
+        return [f"{ref.file}: pack header checksum mismatch (damaged header)"]
+    (_, version, _, v, n_layers, d_mem, dcode, lcode, *_rest) = fields
+    fp_raw = fields[17]
+    got = (version, pf.DTYPE_NAMES.get(dcode), pf.LAYOUT_NAMES.get(lcode), v, n_layers, d_mem, fp_raw.hex())
+    want = (pf.VERSION, ref.dtype, ref.layout, ref.vocab_size, ref.num_layers, ref.d_mem, ref.fingerprint)
+    names = ("version", "dtype", "layout", "vocab_size", "num_layers", "d_mem", "fingerprint")
+    return [f"{ref.file}: pack header {n}={g!r}, manifest says {w!r}" for n, g, w in zip(names, got, want) if g != w]
 
 
 def write_manifest(bundle: Path, manifest: Manifest) -> Manifest:

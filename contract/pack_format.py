@@ -13,6 +13,7 @@ import numpy as np
 import xxhash
 
 MAGIC = b"MEKIPACK"
+SUFFIX = ".mekipack"             # the one file extension of a memory pack
 VERSION = 1
 HEADER_SIZE = 128              # bytes of fixed header; the rest of [0, data_offset) is zero
 HEADER_CHECKSUM_OFFSET = 120   # xxh3_64 of bytes [0, 120) is stored here

@@ -84,7 +84,7 @@ def _run_fold(a: argparse.Namespace) -> int:
 
 def _add_pack(p: argparse.ArgumentParser) -> None:
     p.add_argument("tables", type=Path, help="tables.safetensors of a folded checkpoint")
-    p.add_argument("out", type=Path, help="memory pack to write (.mpk)")
+    p.add_argument("out", type=Path, help="memory pack to write (.mekipack)")
     p.add_argument("--dtype", default="int8", help="fp16 | bf16 | int8 | int4")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size along d_mem")
     p.add_argument("--overwrite", action="store_true")

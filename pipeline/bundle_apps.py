@@ -14,7 +14,6 @@ from pathlib import Path
 
 from contract.atomic import atomic_dir, atomic_write_text
 from contract.manifest import MANIFEST, BundleError, Manifest, verify_bundle
-from mobile_runtime.pack import MemoryPack, PackError
 
 ANDROID_ASSET_DIR = "meki"                 # assets/meki/ (AndroidBundle.ASSET_ROOT)
 ASSET_PACK = "meki_assets"                 # asset-pack module and pack name
@@ -40,19 +39,8 @@ class IosPlacement:
 
 
 def verify_for_apps(bundle: Path) -> Manifest:
-    """verify_bundle (schema, sizes, sha256, fingerprints) plus the pack header against the manifest."""
-    m = verify_bundle(Path(bundle), check_hashes=True)
-    ref = m.memory_pack
-    if ref is not None:
-        try:
-            with MemoryPack.open(Path(bundle) / ref.file, expected_fingerprint=m.fingerprint, cache_bytes=0) as p:
-                got = (p.dtype, p.layout, p.vocab_size, p.num_layers, p.d_mem)
-        except PackError as e:
-            raise BundleError(f"{bundle}: memory pack {ref.file}: {e}") from None
-        want = (ref.dtype, ref.layout, ref.vocab_size, ref.num_layers, ref.d_mem)
-        if got != want:
-            raise BundleError(f"{bundle}: memory pack header {got} != manifest {want}")
-    return m
+    """verify_bundle with sha256 (the app copies must be exactly what was exported)."""
+    return verify_bundle(Path(bundle), check_hashes=True)
 
 
 def _no_compress(m: Manifest) -> list[str]:

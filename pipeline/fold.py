@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from contract import pack_format as pf
 from pipeline.checkpoint import CheckpointError, CheckpointInfo, check_state_dict, read_info, write_info
 from pipeline.config import ModelConfig
 from contract.atomic import atomic_dir
@@ -116,7 +117,7 @@ def fold_checkpoint(src: Path, out: Path, chunk_size: int = 4096, device: str = 
                     progress: bool = True, pack_dtype: str | None = None) -> CheckpointInfo:
     """Fold a train-form checkpoint folder into an inference-form one, streaming from disk.
 
-    Tables go to tables.safetensors (fp32 by default), or straight into a memory pack `tables.mpk`
+    Tables go to tables.safetensors (fp32 by default), or straight into a memory pack `tables.mekipack`
     when pack_dtype (fp16 | bf16 | int8 | int4) is given.
     """
     if pack_dtype is not None and pack_dtype not in PACK_DTYPES:
@@ -127,7 +128,7 @@ def fold_checkpoint(src: Path, out: Path, chunk_size: int = 4096, device: str = 
         check_state_dict(cfg, {n: reader.shape(n) for n in reader.names()}, str(reader.path))
         if not cfg.has_meki or cfg.folded:
             raise CheckpointError(f"{src}: nothing to fold (memory={cfg.memory}, folded={cfg.folded})")
-        tables = "tables.mpk" if pack_dtype else "tables.safetensors"
+        tables = f"tables{pf.SUFFIX}" if pack_dtype else "tables.safetensors"
         out_info = CheckpointInfo(fingerprint=info.fingerprint, tables=tables, source=info.source)
         with atomic_dir(Path(out), overwrite) as tmp:
             folded_config(cfg).save(tmp / "config.json")
@@ -174,7 +175,7 @@ def load_tables(folder: Path) -> np.ndarray:
     cfg = ModelConfig.load(folder / "config.json")
     if info.tables is None:
         raise CheckpointError(f"{folder}: not a folded checkpoint (no tables)")
-    if info.tables.endswith(".mpk"):
+    if not info.tables.endswith(".safetensors"):  # a memory pack
         from mobile_runtime.pack import MemoryPack
 
         with MemoryPack.open(folder / info.tables, expected_fingerprint=info.fingerprint) as pack:

@@ -23,7 +23,7 @@ android {
     // The memory pack is mapped in place from the APK: it must be stored, not deflated.
     // .pte is stored too (copied out once; deflating a GB program buys nothing).
     androidResources {
-        noCompress += listOf("mekipack", "mpk", "pte")
+        noCompress += listOf("mekipack", "pte")
         noCompress += mekiBundle.getProperty("noCompress", "").split(",").filter { it.isNotBlank() }
     }
     // Uncompressed, 16 KiB-aligned .so files (ExecuTorch's JNI library) for 16 KiB page devices.

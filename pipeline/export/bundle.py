@@ -1,6 +1,6 @@
 """`meki export`: a checkpoint -> bundles (MeKi and its dense baseline), one folder each with manifest.json.
 
-out/meki/   manifest.json, config.json, tables.mpk, tokenizer.json, one backbone file per target
+out/meki/   manifest.json, config.json, tables.mekipack, tokenizer.json, one backbone file per target
 out/dense/  the same backbone without the MeKi branch and input: the speed baseline
 """
 
@@ -66,9 +66,9 @@ def write_bundle(model: MekiModel, out: Path, targets: list[str], settings: Expo
         if pack is not None:
             from mobile_runtime.pack import MemoryPack
 
-            shutil.copyfile(pack, tmp / "tables.mpk")
-            with MemoryPack.open(tmp / "tables.mpk", expected_fingerprint=fingerprint) as p:
-                pack_ref = PackRef("tables.mpk", p.dtype, p.layout, p.vocab_size, p.num_layers, p.d_mem, p.fingerprint)
+            shutil.copyfile(pack, tmp / "tables.mekipack")
+            with MemoryPack.open(tmp / "tables.mekipack", expected_fingerprint=fingerprint) as p:
+                pack_ref = PackRef("tables.mekipack", p.dtype, p.layout, p.vocab_size, p.num_layers, p.d_mem, p.fingerprint)
         backbones = [get_target(t).export(model, tmp, settings)
                      for t in tqdm(targets, desc=f"export {out.name}", unit="target")]
         manifest = Manifest(name=cfg.name, fingerprint=fingerprint, memory=cfg.memory, config=cfg.to_dict(),
@@ -97,7 +97,7 @@ def export_bundles(src: Path, out: Path, targets: list[str], settings: ExportSet
             folded_dir = Path(work) / "folded"
             fold_checkpoint(src, folded_dir, pack_dtype=pack_dtype)
             model, info = load_checkpoint(folded_dir)
-        elif model.cfg.has_meki and not str(info.tables).endswith(".mpk"):
+        elif model.cfg.has_meki and str(info.tables).endswith(".safetensors"):
             raise CheckpointError(f"{src}: folded with safetensors tables; export from the train-form checkpoint "
                                   "or fold with --pack")
         out.mkdir(parents=True, exist_ok=True)

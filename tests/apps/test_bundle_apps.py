@@ -108,7 +108,7 @@ def test_refuses_pack_whose_header_disagrees(bundle, app):
     m = json.loads((bundle / "manifest.json").read_text())
     m["memory_pack"]["d_mem"] = 8                             # the pack's header says 16; files still verify
     (bundle / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match="memory pack header"):
+    with pytest.raises(BundleError, match="pack header d_mem=16, manifest says 8"):
         bundle_apps.bundle_android(bundle, app)
 
 

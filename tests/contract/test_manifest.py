@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from contract.manifest import (Backbone, BundleError, Manifest, MethodSpec, PackRef, TensorSpec, TokenizerRef,
                                      load_manifest, verify_bundle, write_manifest)
+from pipeline.pack_writer import write_pack
 
 FP = "0123456789abcdef0123456789abcdef"
 
@@ -19,8 +21,8 @@ def make_bundle(root, memory="both"):
                         [TensorSpec("logits", [1, 1, 128], "float32")])
     pack = None
     if memory != "none":
-        (root / "tables.mpk").write_bytes(b"pack")
-        pack = PackRef("tables.mpk", "int8", "token-major", 128, 2, 16, FP)
+        write_pack(root / "tables.mekipack", np.zeros((128, 2, 16), np.float32), fingerprint=FP)
+        pack = PackRef("tables.mekipack", "int8", "token-major", 128, 2, 16, FP)
     m = Manifest(name="t", fingerprint=FP, memory=memory, config={}, tokenizer=TokenizerRef("tokenizer.json", [0]),
                  memory_pack=pack, backbones=[Backbone("executorch-xnnpack", "model.pte", "none", 64, 8, "internal",
                                                        {"prefill": method, "decode": method})])
@@ -29,7 +31,7 @@ def make_bundle(root, memory="both"):
 
 def test_round_trip_and_verify(tmp_path):
     m = make_bundle(tmp_path / "b")
-    assert {f.path for f in m.files} == {"tokenizer.json", "model.pte", "tables.mpk"}
+    assert {f.path for f in m.files} == {"tokenizer.json", "model.pte", "tables.mekipack"}
     loaded = verify_bundle(tmp_path / "b")
     assert loaded == load_manifest(tmp_path / "b")
     assert loaded.backbone("executorch-xnnpack").takes_meki_rows
@@ -42,10 +44,10 @@ def test_round_trip_and_verify(tmp_path):
 def test_tampering_is_named(tmp_path):
     make_bundle(tmp_path / "b")
     (tmp_path / "b" / "model.pte").write_bytes(b"\x01" * 100)
-    (tmp_path / "b" / "tables.mpk").unlink()
+    (tmp_path / "b" / "tables.mekipack").unlink()
     with pytest.raises(BundleError) as err:
         verify_bundle(tmp_path / "b")
-    assert "model.pte: sha256" in str(err.value) and "tables.mpk: missing" in str(err.value)
+    assert "model.pte: sha256" in str(err.value) and "tables.mekipack: missing" in str(err.value)
 
 
 @pytest.mark.parametrize("edit,msg", [

@@ -45,7 +45,7 @@ def test_fold_straight_into_a_memory_pack(tmp_path, dtype, tol):
     info = save_checkpoint(model, tmp_path / "train")
     fold_checkpoint(tmp_path / "train", tmp_path / "folded", chunk_size=50, progress=False, pack_dtype=dtype)
     _, ref = fold_model(model)
-    with MemoryPack.open(tmp_path / "folded" / "tables.mpk", expected_fingerprint=info.fingerprint) as pack:
+    with MemoryPack.open(tmp_path / "folded" / "tables.mekipack", expected_fingerprint=info.fingerprint) as pack:
         assert pack.dtype == dtype
         got = pack.lookup(list(range(128)))
     assert abs(got - ref).max() <= tol * abs(ref).max()
@@ -57,9 +57,9 @@ def test_cli_pack_and_verify(tmp_path):
 
     save_checkpoint(random_model(), tmp_path / "train")
     assert main(["fold", str(tmp_path / "train"), str(tmp_path / "folded")]) == 0
-    assert main(["pack", str(tmp_path / "folded" / "tables.safetensors"), str(tmp_path / "t.mpk"), "--dtype", "int4", "--group-size", "8"]) == 0
-    assert main(["verify-pack", str(tmp_path / "t.mpk")]) == 0
-    data = bytearray((tmp_path / "t.mpk").read_bytes())
+    assert main(["pack", str(tmp_path / "folded" / "tables.safetensors"), str(tmp_path / "t.mekipack"), "--dtype", "int4", "--group-size", "8"]) == 0
+    assert main(["verify-pack", str(tmp_path / "t.mekipack")]) == 0
+    data = bytearray((tmp_path / "t.mekipack").read_bytes())
     data[-5] ^= 0x10
-    (tmp_path / "t.mpk").write_bytes(bytes(data))
-    assert main(["verify-pack", str(tmp_path / "t.mpk")]) == 1
+    (tmp_path / "t.mekipack").write_bytes(bytes(data))
+    assert main(["verify-pack", str(tmp_path / "t.mekipack")]) == 1

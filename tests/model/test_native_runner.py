@@ -77,7 +77,7 @@ def test_damaged_pack_is_refused(native, bundles, tmp_path):
     out, _ = bundles
     bad = tmp_path / "bad"
     shutil.copytree(out / "meki", bad)
-    pack = bad / "tables.mpk"
+    pack = bad / "tables.mekipack"
     with open(pack, "r+b") as fh:  # flip one byte of data block 0: same size, wrong checksum
         fh.seek(16384 + 5)
         byte = fh.read(1)[0]
@@ -91,7 +91,7 @@ def test_damaged_pack_is_refused(native, bundles, tmp_path):
     res = subprocess.run([str(native / "pack_golden_check"), "--verify", str(pack)], capture_output=True, text=True)
     assert res.returncode == 3 and "(truncated)" in res.stderr, res.stderr
     res = run_native(native, bad, "--prompt-ids", "0,1,2", "--max-new-tokens", "4")
-    assert res.returncode == 2 and "tables.mpk" in res.stderr and "manifest says" in res.stderr, res.stderr
+    assert res.returncode == 2 and "tables.mekipack" in res.stderr and "manifest says" in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize("bundles", ["none"], indirect=True)

@@ -7,11 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from contract.manifest import Backbone, Manifest, MethodSpec, PackRef, TensorSpec, write_manifest
 from device_tests import report
 from device_tests.transports import open_transport
+from pipeline.pack_writer import write_pack
 
 FIX = Path(__file__).parents[1] / "fixtures"
 STATS = {"runner": "native", "bundle": "stub", "target": "executorch-xnnpack", "memory": "both",
@@ -58,8 +60,8 @@ def stub_bundles(tmp: Path) -> Path:
         method = MethodSpec(rows, [TensorSpec("logits", [1, 128], "float32")], "decode")
         pack = None
         if kind == "meki":
-            (d / "tables.mpk").write_bytes(b"\0" * 4096)
-            pack = PackRef("tables.mpk", "fp16", "token-major", 128, 2, 8, "f" * 32)
+            write_pack(d / "tables.mekipack", np.zeros((128, 2, 8), np.float32), fingerprint="f" * 32, dtype="fp16")
+            pack = PackRef("tables.mekipack", "fp16", "token-major", 128, 2, 8, "f" * 32)
         write_manifest(d, Manifest(
             name=f"stub-{kind}", fingerprint="f" * 32, memory="both" if pack else "none",
             config={}, tokenizer=None, memory_pack=pack,
