@@ -115,13 +115,21 @@ class Generator:
         rng = np.random.default_rng(cfg.seed)
         mem_start = memory_snapshot(self.pack)
         t0 = time.perf_counter()
-        first = sample(self.prefill(prompt_ids), cfg, rng)
+        logits = self.prefill(prompt_ids)
+        prefill_s = time.perf_counter() - t0
+        first = sample(logits, cfg, rng)
         ttft = time.perf_counter() - t0
         streamed = _Streamer(self, on_text)
         t1 = time.perf_counter()
         tokens, reason = self.decode_n(first, len(prompt_ids), cfg, rng, streamed.push)
         decode_s = time.perf_counter() - t1
-        return RunStats.build(self, prompt_ids, tokens, reason, ttft, decode_s, mem_start, memory_snapshot(self.pack))
+        times, mem_end = self.times, memory_snapshot(self.pack)
+        return RunStats.build(
+            runner="python", bundle=self.manifest.name, target=self.backbone.target, memory=self.manifest.memory,
+            prompt_tokens=len(prompt_ids), tokens=tokens, stop_reason=reason, ttft_s=ttft, prefill_s=prefill_s,
+            decode_s=decode_s, decode_step_s=times.decode_step_s, exposed_lookup_s=times.exposed_lookup_s,
+            lookup_total_s=times.lookup_total_s, start=mem_start, end=mem_end,
+            text=self.decode_text(tokens) if self.tokenizer is not None else None)
 
 
 class _Streamer:

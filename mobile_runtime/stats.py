@@ -9,13 +9,10 @@ import json
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import contract
 from mobile_runtime.memory import MemorySnapshot
-
-if TYPE_CHECKING:
-    from mobile_runtime.generate import Generator
 
 SCHEMA_PATH = Path(contract.__file__).with_name("stats.schema.json")
 
@@ -30,7 +27,7 @@ class RunStats:
     generated_tokens: int
     stop_reason: str  # eos | max_tokens | max_seq_len
     ttft_s: float  # prompt in -> first token out (prefill + first sample)
-    prefill_s: float
+    prefill_s: float  # the prefill backbone calls and their lookups alone
     prefill_tok_s: float
     decode_s: float  # all decode steps, bookkeeping included
     decode_tok_s: float
@@ -51,21 +48,24 @@ class RunStats:
     version: int = 1
 
     @classmethod
-    def build(cls, gen: "Generator", prompt: list[int], tokens: list[int], reason: str, ttft: float,
-              decode_s: float, start: MemorySnapshot, end: MemorySnapshot) -> "RunStats":
+    def build(cls, *, runner: str, bundle: str, target: str, memory: str, prompt_tokens: int, tokens: list[int],
+              stop_reason: str, ttft_s: float, prefill_s: float, decode_s: float, decode_step_s: list[float],
+              exposed_lookup_s: list[float], lookup_total_s: float, start: MemorySnapshot, end: MemorySnapshot,
+              text: str | None) -> "RunStats":
+        """Stats from plain measurements (derived rates and fractions computed here, once)."""
         steps = len(tokens) - 1  # the first token came from prefill
-        exposed = gen.times.exposed_lookup_s
-        return cls(runner="python", bundle=gen.manifest.name, target=gen.backbone.target, memory=gen.manifest.memory,
-                   prompt_tokens=len(prompt), generated_tokens=len(tokens), stop_reason=reason, ttft_s=ttft,
-                   prefill_s=ttft, prefill_tok_s=len(prompt) / ttft, decode_s=decode_s,
+        exposed = sum(exposed_lookup_s)
+        return cls(runner=runner, bundle=bundle, target=target, memory=memory, prompt_tokens=prompt_tokens,
+                   generated_tokens=len(tokens), stop_reason=stop_reason, ttft_s=ttft_s, prefill_s=prefill_s,
+                   prefill_tok_s=prompt_tokens / prefill_s if prefill_s > 0 else 0.0, decode_s=decode_s,
                    decode_tok_s=steps / decode_s if steps and decode_s > 0 else 0.0,
-                   decode_step_median_s=statistics.median(gen.times.decode_step_s) if steps else 0.0,
-                   exposed_lookup_s=exposed, exposed_lookup_total_s=sum(exposed),
-                   exposed_lookup_fraction=sum(exposed) / decode_s if decode_s > 0 else 0.0,
-                   lookup_total_s=gen.times.lookup_total_s, rss_start_bytes=start.rss_bytes,
-                   rss_end_bytes=end.rss_bytes, rss_peak_bytes=end.rss_peak_bytes, rss_anon_bytes=end.rss_anon_bytes,
+                   decode_step_median_s=statistics.median(decode_step_s) if decode_step_s else 0.0,
+                   exposed_lookup_s=list(exposed_lookup_s), exposed_lookup_total_s=exposed,
+                   exposed_lookup_fraction=exposed / decode_s if decode_s > 0 else 0.0,
+                   lookup_total_s=lookup_total_s, rss_start_bytes=start.rss_bytes, rss_end_bytes=end.rss_bytes,
+                   rss_peak_bytes=end.rss_peak_bytes, rss_anon_bytes=end.rss_anon_bytes,
                    rss_file_bytes=end.rss_file_bytes, pack_resident_bytes=end.pack_resident_bytes, tokens=tokens,
-                   text=gen.decode_text(tokens) if gen.tokenizer is not None else None)
+                   text=text)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

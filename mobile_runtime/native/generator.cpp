@@ -191,6 +191,7 @@ RunResult Generator::generate(const std::vector<int64_t>& prompt, const Sampling
   r.mem_start = memory_snapshot(pack_.get());
   const auto t0 = Clock::now();
   prefill(prompt, r);
+  r.prefill_s = since(t0);
   const int64_t first = sample(logits_.data(), int64_t(logits_.size()), cfg, rng);
   r.ttft_s = since(t0);
   const auto t1 = Clock::now();

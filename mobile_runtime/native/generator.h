@@ -42,7 +42,7 @@ MemorySnapshot memory_snapshot(const MemoryPack* pack);
 struct RunResult {
   std::vector<int64_t> tokens;
   std::string stop_reason;  // eos | max_tokens | max_seq_len
-  double ttft_s = 0, decode_s = 0, lookup_total_s = 0;
+  double ttft_s = 0, prefill_s = 0, decode_s = 0, lookup_total_s = 0;  // ttft = prefill + first sample
   std::vector<double> decode_step_s, exposed_lookup_s;  // per decode step
   MemorySnapshot mem_start, mem_end;
 };

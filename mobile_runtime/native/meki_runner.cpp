@@ -105,8 +105,8 @@ nlohmann::ordered_json stats_json(const meki::Generator& gen, size_t prompt_toke
   j["generated_tokens"] = r.tokens.size();
   j["stop_reason"] = r.stop_reason;
   j["ttft_s"] = r.ttft_s;
-  j["prefill_s"] = r.ttft_s;
-  j["prefill_tok_s"] = r.ttft_s > 0 ? double(prompt_tokens) / r.ttft_s : 0.0;
+  j["prefill_s"] = r.prefill_s;
+  j["prefill_tok_s"] = r.prefill_s > 0 ? double(prompt_tokens) / r.prefill_s : 0.0;
   j["decode_s"] = r.decode_s;
   j["decode_tok_s"] = steps && r.decode_s > 0 ? double(steps) / r.decode_s : 0.0;
   j["decode_step_median_s"] = median(r.decode_step_s);
