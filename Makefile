@@ -1,12 +1,14 @@
-# Fresh machine: `make demo` sets up .venv and runs the main job; `make test` sets up and runs the tests.
+# Fresh machine: `make demo` sets up .venv and runs the main job; `make check` sets up, installs the
+# Debian packages the tests use and runs every test (what .ci/run calls).
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # LiteRT's converter needs typing_extensions<4.13 (see pyproject's litert extra): its own venv.
 LITERT_VENV := .venv-litert
 LITERT_STAMP := $(LITERT_VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTEST := $(VENV)/bin/python -m pytest -q -ra -p no:cacheprovider
 
-.PHONY: setup system-deps demo test
+.PHONY: setup system-deps demo test test-fast check
 setup: $(STAMP) $(LITERT_STAMP)
 
 $(STAMP): pyproject.toml
@@ -27,10 +29,18 @@ $(LITERT_STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/meki demo --out demo_out
 
+# Debian packages (apt-get: root, or sudo where available). The only target that installs system packages.
 system-deps:
 	bash scripts/system_deps.sh
 
-# JVM (Java pack/manifest readers vs the golden vectors) first: it also installs the APK-check tools.
-test: setup system-deps
+# Every test: the Java reader tests, then the whole pytest suite (slow exports included). Installs nothing
+# system-wide; a missing Debian package is named with 'run make system-deps'.
+test: setup
 	bash android_app/scripts/jvm_test.sh
-	$(VENV)/bin/python -m pytest -q -ra tests
+	$(PYTEST) tests
+
+# Tests not marked slow (contract, bench engine, apps, training, model unit tests): about a minute.
+test-fast: setup
+	$(PYTEST) -m "not slow" tests
+
+check: system-deps test

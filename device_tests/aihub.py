@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from device_tests.bench import BenchResult, DeviceReport, RunRecord, resolve_bundles
+from device_tests import report
+from device_tests.bench import resolve_bundles
+from device_tests.results import BenchResult, DeviceReport, RunRecord
 from contract.manifest import load_manifest
 
 PROFILE_SUFFIX = ".aihub-profile.json"
@@ -88,8 +90,6 @@ def fold_profiles(device_name: str, profiles: dict[str, dict[str, Any]], *, toke
 def fold_dir(profile_dir: Path, out_dir: Path) -> BenchResult:
     """Fold every saved profile (DEVICE__LABEL__STEP__TOKENS.aihub-profile.json, written by
     submit_profiles with its own metadata inside) into one bench result in out_dir."""
-    from device_tests import report  # noqa: PLC0415
-
     grouped: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
     for path in sorted(Path(profile_dir).glob(f"*{PROFILE_SUFFIX}")):
         saved = json.loads(path.read_text())

@@ -26,8 +26,10 @@ from device_tests.errors import (
     TransportError,
     retry,
 )
+from device_tests import report
 from device_tests.facts import ThermalSnapshot, collect_facts, thermal_snapshot
 from device_tests.memory_sampler import MemorySampler, MemorySeries
+from device_tests.results import BenchResult, BundleInfo, DeviceReport, RunRecord
 from device_tests.runners import Runner, make_runner
 from device_tests.transports import open_transport
 from device_tests.transports.base import Transport
@@ -65,63 +67,6 @@ class BenchConfig:
         self.devices = list(dict.fromkeys(self.devices))  # one thread per distinct device
 
 
-@dataclass
-class BundleInfo:
-    label: str  # 'meki' or 'dense' (from the manifest's memory field), else the folder name
-    name: str
-    memory: str
-    fingerprint: str
-    path: str
-    bytes: int
-
-
-@dataclass
-class RunRecord:
-    label: str
-    rep: int  # index among this bundle's runs (warm-ups count from 0 too)
-    warmup: bool
-    ok: bool = False
-    error: str | None = None
-    error_type: str | None = None
-    attempts: int = 0
-    t_start_s: float = 0.0  # since the device's bench began
-    wall_s: float = 0.0  # launch to exit, as the host saw it
-    stats: dict[str, Any] | None = None  # the runner's JSON, less per-token arrays
-    stats_file: str | None = None  # the pulled JSON, relative to the output folder
-    memory: dict[str, Any] | None = None
-    thermal_before: dict[str, Any] | None = None
-    thermal_after: dict[str, Any] | None = None
-    throttled: bool = False
-    throttle_reasons: list[str] = field(default_factory=list)
-
-
-@dataclass
-class DeviceReport:
-    device: str
-    transport: str | None = None
-    runner: str | None = None
-    status: str = "ok"  # ok | partial (some runs failed) | failed (none measured)
-    facts: dict[str, Any] | None = None
-    errors: list[str] = field(default_factory=list)
-    runs: list[RunRecord] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)  # filled by report.summarize
-    ratios: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class BenchResult:
-    config: dict[str, Any]
-    bundles: list[BundleInfo]
-    devices: list[DeviceReport]
-    created_utc: str
-    outputs: dict[str, Any] = field(default_factory=dict)
-    format: str = "meki-bench-result"
-    version: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 def resolve_bundles(bundles: Path | Sequence[Path]) -> list[tuple[BundleInfo, Path]]:
     """An export folder (meki/ + dense/), one bundle folder, or a list; each verified."""
     if isinstance(bundles, (str, Path)):
@@ -155,8 +100,6 @@ def run_bench(bundles: Path | Sequence[Path], cfg: BenchConfig, out_dir: Path, *
     """Bench every device in parallel; write JSON, Markdown and plots into out_dir.
 
     open_device maps a device id to its transport (e.g. adb-shell with custom keys)."""
-    from device_tests import report  # noqa: PLC0415 - report imports this module's types
-
     resolved = resolve_bundles(bundles)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

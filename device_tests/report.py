@@ -14,7 +14,7 @@ import jsonschema
 
 from contract.atomic import atomic_write_text
 
-from device_tests.bench import BenchResult, DeviceReport, RunRecord
+from device_tests.results import BenchResult, DeviceReport, RunRecord
 
 SCHEMA_PATH = Path(__file__).with_name("bench_result.schema.json")
 # metric -> (column title, unit, higher is better)

@@ -150,7 +150,8 @@ def _run_targets(a: argparse.Namespace) -> int:
 
 def _add_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundles", type=Path, nargs="+", help="bundle folders (each with manifest.json)")
-    p.add_argument("--checkpoint", type=Path, help="eager reference (default: the manifest's export.source)")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="the checkpoint the bundles were exported from (its fingerprint is checked)")
     p.add_argument("--steps", type=int, default=32, help="greedy decode steps compared")
 
 

@@ -20,7 +20,7 @@ from pipeline.export.verify import verify_bundle_artifacts
 from contract.atomic import check_free
 
 if TYPE_CHECKING:
-    from device_tests.bench import BenchResult, DeviceReport
+    from device_tests.results import BenchResult, DeviceReport
 
 console = Console()
 DEMO_MODELS = Path(__file__).resolve().parents[1] / "models" / "demo"

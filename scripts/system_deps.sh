@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages the test suite uses beyond Python: the adb client and mksh (Android's shell) for
-# the harness tests, a C++ toolchain, xxhash and JSON headers for the native runner. Idempotent.
+# Debian packages the toolkit's tests and tools use beyond Python, all in one list: the adb client and
+# mksh (Android's shell) for the bench engine, a C++ toolchain, xxhash and JSON headers for the native
+# runner, a JDK, JUnit and org.json for the Java reader tests, aapt/zipalign/framework-res for the APK
+# checks. `make system-deps` runs it (as root, or with sudo); `make test` never installs anything.
+# Idempotent: installs only what is missing.
 set -euo pipefail
-PACKAGES=(adb mksh cmake g++ libxxhash-dev nlohmann-json3-dev)
+PACKAGES=(adb mksh cmake g++ libxxhash-dev nlohmann-json3-dev
+          openjdk-17-jdk-headless junit5 libandroid-json-java
+          aapt zipalign android-framework-res)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Compile the platform-independent part of meki-runtime (src/core, no Android imports) with the JDK
 # and run its JUnit 5 tests against tests/golden and a bundle written by the Python manifest writer.
-# JUnit and org.json come from Debian (junit5, libandroid-json-java): installed here if missing.
-# Also installs aapt, zipalign, android-framework-res for tests/apps/test_bundle_apps.py's APK check.
+# JUnit and org.json come from Debian (junit5, libandroid-json-java): `make system-deps` installs them.
 # Closing line: "jvm: N passed, N failed[, N skipped]". Usage: android_app/scripts/jvm_test.sh
 set -euo pipefail
 APP="$(cd "$(dirname "$0")/.." && pwd)"
@@ -11,19 +10,13 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 JUNIT=/usr/share/java/junit-platform-console-standalone.jar
 JSON=/usr/share/java/com.android.json.jar
 
-need=()
-command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
-[ -f "$JUNIT" ] || need+=(junit5)
-[ -f "$JSON" ] || need+=(libandroid-json-java)
-# for tests/apps/test_bundle_apps.py's APK check (aapt + zipalign + framework-res.apk); run this script before pytest
-command -v aapt >/dev/null || need+=(aapt)
-command -v zipalign >/dev/null || need+=(zipalign)
-[ -f /usr/share/android-framework-res/framework-res.apk ] || need+=(android-framework-res)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "jvm_test: installing ${need[*]} from Debian"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+missing=()
+command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
+[ -f "$JUNIT" ] || missing+=(junit5)
+[ -f "$JSON" ] || missing+=(libandroid-json-java)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "jvm_test: missing Debian packages ${missing[*]}: run 'make system-deps' (as root) first" >&2
+    exit 2
 fi
 
 [ -x "$PY" ] || make -C "$ROOT" setup   # make_test_bundle.py uses the project's manifest writer

@@ -57,6 +57,7 @@ def tool_versions() -> dict[str, str]:
 
 def write_bundle(model: MekiModel, out: Path, targets: list[str], settings: ExportSettings, fingerprint: str,
                  tokenizer: Path | None, pack: Path | None, overwrite: bool, source: str) -> Manifest:
+    # source: the checkpoint folder's name only; no host path goes into a manifest (the fingerprint identifies it)
     """Export `model` for every target into one bundle folder (atomic) and write its manifest."""
     cfg: ModelConfig = model.cfg
     with atomic_dir(out, overwrite) as tmp:
@@ -73,7 +74,7 @@ def write_bundle(model: MekiModel, out: Path, targets: list[str], settings: Expo
                      for t in tqdm(targets, desc=f"export {out.name}", unit="target")]
         manifest = Manifest(name=cfg.name, fingerprint=fingerprint, memory=cfg.memory, config=cfg.to_dict(),
                             tokenizer=tok, memory_pack=pack_ref, backbones=backbones,
-                            export={"settings": settings.__dict__, "targets": targets, "source": source,
+                            export={"settings": settings.__dict__, "targets": targets, "source": {"name": source},
                                     "tools": tool_versions(),
                                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
         write_manifest(tmp, manifest)
@@ -103,11 +104,11 @@ def export_bundles(src: Path, out: Path, targets: list[str], settings: ExportSet
         out.mkdir(parents=True, exist_ok=True)
         if model.cfg.has_meki:
             results["meki"] = write_bundle(model.eval(), out / "meki", targets, settings, info.fingerprint, tokenizer,
-                                           folded_dir / info.tables, overwrite, str(src))
+                                           folded_dir / info.tables, overwrite, src.name)
         dense, dense_fp = dense_baseline(model), info.fingerprint
         if baseline is not None:
             dense, dense_info = load_checkpoint(baseline)
             dense_fp = dense_info.fingerprint
         results["dense"] = write_bundle(dense.eval(), out / "dense", targets, settings, dense_fp, tokenizer, None,
-                                        overwrite, str(baseline or src))
+                                        overwrite, Path(baseline or src).name)
     return results

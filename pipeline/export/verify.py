@@ -1,6 +1,6 @@
 """`meki verify BUNDLE`: every artifact that runs here against eager PyTorch on fixed prompts.
 
-The eager reference is the folded model from the checkpoint the bundle names (export.source), fed
+The eager reference is the folded model from the checkpoint given (its fingerprint must be the bundle's), fed
 the same pack rows, with the same torchao quantisation as the artifact: so a failure is the
 lowering's fault. Checks: logits (fp32: max |diff| <= 1e-3; quantised: SNR >= floor) and the same
 greedy tokens for `steps` decode steps. Targets without a runtime here get their specs checked.
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mobile_runtime.backends import RUNNERS, open_runner
-from contract.manifest import Backbone, Manifest, verify_bundle
+from contract.manifest import Backbone, BundleError, Manifest, verify_bundle
 from pipeline.checkpoint import load_checkpoint
 from pipeline.export.bundle import dense_baseline
 from pipeline.export.quantize import quantize_weights
@@ -41,9 +41,13 @@ class VerifyRow:
     note: str = ""
 
 
-def reference_model(manifest: Manifest, checkpoint: Path | None) -> MekiModel:
-    """The eager folded model (or its dense baseline) the bundle was exported from."""
-    model, _ = load_checkpoint(Path(checkpoint or manifest.export["source"]))
+def reference_model(manifest: Manifest, checkpoint: Path) -> MekiModel:
+    """The eager folded model (or its dense baseline) the bundle was exported from; a checkpoint whose
+    fingerprint is not the bundle's is refused (it is another model)."""
+    model, info = load_checkpoint(Path(checkpoint))
+    if info.fingerprint != manifest.fingerprint:
+        raise BundleError(f"{checkpoint}: fingerprint {info.fingerprint} is not the bundle's {manifest.fingerprint} "
+                          f"(exported from {manifest.export.get('source', {}).get('name', '?')!r}): another model")
     if model.cfg.has_meki and not model.cfg.folded:
         model, _ = fold_model(model)
     if manifest.memory == "none" and model.cfg.has_meki:
@@ -133,7 +137,7 @@ def _row_lookup(bundle: Path, manifest: Manifest):
     return lambda tokens: pack.lookup(tokens.reshape(-1))[None]
 
 
-def verify_bundle_artifacts(bundle: Path, checkpoint: Path | None = None, steps: int = 32) -> list[VerifyRow]:
+def verify_bundle_artifacts(bundle: Path, checkpoint: Path, steps: int = 32) -> list[VerifyRow]:
     bundle = Path(bundle)
     manifest = verify_bundle(bundle)
     reference = reference_model(manifest, checkpoint)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_bundles_verify_against_eager(bundles):
     out, quant = bundles
     for kind in ("meki", "dense"):
-        rows = verify_bundle_artifacts(out / kind, steps=32)
+        rows = verify_bundle_artifacts(out / kind, out.parent / "ck", steps=32)
         assert [r.status for r in rows] == ["pass"], rows
         assert rows[0].greedy_match
         if quant == "none":

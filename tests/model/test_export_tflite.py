@@ -38,7 +38,7 @@ def traces(bundle, prompt, steps):
     """Eager and LiteRT greedy traces of one prompt (tokens, logits per step)."""
     manifest = verify_bundle(bundle)
     backbone = manifest.backbones[0]
-    ref = reference_model(manifest, None)
+    ref = reference_model(manifest, bundle.parent.parent / "ck")
     if manifest.memory_pack is None:
         lookup = lambda tokens: None  # noqa: E731
     else:
@@ -65,7 +65,7 @@ def flip_is_a_tie(bundle) -> bool:
 def test_bundles_verify_against_eager(bundles):
     out, quant = bundles
     for kind in ("meki", "dense"):
-        [row] = verify_bundle_artifacts(out / kind, steps=32)
+        [row] = verify_bundle_artifacts(out / kind, out.parent / "ck", steps=32)
         if quant == "none":
             assert row.status == "pass" and row.greedy_match and row.max_abs_diff <= 1e-3, row
         else:  # the SNR floor always; greedy tokens too, unless they part at a near-tie of the fp32 reference
@@ -79,7 +79,7 @@ def test_graph_and_manifest(bundles):
         manifest = json.loads((out / kind / "manifest.json").read_text())
         [backbone] = manifest["backbones"]
         assert backbone["kv_cache"] == "io" and backbone["extra"]["prefill_last_index"] == "last_index"
-        cfg = reference_model(verify_bundle(out / kind), None).cfg
+        cfg = reference_model(verify_bundle(out / kind), out.parent / "ck").cfg
         facts = tflite_backend.tflite_facts(out / kind / backbone["file"], cfg.replace(memory="both"))
         assert facts["tables"] == []  # checked with the MeKi table shapes, in the dense graph too
         for sig in ("prefill", "decode"):
@@ -104,7 +104,7 @@ def test_prefill_runs_to_the_cache_end(bundles):
 
 def test_table_detector_sees_a_table_shaped_tensor(bundles):
     out, _ = bundles
-    cfg = reference_model(verify_bundle(out / "meki"), None).cfg
+    cfg = reference_model(verify_bundle(out / "meki"), out.parent / "ck").cfg
     # pretend d_mem == dim: the tied embedding [V, dim] now has a table's shape and must be reported
     found = tflite_backend.tflite_facts(out / "meki" / "model_litert.tflite", cfg.replace(d_mem=cfg.dim))["tables"]
     assert found and all(f"({cfg.vocab_size}, {cfg.dim})" in f for f in found)

@@ -22,7 +22,7 @@ def test_loop_matches_eager_greedy_and_writes_valid_stats(bundles, kind, tmp_pat
     prompt = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]  # longer than prefill_len=8: two prefill chunks
     stats = gen.generate(prompt, SamplingConfig(max_new_tokens=24))
     lookup = (lambda t: gen.pack.lookup(t.reshape(-1))[None]) if gen.pack else (lambda t: None)
-    ref_tokens, _ = greedy_trace(eager_runner(reference_model(gen.manifest, None), 64), prompt, 24, 8, lookup)
+    ref_tokens, _ = greedy_trace(eager_runner(reference_model(gen.manifest, out.parent / "ck"), 64), prompt, 24, 8, lookup)
     assert stats.tokens == ref_tokens
     data = stats.to_dict()
     jsonschema.validate(data, json.loads(SCHEMA_PATH.read_text()))
