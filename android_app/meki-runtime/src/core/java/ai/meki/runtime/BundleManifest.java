@@ -93,12 +93,13 @@ public final class BundleManifest {
     /** One exported backbone program. */
     public static final class Backbone {
         public final String target, file, quant, kvCache;
+        public final String format, soc;   // optional: the program's file format, the SoC it was compiled for (NPU)
         public final int maxSeqLen, prefillLen;
         public final Map<String, MethodSpec> methods;
 
         Backbone(JSONObject o, String where) throws BundleException {
             checkKeys(o, where, new String[] {"target", "file", "quant", "max_seq_len", "prefill_len", "kv_cache", "methods"},
-                    "delegated", "extra");
+                    "delegated", "extra", "format", "soc");
             Map<String, MethodSpec> ms = new LinkedHashMap<>();
             try {
                 target = o.getString("target");
@@ -107,6 +108,8 @@ public final class BundleManifest {
                 maxSeqLen = (int) atLeast(1, o.getInt("max_seq_len"), where + "/max_seq_len");
                 prefillLen = (int) atLeast(1, o.getInt("prefill_len"), where + "/prefill_len");
                 kvCache = oneOf(o.getString("kv_cache"), Arrays.asList("internal", "io"), where + "/kv_cache");
+                format = o.has("format") ? o.getString("format") : null;
+                soc = o.has("soc") ? o.getString("soc") : null;
                 JSONObject m = o.getJSONObject("methods");
                 for (Iterator<String> it = m.keys(); it.hasNext(); ) {
                     String k = it.next();
