@@ -4,7 +4,8 @@
 # check the stats JSON they write against mobile_runtime/stats.schema.json (tests/support/check_app_stats.py);
 # compile the Android sources against Debian's real android.jar (scripts/stub_compile.sh).
 # JUnit and org.json come from Debian (junit5, libandroid-json-java): installed here if missing.
-# Also installs aapt, zipalign, android-framework-res for tests/test_bundle_apps.py's APK check.
+# Also installs aapt, zipalign, apksigner, dexdump, android-framework-res for tests/test_bundle_apps.py's
+# and tests/test_android_apk.py's APK checks (scripts/debian_apk.sh).
 # Closing line: "jvm: N passed, N failed[, N skipped]". Usage: android_app/scripts/jvm_test.sh
 set -euo pipefail
 APP="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,6 +21,8 @@ command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
 # for tests/test_bundle_apps.py's APK check (aapt + zipalign + framework-res.apk); run this script before pytest
 command -v aapt >/dev/null || need+=(aapt)
 command -v zipalign >/dev/null || need+=(zipalign)
+command -v apksigner >/dev/null || need+=(apksigner)
+command -v dexdump >/dev/null || need+=(dexdump)
 [ -f /usr/share/android-framework-res/framework-res.apk ] || need+=(android-framework-res)
 if [ ${#need[@]} -gt 0 ]; then
     echo "jvm_test: installing ${need[*]} from Debian"

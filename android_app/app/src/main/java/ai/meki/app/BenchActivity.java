@@ -33,10 +33,16 @@ public final class BenchActivity extends Activity {
         String target = in.hasExtra("target") ? in.getStringExtra("target") : "executorch-xnnpack";
         String outName = in.hasExtra("out") ? in.getStringExtra("out") : "bench.json";
         int tokens = in.getIntExtra("tokens", 64), reps = in.getIntExtra("reps", 3);
-        new Thread(() -> run(bundle, target, prompt, tokens, reps, new File(getFilesDir(), outName)), "meki-bench").start();
+        final File out = new File(getFilesDir(), outName);
+        new Thread(new Runnable() {   // not a lambda: Debian's dx (scripts/debian_apk.sh) cannot desugar lambdas
+            @Override
+            public void run() {
+                bench(bundle, target, prompt, tokens, reps, out);
+            }
+        }, "meki-bench").start();
     }
 
-    private void run(String bundle, String target, String prompt, int tokens, int reps, File out) {
+    private void bench(String bundle, String target, String prompt, int tokens, int reps, File out) {
         JSONObject result;
         try (Session s = new Session(this, bundle == null ? "assets" : bundle, target, Sampler.greedy())) {
             result = BenchRunner.run(s.bundle.manifest, s.backbone, s.generator, s.pack, s.packRegion,
@@ -55,6 +61,11 @@ public final class BenchActivity extends Activity {
         } catch (Exception e) {
             Log.e(TAG, "MEKI_BENCH_FAILED cannot write " + out + ": " + e);
         }
-        runOnUiThread(this::finish);
+        runOnUiThread(new Runnable() {
+            @Override
+            public void run() {
+                finish();
+            }
+        });
     }
 }
