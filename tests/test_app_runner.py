@@ -3,12 +3,14 @@
 tests/fixtures/android_app/*.json were written by the app's own code (meki-runtime's BenchRunner and
 RunStats under android_app/scripts/jvm_test.sh, which re-checks its fresh output the same way).
 """
+import argparse
 import json
 from pathlib import Path
 
 import jsonschema
 import pytest
 
+from device_tests.cli import add_bench_args, config_from_args
 from device_tests.errors import RunFailed, TransportError
 from device_tests.runners import AppRunner, Launch, app_target, load_stats, make_runner
 from device_tests.transports.base import ShellResult, Transport
@@ -93,3 +95,7 @@ def test_backend_flag_names_the_apps_target():
     assert app_target(("--backend", "executorch")) == "executorch-xnnpack"
     assert app_target(("--backend", "litert")) == "tflite"
     assert app_target(("--backend", "tflite-qnn")) == "tflite-qnn"
+    p = argparse.ArgumentParser()
+    add_bench_args(p)
+    assert config_from_args(p.parse_args(["out", "--runner", "app", "--backend", "tflite-qnn"])).runner_args == [
+        "--backend", "tflite-qnn"]
