@@ -1,13 +1,17 @@
 package ai.meki.runtime;
 
 import java.io.IOException;
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collections;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 
 /**
  * A backbone whose KV cache is passed in and out (kv_cache "io": LiteRT .tflite, plain or compiled
- * for an NPU), as mobile_runtime/backends.py's LiteRTRunner: the cache lives here. Prefill takes
+ * for an NPU), as mobile_runtime/backends.py's LiteRTRunner; the signature runner keeps the cache
+ * (see {@link SignatureRunner}), this class feeds everything else. Prefill takes
  * exactly its declared chunk: a shorter one is padded (token 0, zero rows, positions continuing)
  * and {@code last_index} picks the last real token's logits; a chunk whose padded slice would run
  * past max_seq_len goes through decode one token at a time (the cache write would be clamped).
@@ -16,34 +20,30 @@ import java.util.Map;
 public final class IoCacheProgram implements StepProgram {
     private final BundleManifest.Backbone spec;
     private final SignatureRunner runner;
-    private final Map<String, float[]> cache = new LinkedHashMap<>();
 
     public IoCacheProgram(BundleManifest.Backbone spec, SignatureRunner runner) throws BundleException {
+        cacheTensors(spec);   // refuses a backbone without a passed-in float32 cache
+        this.spec = spec;
+        this.runner = runner;
+    }
+
+    /** The KV cache tensors: decode inputs that are also decode outputs of the same name (float32). */
+    public static List<BundleManifest.TensorSpec> cacheTensors(BundleManifest.Backbone spec) throws BundleException {
         if (!"io".equals(spec.kvCache)) {
             throw new BundleException("backbone " + spec.file + " keeps its KV cache inside (kv_cache '" + spec.kvCache
                     + "'): it is not a passed-in cache program");
         }
         BundleManifest.MethodSpec decode = spec.methods.get("decode");
+        List<BundleManifest.TensorSpec> cache = new ArrayList<>();
         for (BundleManifest.TensorSpec in : decode.inputs) {
             boolean isOutput = false;
             for (BundleManifest.TensorSpec out : decode.outputs) isOutput |= out.name.equals(in.name);
             if (!isOutput) continue;
             if (!in.dtype.equals("float32")) throw new BundleException("cache tensor " + in.name + " is " + in.dtype + ", not float32");
-            cache.put(in.name, new float[(int) elements(in.shape)]);
+            cache.add(in);
         }
         if (cache.isEmpty()) throw new BundleException("backbone " + spec.file + ": decode has no cache tensors (inputs that are also outputs)");
-        this.spec = spec;
-        this.runner = runner;
-    }
-
-    /** Forget the cache (a new sequence starts at position 0). */
-    public void reset() {
-        for (float[] c : cache.values()) Arrays.fill(c, 0f);
-    }
-
-    /** The current cache tensor (for tests and debugging). */
-    public float[] cache(String name) {
-        return cache.get(name);
+        return Collections.unmodifiableList(cache);
     }
 
     @Override
@@ -52,7 +52,7 @@ public final class IoCacheProgram implements StepProgram {
         if (m == null) throw new BundleException("backbone has no method '" + method + "'");
         int n = tokens.length, chunk = (int) m.input("tokens").shape[1];
         if (n > chunk) throw new BundleException(method + " chunk of " + n + " tokens > its " + chunk);
-        if (inputPos[0] == 0) reset();   // a new sequence: Generator always starts at position 0
+        if (inputPos[0] == 0) runner.resetCache();   // a new sequence: Generator always starts at position 0
         if (n < chunk && inputPos[0] + chunk > spec.maxSeqLen) return oneByOne(tokens, inputPos, rows);
         if (n < chunk && m.input("last_index") == null) {
             throw new BundleException(method + " has no last_index input, so a chunk of " + n + " < " + chunk + " cannot be padded");
@@ -65,14 +65,7 @@ public final class IoCacheProgram implements StepProgram {
         feeds.put("input_pos", ints(pos, m.input("input_pos")));
         if (rows != null) feeds.put("meki_rows", Arrays.copyOf(rows, chunk * rowLen));
         if (m.input("last_index") != null) feeds.put("last_index", ints(new long[] {n - 1}, m.input("last_index")));
-        feeds.putAll(cache);
-        Map<String, Object> out = runner.run(m.entry.isEmpty() ? method : m.entry, feeds);
-        for (Map.Entry<String, float[]> c : cache.entrySet()) {
-            float[] next = (float[]) out.get(c.getKey());
-            if (next == null || next.length != c.getValue().length) throw new BundleException(method + ": no output " + c.getKey());
-            System.arraycopy(next, 0, c.getValue(), 0, next.length);
-        }
-        return (float[]) out.get("logits");
+        return runner.run(m.entry.isEmpty() ? method : m.entry, feeds);
     }
 
     private float[] oneByOne(long[] tokens, long[] inputPos, float[] rows) throws IOException {
@@ -92,12 +85,6 @@ public final class IoCacheProgram implements StepProgram {
         int[] out = new int[v.length];
         for (int i = 0; i < v.length; i++) out[i] = (int) v[i];
         return out;
-    }
-
-    private static long elements(long[] shape) {
-        long n = 1;
-        for (long d : shape) n *= d;
-        return n;
     }
 
     @Override

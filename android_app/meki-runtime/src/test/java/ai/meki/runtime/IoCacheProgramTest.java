@@ -10,7 +10,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.HashMap;
+import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
 import org.json.JSONArray;
@@ -55,23 +55,27 @@ class IoCacheProgramTest {
         return BundleManifest.parse(o.toString());
     }
 
-    /** Writes token+1 into k at each real position; logits pick (last real token + 1) % V; checks every feed. */
+    /**
+     * Keeps a cache as a runner must: writes token+1 into k at each real position, logits pick
+     * (last real token + 1) % V; checks every feed (no cache tensor among them).
+     */
     static final class FakeSignatures implements SignatureRunner {
         final MemoryPack pack;
-        final float[] k = new float[H * S * D], v = new float[H * S * D];
+        final float[] k = new float[H * S * D];
         final List<String> calls = new ArrayList<>();
 
         FakeSignatures(MemoryPack pack) { this.pack = pack; }
 
         @Override
-        public Map<String, Object> run(String sig, Map<String, Object> in) throws java.io.IOException {
+        public float[] run(String sig, Map<String, Object> in) throws java.io.IOException {
             int[] tok = (int[]) in.get("tokens"), pos = (int[]) in.get("input_pos");
             float[] rows = (float[]) in.get("meki_rows");
             int t = tok.length, last = sig.equals("prefill") ? ((int[]) in.get("last_index"))[0] : 0;
             assertEquals(sig.equals("prefill") ? P : 1, t);
             assertTrue(pos[0] + t <= S, "a cache write past max_seq_len would be clamped");
-            if (pos[0] == 0) Arrays.fill(k, 0f);
-            assertArrayEquals(k, (float[]) in.get("kv_k_0"), 0f);   // the cache came back as we left it
+            assertTrue(new HashSet<>(Arrays.asList("tokens", "input_pos", "meki_rows", "last_index")).containsAll(in.keySet()),
+                    in.keySet().toString());
+            for (int p = pos[0]; p < S; p++) assertEquals(0f, k[p * D], "a new sequence starts from a cleared cache");
             int[] real = Arrays.copyOf(tok, last + 1);
             float[] want = Arrays.copyOf(pack.lookup(real), t * L * M);   // padded rows are zero
             assertArrayEquals(want, rows, 0f);
@@ -83,11 +87,12 @@ class IoCacheProgramTest {
             calls.add(sig + Arrays.toString(Arrays.copyOf(pos, last + 1)));
             float[] logits = new float[V];
             logits[(tok[last] + 1) % V] = 1f;
-            Map<String, Object> out = new HashMap<>();
-            out.put("logits", logits);
-            out.put("kv_k_0", k.clone());
-            out.put("kv_v_0", v.clone());
-            return out;
+            return logits;
+        }
+
+        @Override
+        public void resetCache() {
+            Arrays.fill(k, 0f);
         }
 
         @Override public void close() {}
@@ -119,7 +124,7 @@ class IoCacheProgramTest {
             GenerationStats s = gen.generate(new int[] {5, 6, 7, 8, 9, 10}, 4, null, null);
             assertEquals(Arrays.asList(11, 12, 13, 14), s.tokens);
             assertEquals(Arrays.asList("prefill[0, 1, 2, 3]", "prefill[4, 5]", "decode[6]", "decode[7]", "decode[8]"), sigs.calls);
-            float[] k = prog.cache("kv_k_0");
+            float[] k = sigs.k;
             int[] fed = {5, 6, 7, 8, 9, 10, 11, 12, 13};
             for (int p = 0; p < fed.length; p++) assertEquals(fed[p] + 1, k[p * D], 0f);
             sigs.calls.clear();
