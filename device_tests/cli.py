@@ -33,6 +33,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-pushed", action="store_true", help="leave bundles+runner on the device")
     p.add_argument("--native-runner", type=Path, help="meki_runner built for the device")
     p.add_argument("--app-package", default="ai.meki.app")
+    p.add_argument("--backend", help="backbone to run: executorch, litert or a target name such as tflite-qnn "
+                                     "(the app picks the model compiled for the phone's SoC); default: the runner's")
     p.add_argument("--remote-dir", help="working dir on the device (default /data/local/tmp/meki-bench)")
     p.add_argument("--sample-interval", type=float, default=0.2, help="memory sampling period, s")
     p.add_argument("--timeout", type=float, default=600.0, help="per-run limit, s")
@@ -45,7 +47,8 @@ def config_from_args(a: argparse.Namespace) -> BenchConfig:
         devices=devices, runner=a.runner, prompt_len=a.prompt_len, new_tokens=a.tokens,
         warmup=a.warmup, reps=a.reps, keep_pushed=a.keep_pushed, sample_interval_s=a.sample_interval,
         run_timeout_s=a.timeout, max_celsius=a.max_celsius, remote_dir=a.remote_dir,
-        native_path=str(a.native_runner) if a.native_runner else None, app_package=a.app_package)
+        native_path=str(a.native_runner) if a.native_runner else None, app_package=a.app_package,
+        runner_args=["--backend", a.backend] if a.backend else [])
 
 
 def run_bench_cli(a: argparse.Namespace) -> int:

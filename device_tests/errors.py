@@ -35,6 +35,10 @@ class RunnerMissing(TransportError):
     """The program to run is not on the device (not pushed, wrong path, not executable)."""
 
 
+class RunFailed(TransportError):
+    """The runner ran and reported that its generation failed (its stats JSON is an error object)."""
+
+
 class RemotePathMissing(TransportError):
     """A device path that should exist does not (pull of a missing file)."""
 

@@ -1,7 +1,8 @@
 """The programs a bench starts: the Python runner, the native meki_runner, or the Android app.
 
 Each runner stages what it needs on the device, starts one generation, says when it is done and
-brings back its stats JSON as one flat dict (the fields of contract/stats.schema.json).
+brings back its stats JSON: one object of contract/stats.schema.json, validated and used as it
+is (the app writes the same shape as the CLI runners; a failed run's error object is raised).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import jsonschema
 
-from device_tests.errors import RunnerMissing, TransportError, classify
+from device_tests.errors import RunFailed, RunnerMissing, TransportError, classify
 from device_tests.transports.base import Transport
 from device_tests.transports.local import LocalTransport
 from mobile_runtime.stats import SCHEMA_PATH as STATS_SCHEMA_PATH
@@ -98,20 +99,22 @@ class CliRunner(Runner):
             err = classify(log, running_program=True) or TransportError
             raise err(f"{self.kind} runner wrote no stats; its output ends: {log or '(empty)'}")
         t.pull(launch.stats_remote, local)
-        data = json.loads(local.read_text())
-        errors = list(jsonschema.Draft202012Validator(_stats_schema()).iter_errors(data))
-        if errors:
-            raise TransportError(f"stats JSON does not match stats.schema.json: {errors[0].message}")
-        return data
+        return load_stats(local.read_text(), self.kind)
 
 
 class AppRunner(Runner):
-    """The Android app's BenchActivity (android_app/README.md): one rep per launch."""
+    """The Android app's BenchActivity (android_app/README.md): one rep per launch.
+
+    `--backend B` among the extra runner flags picks the bundle's target as for the CLI runners
+    (executorch, litert, or a target name such as tflite-qnn, whose model the app picks for the
+    phone's SoC); the app's default is executorch-xnnpack.
+    """
 
     kind = "app"
 
-    def __init__(self, package: str = DEFAULT_APP) -> None:
+    def __init__(self, package: str = DEFAULT_APP, extra_args: tuple[str, ...] = ()) -> None:
         self.package = package
+        self.target = app_target(extra_args)
 
     def stage(self, t: Transport, workdir: str) -> list[str]:
         res = t.shell(["pm", "path", self.package])
@@ -126,7 +129,8 @@ class AppRunner(Runner):
         t.shell(["am", "force-stop", self.package]).check()  # a cold process per run, like the CLI
         t.shell(["am", "start", "-W", "-n", f"{self.package}/.BenchActivity", "--es", "bundle", bundle,
                  "--es", "prompt", "ids:" + ",".join(map(str, prompt_ids)), "--ei", "tokens", str(tokens),
-                 "--ei", "reps", "1", "--es", "out", out], timeout_s=120.0).check(running_program=True)
+                 "--ei", "reps", "1", "--es", "out", out, *(["--es", "target", self.target] if self.target else [])],
+                timeout_s=120.0).check(running_program=True)
         pids = t.shell(["pidof", self.package]).stdout.split()
         return Launch(int(pids[0]) if pids and pids[0].isdigit() else None, out, None, time.monotonic())
 
@@ -138,28 +142,41 @@ class AppRunner(Runner):
         text = t.shell(["run-as", self.package, "cat", f"files/{launch.stats_remote}"]).check().stdout
         local.write_text(text)
         t.shell(["am", "force-stop", self.package])
-        return normalize_app_stats(json.loads(text))
+        return load_stats(text, "app")
 
     def stop(self, t: Transport, launch: Launch) -> None:
         t.shell(["am", "force-stop", self.package])
 
 
-def normalize_app_stats(data: dict[str, Any]) -> dict[str, Any]:
-    """The app's JSON (runs[] plus process-wide RSS) as the flat fields of one CLI run."""
-    runs = data.get("runs") or []
-    if not runs:
-        raise TransportError("app stats JSON has no runs")
-    run = runs[0]
-    return {
-        "runner": "android", "bundle": data.get("bundle"), "target": data.get("target"),
-        "memory": data.get("memory"), "prompt_tokens": run.get("prompt_tokens"),
-        "generated_tokens": len(run.get("tokens") or []), "stop_reason": run.get("stop_reason"),
-        "ttft_s": run.get("ttft_s"), "prefill_s": run.get("prefill_s"),
-        "prefill_tok_s": run.get("prefill_tok_s"), "decode_s": run.get("decode_s"),
-        "decode_tok_s": run.get("decode_tok_s"),
-        "exposed_lookup_total_s": run.get("exposed_lookup_total_s"),
-        "rss_peak_bytes": data.get("rss_peak_bytes"), "rss_anon_bytes": None, "rss_file_bytes": None,
-    }
+APP_BACKENDS = {"executorch": "executorch-xnnpack", "litert": "tflite"}  # mobile_runtime.run's --backend names
+
+
+def app_target(extra_args: tuple[str, ...]) -> str | None:
+    """The target the app should run: the value of `--backend` (a backend or a target name), else None."""
+    args = list(extra_args)
+    if "--backend" not in args:
+        return None
+    i = args.index("--backend")
+    if i + 1 >= len(args):
+        raise ValueError("--backend needs a value (executorch, litert or a target name)")
+    return APP_BACKENDS.get(args[i + 1], args[i + 1])
+
+
+def load_stats(text: str, runner: str) -> dict[str, Any]:
+    """A runner's stats JSON, checked against stats.schema.json; a failed run's error object is raised."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TransportError(f"{runner} runner wrote stats that are not JSON: {exc}") from None
+    errors = list(jsonschema.Draft202012Validator(_stats_schema()).iter_errors(data))
+    if errors:
+        where = "/".join(map(str, errors[0].absolute_path)) or "(top)"
+        raise TransportError(f"{runner} stats JSON does not match stats.schema.json at {where}: {errors[0].message}")
+    if "error" in data:
+        err = data["error"]
+        message = f"{runner} run failed: {err['type']}: {err['message']}"
+        raise (classify(err["message"]) or RunFailed)(message)
+    return data
 
 
 def make_runner(kind: str, t: Transport, *, native_path: Path | None = None,
@@ -173,7 +190,7 @@ def make_runner(kind: str, t: Transport, *, native_path: Path | None = None,
     if kind == "auto":
         kind = "native" if native.is_file() else "python"
     if kind == "app":
-        return AppRunner(app_package)
+        return AppRunner(app_package, extra_args)
     if kind == "native":
         if not native.is_file():
             raise RunnerMissing(f"native runner {native} not found: build it (mobile_runtime/native, "

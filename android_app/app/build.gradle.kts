@@ -27,7 +27,10 @@ android {
         noCompress += mekiBundle.getProperty("noCompress", "").split(",").filter { it.isNotBlank() }
     }
     // Uncompressed, 16 KiB-aligned .so files (ExecuTorch's JNI library) for 16 KiB page devices.
-    packaging { jniLibs { useLegacyPackaging = false } }
+    // With the QNN runtime in jniLibs (tflite-qnn, README "Qualcomm NPU"), the libraries are
+    // extracted instead: LiteRT's dispatch library and the DSP's skel are loaded from a folder.
+    val qnn = file("src/main/jniLibs/arm64-v8a/libQnnHtp.so").exists()
+    packaging { jniLibs { useLegacyPackaging = qnn } }
     // A bundle too large for the base APK goes to an install-time asset pack (see meki bundle).
     if (rootProject.file("meki_assets/build.gradle.kts").exists()) assetPacks += listOf(":meki_assets")
 }

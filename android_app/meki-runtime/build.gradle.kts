@@ -1,5 +1,5 @@
 // meki-runtime: src/core/java is plain Java (no Android imports; also built and tested by
-// scripts/jvm_test.sh with a bare JDK), src/main/java the Android part (assets, ExecuTorch).
+// scripts/jvm_test.sh with a bare JDK), src/main/java the Android part (assets, ExecuTorch, LiteRT).
 plugins { id("com.android.library") }
 
 android {
@@ -28,6 +28,7 @@ tasks.register<Exec>("makeTestBundle") {
 
 dependencies {
     implementation("org.pytorch:executorch-android:1.0.1")
+    implementation("com.google.ai.edge.litert:litert:2.3.0")   // CompiledModel + NPU accelerator (tflite-qnn)
     testImplementation("org.junit.jupiter:junit-jupiter:5.9.2")
     testRuntimeOnly("org.junit.platform:junit-platform-launcher:1.9.2")
     testImplementation("org.json:json:20240303")   // android.jar's org.json is a stub in unit tests

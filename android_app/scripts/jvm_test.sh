@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Compile the platform-independent part of meki-runtime (src/core, no Android imports) with the JDK
-# and run its JUnit 5 tests against tests/golden and a bundle written by the Python manifest writer.
-# JUnit and org.json come from Debian (junit5, libandroid-json-java): `make system-deps` installs them.
+# and run its JUnit 5 tests against tests/golden and a bundle written by the Python manifest writer;
+# check the stats JSON they write against contract/stats.schema.json (tests/support/check_app_stats.py);
+# compile the Android sources against Debian's real android.jar (scripts/stub_compile.sh).
+# JUnit, org.json and the APK tools come from Debian: `make system-deps` installs them (this script installs nothing).
 # Closing line: "jvm: N passed, N failed[, N skipped]". Usage: android_app/scripts/jvm_test.sh
 set -euo pipefail
 APP="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,12 +34,14 @@ cp -r "$APP/meki-runtime/src/test/resources/." "$OUT/test/"
 "$PY" "$APP/scripts/make_test_bundle.py" "$OUT/bundle" >/dev/null
 
 set +e
-java -Dmeki.golden="$ROOT/tests/golden" -Dmeki.bundle="$OUT/bundle" -jar "$JUNIT" \
+java -Dmeki.golden="$ROOT/tests/golden" -Dmeki.bundle="$OUT/bundle" -Dmeki.statsOut="$OUT/stats" -jar "$JUNIT" \
     -cp "$OUT/core:$OUT/test:$JSON" --scan-classpath "$OUT/test" --disable-banner --disable-ansi-colors \
     --details=tree > "$OUT/junit.txt" 2>&1
 rc=$?
 set -e
 cat "$OUT/junit.txt"
+# the app's stats JSON (written by the tests above) read the way `meki bench --runner app` reads it
+if ! "$PY" "$ROOT/tests/support/check_app_stats.py" "$OUT"/stats/*.json; then rc=1; fi
 count() { sed -n "s/^\[ *\([0-9]*\) tests $1 *\]$/\1/p" "$OUT/junit.txt"; }
 passed=$(count successful); failed=$(count failed); skipped=$(count skipped)
 echo "jvm: ${passed:-0} passed, ${failed:-0} failed, ${skipped:-0} skipped"

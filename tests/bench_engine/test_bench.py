@@ -15,7 +15,6 @@ from device_tests.aihub import fold_dir, fold_profiles, inference_times_us, peak
 from device_tests.bench import BenchConfig, resolve_bundles, run_bench, throttle_reasons
 from device_tests.cli import add_bench_args, run_bench_cli
 from device_tests.facts import ThermalSnapshot, parse_thermal_lines
-from device_tests.runners import normalize_app_stats
 from tests.support.bench_stubs import (FIX, adb_opener, adbd, check_outputs, run_errors,  # noqa: F401
                                        stub_bundles, stub_runner)
 
@@ -147,16 +146,6 @@ def test_throttling_flags():
     snap = parse_thermal_lines("cpu policy0 300000 1800000 1800000\ncpu policy4 2000000 2400000 2800000\n"
                                "tz 38500 battery\ntz 47200 cpu-1-0-usr\ntz 0 disabled\n")
     assert snap.max_celsius == 47.2 and snap.cap_khz == {"policy0": 1800000, "policy4": 2400000}
-
-
-def test_app_stats_are_normalized():
-    app = {"runner": "android", "bundle": "qwen3-meki", "target": "executorch-xnnpack", "memory": "both",
-           "reps": 1, "runs": [{"ttft_s": 0.2, "prefill_s": 0.2, "prefill_tok_s": 80.0, "decode_s": 1.0,
-                                "decode_tok_s": 31.0, "exposed_lookup_s": [0.0], "exposed_lookup_total_s": 0.0,
-                                "tokens": [1] * 32, "stop_reason": "max_tokens"}],
-           "rss_start_bytes": 1, "rss_end_bytes": 2, "rss_peak_bytes": 300 << 20, "pack_mapped_bytes": 5}
-    flat = normalize_app_stats(app)
-    assert (flat["decode_tok_s"], flat["generated_tokens"], flat["rss_peak_bytes"]) == (31.0, 32, 300 << 20)
 
 
 def test_aihub_profile_folds_into_the_bench_format(tmp_path):

@@ -1,6 +1,7 @@
 package ai.meki.app;
 
 import ai.meki.runtime.BenchRunner;
+import ai.meki.runtime.RunStats;
 import ai.meki.runtime.Sampler;
 import android.app.Activity;
 import android.content.Intent;
@@ -17,8 +18,9 @@ import org.json.JSONObject;
  * Benchmark entry for the adb harness:
  * {@code am start -W -n ai.meki.app/.BenchActivity --es bundle PATH|assets --es prompt ids:1,2,3
  * --ei tokens N --ei reps R [--es target executorch-xnnpack] [--es out NAME.json]}.
- * Writes the stats JSON to files/NAME.json (default bench.json) atomically, logs
- * "MEKI_BENCH_DONE <path>" (or "MEKI_BENCH_FAILED <msg>", with an {"error"} JSON) and finishes.
+ * Writes the stats JSON (contract/stats.schema.json: the last run's object, every run under
+ * "x_runs" when reps > 1; on failure the schema's error object) to files/NAME.json (default
+ * bench.json) atomically, logs "MEKI_BENCH_DONE <path>" (or "MEKI_BENCH_FAILED <msg>") and finishes.
  */
 public final class BenchActivity extends Activity {
     static final String TAG = "MekiBench";
@@ -31,22 +33,23 @@ public final class BenchActivity extends Activity {
         String target = in.hasExtra("target") ? in.getStringExtra("target") : "executorch-xnnpack";
         String outName = in.hasExtra("out") ? in.getStringExtra("out") : "bench.json";
         int tokens = in.getIntExtra("tokens", 64), reps = in.getIntExtra("reps", 3);
-        new Thread(() -> run(bundle, target, prompt, tokens, reps, new File(getFilesDir(), outName)), "meki-bench").start();
+        final File out = new File(getFilesDir(), outName);
+        new Thread(new Runnable() {   // not a lambda: Debian's dx (scripts/debian_apk.sh) cannot desugar lambdas
+            @Override
+            public void run() {
+                bench(bundle, target, prompt, tokens, reps, out);
+            }
+        }, "meki-bench").start();
     }
 
-    private void run(String bundle, String target, String prompt, int tokens, int reps, File out) {
+    private void bench(String bundle, String target, String prompt, int tokens, int reps, File out) {
         JSONObject result;
         try (Session s = new Session(this, bundle == null ? "assets" : bundle, target, Sampler.greedy())) {
-            result = BenchRunner.run(s.bundle.manifest, s.backbone, s.generator, s.pack, Session.parsePrompt(prompt),
-                    tokens, reps);
-        } catch (Exception e) {
+            result = BenchRunner.run(s.bundle.manifest, s.backbone, s.generator, s.pack, s.packRegion,
+                    Session.parsePrompt(prompt), tokens, reps);
+        } catch (Exception | LinkageError e) {   // LinkageError: a native runtime (ExecuTorch, LiteRT, QNN) missing
             Log.e(TAG, "MEKI_BENCH_FAILED " + e);
-            result = new JSONObject();
-            try {
-                result.put("runner", "android-app").put("error", e.toString());
-            } catch (org.json.JSONException ignored) {
-                // put() with a String key and value cannot fail
-            }
+            result = RunStats.error(e);
         }
         try {
             File tmp = new File(out.getPath() + ".partial");
@@ -58,6 +61,11 @@ public final class BenchActivity extends Activity {
         } catch (Exception e) {
             Log.e(TAG, "MEKI_BENCH_FAILED cannot write " + out + ": " + e);
         }
-        runOnUiThread(this::finish);
+        runOnUiThread(new Runnable() {
+            @Override
+            public void run() {
+                finish();
+            }
+        });
     }
 }

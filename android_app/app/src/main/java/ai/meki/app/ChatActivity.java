@@ -1,6 +1,7 @@
 package ai.meki.app;
 
 import ai.meki.runtime.GenerationStats;
+import ai.meki.runtime.Generator;
 import ai.meki.runtime.Sampler;
 import android.app.Activity;
 import android.os.Bundle;
@@ -31,10 +32,19 @@ public final class ChatActivity extends Activity {
         root.addView(send);
         root.addView(scroll);
         setContentView(root);
-        send.setOnClickListener(v -> {
-            String prompt = input.getText().toString();
-            send.setEnabled(false);
-            new Thread(() -> chat(prompt, send), "meki-chat").start();
+        // anonymous classes, not lambdas: Debian's dx (scripts/debian_apk.sh) cannot desugar lambdas
+        send.setOnClickListener(new android.view.View.OnClickListener() {
+            @Override
+            public void onClick(android.view.View v) {
+                final String prompt = input.getText().toString();
+                send.setEnabled(false);
+                new Thread(new Runnable() {
+                    @Override
+                    public void run() {
+                        chat(prompt, send);
+                    }
+                }, "meki-chat").start();
+            }
         });
     }
 
@@ -43,19 +53,33 @@ public final class ChatActivity extends Activity {
             if (session == null) session = new Session(this, "assets", "executorch-xnnpack", new Sampler(0.7f, 0));
             append("\n> " + prompt + "\n");
             int[] eos = session.bundle.manifest.tokenizer == null ? null : session.bundle.manifest.tokenizer.eosTokenIds;
-            GenerationStats s = session.generator.generate(Session.parsePrompt(prompt), 128, eos, t -> {
-                append(t + " ");
-                return true;
-            });
+            GenerationStats s = session.generator.generate(Session.parsePrompt(prompt), 128, eos,
+                    new Generator.TokenListener() {
+                        @Override
+                        public boolean onToken(int t) {
+                            append(t + " ");
+                            return true;
+                        }
+                    });
             append(String.format("\n[%.1f tok/s, ttft %.0f ms]\n", s.decodeTokS(), 1000 * s.ttftS));
         } catch (Exception e) {
             append("\nerror: " + e.getMessage() + "\n");
         }
-        runOnUiThread(() -> send.setEnabled(true));
+        runOnUiThread(new Runnable() {
+            @Override
+            public void run() {
+                send.setEnabled(true);
+            }
+        });
     }
 
     private void append(String text) {
-        runOnUiThread(() -> log.append(text));
+        runOnUiThread(new Runnable() {
+            @Override
+            public void run() {
+                log.append(text);
+            }
+        });
     }
 
     @Override

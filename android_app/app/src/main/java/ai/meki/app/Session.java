@@ -3,21 +3,31 @@ package ai.meki.app;
 import ai.meki.runtime.BundleException;
 import ai.meki.runtime.BundleManifest;
 import ai.meki.runtime.Generator;
+import ai.meki.runtime.IoCacheProgram;
 import ai.meki.runtime.MemoryPack;
+import ai.meki.runtime.ProcMemory;
 import ai.meki.runtime.Sampler;
+import ai.meki.runtime.SocModels;
+import ai.meki.runtime.StepProgram;
 import ai.meki.runtime.android.AndroidBundle;
 import ai.meki.runtime.android.ExecuTorchProgram;
+import ai.meki.runtime.android.LiteRTProgram;
 import android.content.Context;
 import java.io.Closeable;
 import java.io.File;
 import java.io.IOException;
 
-/** A loaded bundle: manifest, mapped memory pack, ExecuTorch program and the generator over them. */
+/**
+ * A loaded bundle: manifest, mapped memory pack, backbone program and the generator over them.
+ * executorch-* targets run through ExecuTorch; tflite-* targets (kv_cache "io") through LiteRT's
+ * CompiledModel, NPU models picked for this phone's SoC.
+ */
 final class Session implements Closeable {
     final AndroidBundle bundle;
     final BundleManifest.Backbone backbone;
     final MemoryPack pack;   // null for a dense bundle
-    final ExecuTorchProgram program;
+    final StepProgram program;
+    final ProcMemory.Region packRegion;   // null for a dense bundle
     final Generator generator;
 
     /** bundlePath: a folder, or "assets" for the bundle packaged in the APK. */
@@ -25,11 +35,21 @@ final class Session implements Closeable {
         bundle = "assets".equals(bundlePath) ? AndroidBundle.fromAssets(ctx)
                 : AndroidBundle.fromDirectory(ctx, new File(bundlePath));
         BundleManifest m = bundle.manifest;
-        backbone = m.backbone(target);
+        backbone = SocModels.pick(m, target, AndroidBundle.socModel());
         pack = m.memoryPack == null ? null : bundle.openPack(new MemoryPack.Options());
+        packRegion = bundle.packRegion();
         int layers = pack == null ? 0 : pack.numLayers(), dMem = pack == null ? 0 : pack.dMem();
-        program = new ExecuTorchProgram(bundle.filePath(backbone.file), backbone, layers, dMem);
+        program = openProgram(ctx, backbone, layers, dMem);
         generator = new Generator(backbone, program, pack, sampler);
+    }
+
+    private StepProgram openProgram(Context ctx, BundleManifest.Backbone b, int layers, int dMem) throws IOException {
+        if (b.target.startsWith("executorch")) return new ExecuTorchProgram(bundle.filePath(b.file), b, layers, dMem);
+        if (b.target.startsWith("tflite")) {
+            String libs = ctx.getApplicationInfo().nativeLibraryDir;
+            return new IoCacheProgram(b, new LiteRTProgram(bundle.filePath(b.file), b, libs));
+        }
+        throw new BundleException("target " + b.target + " has no runner in this app (executorch-*, tflite-*)");
     }
 
     /** "ids:1,2,3" -> token ids. Text needs a Java tokenizer for tokenizer.json, which this app lacks. */

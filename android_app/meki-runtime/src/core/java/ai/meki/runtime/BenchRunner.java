@@ -5,27 +5,36 @@ import org.json.JSONArray;
 import org.json.JSONException;
 import org.json.JSONObject;
 
-/** Repeated generations of one prompt with the stats JSON the adb harness reads (runner "android-app"). */
+/** Repeated generations of one prompt, reported as stats.schema.json objects (runner "android"). */
 public final class BenchRunner {
     private BenchRunner() {}
 
     /**
-     * @param prompt token ids; tokens: new tokens per run; reps: timed runs (after one warm-up)
-     * @return {"runner", "bundle", "target", "memory", "reps", "runs": [GenerationStats...],
-     *          "rss_start_bytes", "rss_end_bytes", "rss_peak_bytes", "pack_mapped_bytes"}
+     * One warm-up, then reps timed runs of tokens new tokens after prompt.
+     * @param packRegion where the pack's bytes are mapped from (null for a dense bundle)
+     * @return the last run's stats object; with reps > 1 every run's object is also under "x_runs"
      */
     public static JSONObject run(BundleManifest m, BundleManifest.Backbone backbone, Generator gen, MemoryPack pack,
-                                 int[] prompt, int tokens, int reps) throws IOException, JSONException {
-        long[] rss0 = ProcMemory.rss();
+                                 ProcMemory.Region packRegion, int[] prompt, int tokens, int reps)
+            throws IOException, JSONException {
+        if (reps < 1) throw new IllegalArgumentException("reps must be >= 1 (got " + reps + ")");
+        ProcMemory.Snapshot start = ProcMemory.snapshot();
         gen.generate(prompt, Math.min(tokens, 2), null, null);   // warm-up: loads delegates, first page faults
         JSONArray runs = new JSONArray();
-        for (int r = 0; r < reps; r++) runs.put(gen.generate(prompt, tokens, null, null).toJson());
-        long[] rss1 = ProcMemory.rss();
-        JSONObject o = new JSONObject();
-        o.put("runner", "android-app").put("bundle", m.name).put("fingerprint", m.fingerprint);
-        o.put("target", backbone.target).put("memory", m.memory).put("reps", reps).put("runs", runs);
-        o.put("rss_start_bytes", rss0[0]).put("rss_end_bytes", rss1[0]).put("rss_peak_bytes", rss1[1]);
-        o.put("pack_mapped_bytes", pack == null ? 0 : pack.mappedBytes());
-        return o;
+        JSONObject last = null;
+        for (int r = 0; r < reps; r++) {
+            GenerationStats g = gen.generate(prompt, tokens, null, null);
+            last = RunStats.of(m, backbone, g, start, ProcMemory.snapshot(), packResident(pack, packRegion));
+            runs.put(last);
+        }
+        if (reps > 1) last = new JSONObject(last.toString()).put("x_runs", runs);
+        return last;
+    }
+
+    /** The pack's mapped pages in RAM (smaps) plus its record cache, like MemoryPack.resident_bytes in Python. */
+    static long packResident(MemoryPack pack, ProcMemory.Region region) {
+        if (pack == null) return 0;
+        long mapped = region == null ? 0 : Math.max(0, ProcMemory.residentBytes(region));
+        return mapped + pack.cacheInfo().bytes;
     }
 }

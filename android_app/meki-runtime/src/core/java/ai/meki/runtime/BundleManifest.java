@@ -24,7 +24,8 @@ import org.json.JSONObject;
 /**
  * A bundle's manifest.json (v1; schema: contract/bundle_manifest.schema.json): the only
  * contract between exporter and app. Parsing is strict: an unknown or missing key is an error
- * naming it. org.json is Android's; on the JVM the same API comes from Debian's libandroid-json-java.
+ * naming it. Values are read with org.json's own getters (Android's org.json; on the JVM the same
+ * code comes from Debian's libandroid-json-java); their errors are prefixed with the JSON path.
  */
 public final class BundleManifest {
     public static final String FILE = "manifest.json";
@@ -47,12 +48,16 @@ public final class BundleManifest {
         public final long[] shape;
 
         TensorSpec(JSONObject o, String where) throws BundleException {
-            Json j = new Json(o, where, Json.keys("name", "shape", "dtype"));
-            name = j.str("name");
-            dtype = j.oneOf("dtype", DTYPES);
-            JSONArray s = j.array("shape");
-            shape = new long[s.length()];
-            for (int i = 0; i < shape.length; i++) shape[i] = Json.positiveLong(s, i, where + "/shape");
+            checkKeys(o, where, new String[] {"name", "shape", "dtype"});
+            try {
+                name = o.getString("name");
+                dtype = oneOf(o.getString("dtype"), DTYPES, where + "/dtype");
+                JSONArray s = o.getJSONArray("shape");
+                shape = new long[s.length()];
+                for (int i = 0; i < shape.length; i++) shape[i] = atLeast(1, s.getLong(i), where + "/shape/" + i);
+            } catch (JSONException e) {
+                throw bad(where, e);
+            }
         }
     }
 
@@ -62,10 +67,14 @@ public final class BundleManifest {
         public final String entry;   // the program's own method name ("" = the step's name)
 
         MethodSpec(JSONObject o, String where) throws BundleException {
-            Json j = new Json(o, where, Json.keys("inputs", "outputs"), "entry");
-            inputs = tensors(j.array("inputs"), where + "/inputs");
-            outputs = tensors(j.array("outputs"), where + "/outputs");
-            entry = j.optStr("entry", "");
+            checkKeys(o, where, new String[] {"inputs", "outputs"}, "entry");
+            try {
+                inputs = tensors(o.getJSONArray("inputs"), where + "/inputs");
+                outputs = tensors(o.getJSONArray("outputs"), where + "/outputs");
+                entry = o.has("entry") ? o.getString("entry") : "";
+            } catch (JSONException e) {
+                throw bad(where, e);
+            }
         }
 
         /** The input named name, or null. */
@@ -74,9 +83,9 @@ public final class BundleManifest {
             return null;
         }
 
-        private static List<TensorSpec> tensors(JSONArray a, String where) throws BundleException {
+        private static List<TensorSpec> tensors(JSONArray a, String where) throws JSONException, BundleException {
             List<TensorSpec> out = new ArrayList<>();
-            for (int i = 0; i < a.length(); i++) out.add(new TensorSpec(Json.object(a, i, where), where + "/" + i));
+            for (int i = 0; i < a.length(); i++) out.add(new TensorSpec(a.getJSONObject(i), where + "/" + i));
             return Collections.unmodifiableList(out);
         }
     }
@@ -84,22 +93,30 @@ public final class BundleManifest {
     /** One exported backbone program. */
     public static final class Backbone {
         public final String target, file, quant, kvCache;
+        public final String format, soc;   // optional: the program's file format, the SoC it was compiled for (NPU)
         public final int maxSeqLen, prefillLen;
         public final Map<String, MethodSpec> methods;
 
         Backbone(JSONObject o, String where) throws BundleException {
-            Json j = new Json(o, where, Json.keys("target", "file", "quant", "max_seq_len", "prefill_len", "kv_cache", "methods"), "delegated", "extra");
-            target = j.str("target");
-            file = j.relpath("file");
-            quant = j.str("quant");
-            maxSeqLen = j.positiveInt("max_seq_len");
-            prefillLen = j.positiveInt("prefill_len");
-            kvCache = j.oneOf("kv_cache", Arrays.asList("internal", "io"));
-            JSONObject m = j.object("methods");
+            checkKeys(o, where, new String[] {"target", "file", "quant", "max_seq_len", "prefill_len", "kv_cache", "methods"},
+                    "delegated", "extra", "format", "soc");
             Map<String, MethodSpec> ms = new LinkedHashMap<>();
-            for (Iterator<String> it = m.keys(); it.hasNext(); ) {
-                String k = it.next();
-                ms.put(k, new MethodSpec(Json.object(m, k, where + "/methods"), where + "/methods/" + k));
+            try {
+                target = o.getString("target");
+                file = matching(o.getString("file"), RELPATH, where + "/file");
+                quant = o.getString("quant");
+                maxSeqLen = (int) atLeast(1, o.getInt("max_seq_len"), where + "/max_seq_len");
+                prefillLen = (int) atLeast(1, o.getInt("prefill_len"), where + "/prefill_len");
+                kvCache = oneOf(o.getString("kv_cache"), Arrays.asList("internal", "io"), where + "/kv_cache");
+                format = o.has("format") ? o.getString("format") : null;
+                soc = o.has("soc") ? o.getString("soc") : null;
+                JSONObject m = o.getJSONObject("methods");
+                for (Iterator<String> it = m.keys(); it.hasNext(); ) {
+                    String k = it.next();
+                    ms.put(k, new MethodSpec(m.getJSONObject(k), where + "/methods/" + k));
+                }
+            } catch (JSONException e) {
+                throw bad(where, e);
             }
             for (String need : new String[] {"prefill", "decode"}) {
                 if (!ms.containsKey(need)) throw new BundleException(where + "/methods: missing '" + need + "'");
@@ -119,14 +136,18 @@ public final class BundleManifest {
         public final int vocabSize, numLayers, dMem;
 
         PackRef(JSONObject o, String where) throws BundleException {
-            Json j = new Json(o, where, Json.keys("file", "dtype", "layout", "vocab_size", "num_layers", "d_mem", "fingerprint"));
-            file = j.relpath("file");
-            dtype = j.oneOf("dtype", Arrays.asList("fp16", "bf16", "int8", "int4"));
-            layout = j.oneOf("layout", Arrays.asList("token-major", "layer-major"));
-            vocabSize = j.positiveInt("vocab_size");
-            numLayers = j.positiveInt("num_layers");
-            dMem = j.positiveInt("d_mem");
-            fingerprint = j.matching("fingerprint", FINGERPRINT);
+            checkKeys(o, where, new String[] {"file", "dtype", "layout", "vocab_size", "num_layers", "d_mem", "fingerprint"});
+            try {
+                file = matching(o.getString("file"), RELPATH, where + "/file");
+                dtype = oneOf(o.getString("dtype"), Arrays.asList("fp16", "bf16", "int8", "int4"), where + "/dtype");
+                layout = oneOf(o.getString("layout"), Arrays.asList("token-major", "layer-major"), where + "/layout");
+                vocabSize = (int) atLeast(1, o.getInt("vocab_size"), where + "/vocab_size");
+                numLayers = (int) atLeast(1, o.getInt("num_layers"), where + "/num_layers");
+                dMem = (int) atLeast(1, o.getInt("d_mem"), where + "/d_mem");
+                fingerprint = matching(o.getString("fingerprint"), FINGERPRINT, where + "/fingerprint");
+            } catch (JSONException e) {
+                throw bad(where, e);
+            }
         }
 
         /** Refuse a pack whose header disagrees with this entry. */
@@ -146,12 +167,16 @@ public final class BundleManifest {
         public final Integer bosTokenId;
 
         TokenizerRef(JSONObject o, String where) throws BundleException {
-            Json j = new Json(o, where, Json.keys("file", "eos_token_ids"), "bos_token_id");
-            file = j.relpath("file");
-            JSONArray a = j.array("eos_token_ids");
-            eosTokenIds = new int[a.length()];
-            for (int i = 0; i < a.length(); i++) eosTokenIds[i] = (int) Json.nonNegativeLong(a, i, where + "/eos_token_ids");
-            bosTokenId = o.isNull("bos_token_id") ? null : j.nonNegativeInt("bos_token_id");
+            checkKeys(o, where, new String[] {"file", "eos_token_ids"}, "bos_token_id");
+            try {
+                file = matching(o.getString("file"), RELPATH, where + "/file");
+                JSONArray a = o.getJSONArray("eos_token_ids");
+                eosTokenIds = new int[a.length()];
+                for (int i = 0; i < a.length(); i++) eosTokenIds[i] = (int) atLeast(0, a.getInt(i), where + "/eos_token_ids/" + i);
+                bosTokenId = o.isNull("bos_token_id") ? null : (int) atLeast(0, o.getInt("bos_token_id"), where + "/bos_token_id");
+            } catch (JSONException e) {
+                throw bad(where, e);
+            }
         }
     }
 
@@ -161,33 +186,37 @@ public final class BundleManifest {
         public final long bytes;
 
         FileEntry(JSONObject o, String where) throws BundleException {
-            Json j = new Json(o, where, Json.keys("path", "sha256", "bytes"));
-            path = j.relpath("path");
-            sha256 = j.matching("sha256", SHA256);
-            bytes = j.nonNegativeLong("bytes");
+            checkKeys(o, where, new String[] {"path", "sha256", "bytes"});
+            try {
+                path = matching(o.getString("path"), RELPATH, where + "/path");
+                sha256 = matching(o.getString("sha256"), SHA256, where + "/sha256");
+                bytes = atLeast(0, o.getLong("bytes"), where + "/bytes");
+            } catch (JSONException e) {
+                throw bad(where, e);
+            }
         }
     }
 
-    private BundleManifest(JSONObject o) throws BundleException {
-        Json j = new Json(o, "(top)", Json.keys("format", "version", "name", "fingerprint", "memory", "config", "tokenizer",
-                "memory_pack", "backbones", "files", "export"));
+    private BundleManifest(JSONObject o) throws JSONException, BundleException {
+        checkKeys(o, "(top)", new String[] {"format", "version", "name", "fingerprint", "memory", "config", "tokenizer",
+                "memory_pack", "backbones", "files", "export"});
         if (!"meki-bundle".equals(o.opt("format"))) throw new BundleException("format: must be 'meki-bundle'");
         if (!Integer.valueOf(1).equals(o.opt("version"))) {
             throw new BundleException("version: " + o.opt("version") + " is not supported (this reader reads 1)");
         }
-        name = j.str("name");
-        fingerprint = j.matching("fingerprint", FINGERPRINT);
-        memory = j.oneOf("memory", MEMORY);
-        config = j.object("config");
-        export = j.object("export");
-        tokenizer = o.isNull("tokenizer") ? null : new TokenizerRef(j.object("tokenizer"), "tokenizer");
-        memoryPack = o.isNull("memory_pack") ? null : new PackRef(j.object("memory_pack"), "memory_pack");
+        name = o.getString("name");
+        fingerprint = matching(o.getString("fingerprint"), FINGERPRINT, "fingerprint");
+        memory = oneOf(o.getString("memory"), MEMORY, "memory");
+        config = o.getJSONObject("config");
+        export = o.getJSONObject("export");
+        tokenizer = o.isNull("tokenizer") ? null : new TokenizerRef(o.getJSONObject("tokenizer"), "tokenizer");
+        memoryPack = o.isNull("memory_pack") ? null : new PackRef(o.getJSONObject("memory_pack"), "memory_pack");
         List<Backbone> bs = new ArrayList<>();
-        JSONArray ba = j.array("backbones");
-        for (int i = 0; i < ba.length(); i++) bs.add(new Backbone(Json.object(ba, i, "backbones"), "backbones/" + i));
+        JSONArray ba = o.getJSONArray("backbones");
+        for (int i = 0; i < ba.length(); i++) bs.add(new Backbone(ba.getJSONObject(i), "backbones/" + i));
         List<FileEntry> fs = new ArrayList<>();
-        JSONArray fa = j.array("files");
-        for (int i = 0; i < fa.length(); i++) fs.add(new FileEntry(Json.object(fa, i, "files"), "files/" + i));
+        JSONArray fa = o.getJSONArray("files");
+        for (int i = 0; i < fa.length(); i++) fs.add(new FileEntry(fa.getJSONObject(i), "files/" + i));
         if (bs.isEmpty() || fs.isEmpty()) throw new BundleException("backbones and files must not be empty");
         backbones = Collections.unmodifiableList(bs);
         files = Collections.unmodifiableList(fs);
@@ -198,7 +227,7 @@ public final class BundleManifest {
         try {
             return new BundleManifest(new JSONObject(json));
         } catch (JSONException e) {
-            throw new BundleException("manifest is not valid JSON: " + e.getMessage());
+            throw new BundleException("manifest: " + e.getMessage());   // not JSON, or a top-level value of the wrong type
         }
     }
 
@@ -267,6 +296,36 @@ public final class BundleManifest {
     public FileEntry file(String path) {
         for (FileEntry f : files) if (f.path.equals(path)) return f;
         return null;
+    }
+
+    /** The strict part org.json has no call for: every required key present, no key outside required + optional. */
+    static void checkKeys(JSONObject o, String where, String[] required, String... optional) throws BundleException {
+        for (String k : required) if (!o.has(k)) throw new BundleException(where + ": missing key '" + k + "'");
+        Set<String> allowed = new HashSet<>(Arrays.asList(required));
+        allowed.addAll(Arrays.asList(optional));
+        for (Iterator<String> it = o.keys(); it.hasNext(); ) {
+            String k = it.next();
+            if (!allowed.contains(k)) throw new BundleException(where + ": unknown key '" + k + "'");
+        }
+    }
+
+    static String oneOf(String v, List<String> values, String where) throws BundleException {
+        if (!values.contains(v)) throw new BundleException(where + ": must be one of " + values + " (got '" + v + "')");
+        return v;
+    }
+
+    static String matching(String v, Pattern p, String where) throws BundleException {
+        if (!p.matcher(v).matches()) throw new BundleException(where + ": must match " + p.pattern() + " (got '" + v + "')");
+        return v;
+    }
+
+    static long atLeast(long min, long v, String where) throws BundleException {
+        if (v < min) throw new BundleException(where + ": must be >= " + min + " (got " + v + ")");
+        return v;
+    }
+
+    static BundleException bad(String where, JSONException e) {
+        return new BundleException(where + ": " + e.getMessage());
     }
 
     static String sha256(Path p) throws IOException {

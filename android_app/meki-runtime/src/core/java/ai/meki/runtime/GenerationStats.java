@@ -1,16 +1,16 @@
 package ai.meki.runtime;
 
 import java.util.ArrayList;
+import java.util.Collections;
 import java.util.List;
-import org.json.JSONArray;
-import org.json.JSONException;
-import org.json.JSONObject;
 
-/** Timings of one generation; field names are those of the Python/native runners' stats JSON. */
+/** Timings of one generation, as plain values; {@link RunStats} turns them into stats.schema.json's object. */
 public final class GenerationStats {
     public int promptTokens, newTokens;
     public double ttftS, prefillS, decodeS;
-    public final List<Double> exposedLookupS = new ArrayList<>();   // per step: prefill chunks, then decodes
+    public double lookupTotalS;                                      // prefill's lookups (synchronous)
+    public final List<Double> exposedLookupS = new ArrayList<>();   // per decode step: waiting for the pack rows
+    public final List<Double> decodeStepS = new ArrayList<>();      // per decode step: the backbone call alone
     public final List<Integer> tokens = new ArrayList<>();          // generated ids
     public String stopReason = "";                                   // eos | max_tokens | max_seq_len
 
@@ -19,21 +19,18 @@ public final class GenerationStats {
     /** Decode throughput: tokens after the first (which prefill produced) over decode time. */
     public double decodeTokS() { return decodeS > 0 ? Math.max(0, newTokens - 1) / decodeS : 0; }
 
-    public JSONObject toJson() throws JSONException {
-        JSONObject o = new JSONObject();
-        o.put("prompt_tokens", promptTokens).put("new_tokens", newTokens);
-        o.put("ttft_s", ttftS).put("prefill_s", prefillS).put("prefill_tok_s", prefillTokS());
-        o.put("decode_s", decodeS).put("decode_tok_s", decodeTokS());
-        JSONArray lookups = new JSONArray();
+    public double exposedLookupTotalS() {
         double total = 0;
-        for (double s : exposedLookupS) {
-            lookups.put(s);
-            total += s;
-        }
-        o.put("exposed_lookup_s", lookups).put("exposed_lookup_total_s", total);
-        JSONArray ids = new JSONArray();
-        for (int t : tokens) ids.put(t);
-        o.put("tokens", ids).put("stop_reason", stopReason);
-        return o;
+        for (double s : exposedLookupS) total += s;
+        return total;
+    }
+
+    /** Median backbone time of one decode step (0 when nothing was decoded). */
+    public double decodeStepMedianS() {
+        if (decodeStepS.isEmpty()) return 0;
+        List<Double> s = new ArrayList<>(decodeStepS);
+        Collections.sort(s);
+        int n = s.size();
+        return n % 2 == 1 ? s.get(n / 2) : (s.get(n / 2 - 1) + s.get(n / 2)) / 2;
     }
 }

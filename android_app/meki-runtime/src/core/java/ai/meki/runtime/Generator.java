@@ -29,14 +29,15 @@ public final class Generator {
         this.sampler = sampler;
     }
 
-    /** rows [1, T, L, m] of tokens, timing the lookup into stats (null for a dense backbone). */
-    private float[] rows(long[] tokens, GenerationStats stats) throws PackException {
+    /** rows [1, T, L, m] of tokens (null for a dense backbone); returns how long the lookup took in [0]. */
+    private float[] rows(long[] tokens, double[] took) throws PackException {
+        took[0] = 0;
         if (pack == null) return null;
         long t0 = System.nanoTime();
         int[] ids = new int[tokens.length];
         for (int i = 0; i < ids.length; i++) ids[i] = (int) tokens[i];
         float[] r = pack.lookup(ids);
-        stats.exposedLookupS.add((System.nanoTime() - t0) / 1e9);
+        took[0] = (System.nanoTime() - t0) / 1e9;
         return r;
     }
 
@@ -50,15 +51,24 @@ public final class Generator {
                 toks[i] = prompt[start + i];
                 pos[i] = start + i;
             }
-            logits = program.step("prefill", toks, pos, rows(toks, stats));
+            double[] took = new double[1];
+            float[] r = rows(toks, took);
+            stats.lookupTotalS += took[0];
+            logits = program.step("prefill", toks, pos, r);
         }
         return logits;
     }
 
-    /** One decode step for token at position pos; returns logits [V]. */
+    /** One decode step for token at position pos; returns logits [V]. The lookup is synchronous: all of it is exposed. */
     float[] decodeOne(int token, int pos, GenerationStats stats) throws IOException {
         long[] toks = {token};
-        return program.step("decode", toks, new long[] {pos}, rows(toks, stats));
+        double[] took = new double[1];
+        float[] r = rows(toks, took);
+        if (pack != null) stats.exposedLookupS.add(took[0]);
+        long t0 = System.nanoTime();
+        float[] logits = program.step("decode", toks, new long[] {pos}, r);
+        stats.decodeStepS.add((System.nanoTime() - t0) / 1e9);
+        return logits;
     }
 
     /**

@@ -82,6 +82,11 @@ class BundleManifestTest {
         refusedWith(o -> put(o.optJSONObject("memory_pack"), "dtype", "int3"), "memory_pack/dtype");
         refusedWith(o -> o.optJSONArray("backbones").optJSONObject(0).optJSONObject("methods").remove("decode"),
                 "missing 'decode'");
+        // org.json's own getters: a wrong type names the value and key under its path
+        refusedWith(o -> put(o.optJSONArray("files").optJSONObject(0), "bytes", "many"), "files/0: Value many at bytes");
+        refusedWith(o -> put(o.optJSONArray("backbones").optJSONObject(0).optJSONObject("methods").optJSONObject("decode"),
+                "inputs", 3), "backbones/0/methods/decode: Value 3 at inputs");
+        refusedWith(o -> put(o, "backbones", "none"), "manifest: Value none at backbones");
     }
 
     @Test

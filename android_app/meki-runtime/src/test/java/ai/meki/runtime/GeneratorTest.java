@@ -49,19 +49,26 @@ class GeneratorTest {
             assertEquals(s.tokens, seen);
             assertEquals(Arrays.asList("prefill[0, 1, 2, 3]", "prefill[4, 5]", "decode[6]", "decode[7]", "decode[8]"),
                     prog.calls);
-            assertEquals(5, s.exposedLookupS.size());
+            assertEquals(3, s.exposedLookupS.size());   // one per decode step; prefill's lookups are lookupTotalS
+            assertEquals(3, s.decodeStepS.size());
+            assertTrue(s.lookupTotalS > 0);
             assertEquals("max_tokens", s.stopReason);
-            JSONObject j = s.toJson();
-            for (String k : new String[] {"ttft_s", "prefill_tok_s", "decode_tok_s", "exposed_lookup_s"}) assertTrue(j.has(k), k);
             GenerationStats eos = gen.generate(new int[] {97}, 10, m.tokenizer.eosTokenIds, null);
             assertEquals(Arrays.asList(98, 99), eos.tokens);
             assertEquals("eos", eos.stopReason);
             GenerationStats full = gen.generate(new int[] {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}, 10, null, null);
             assertEquals("max_seq_len", full.stopReason);
             assertEquals(3, full.newTokens);   // positions 14 and 15 decoded, then the cache is full
-            JSONObject bench = BenchRunner.run(m, b, gen, pack, new int[] {1, 2, 3}, 3, 2);
-            assertEquals(2, bench.getJSONArray("runs").length());
+            ProcMemory.Region region = new ProcMemory.Region(
+                    TestBundle.dir().resolve(m.memoryPack.file).toRealPath().toString(), 0, 1L << 40);
+            JSONObject bench = BenchRunner.run(m, b, gen, pack, region, new int[] {1, 2, 3}, 3, 2);
+            assertEquals(2, bench.getJSONArray("x_runs").length());
+            assertEquals("android", bench.getString("runner"));
+            assertEquals(3, bench.getInt("generated_tokens"));
             assertTrue(bench.getLong("rss_peak_bytes") > 0);
+            assertTrue(bench.getLong("pack_resident_bytes") > 0, "the mapped pack's pages count as resident");
+            StatsOut.write("app_stats_reps2.json", bench);
+            StatsOut.write("app_stats.json", BenchRunner.run(m, b, gen, pack, region, new int[] {1, 2, 3, 4, 5}, 4, 1));
         }
     }
 }

@@ -3,9 +3,13 @@ package ai.meki.runtime.android;
 import ai.meki.runtime.BundleException;
 import ai.meki.runtime.BundleManifest;
 import ai.meki.runtime.MemoryPack;
+import ai.meki.runtime.ProcMemory;
 import android.content.Context;
 import android.content.res.AssetFileDescriptor;
 import android.content.res.AssetManager;
+import android.os.Build;
+import android.system.ErrnoException;
+import android.system.Os;
 import java.io.Closeable;
 import java.io.File;
 import java.io.FileInputStream;
@@ -76,6 +80,25 @@ public final class AndroidBundle implements Closeable {
     }
 
     /**
+     * The file range the open pack is mapped from (the pack file, or the APK around the stored
+     * asset), for its resident bytes in the stats; null before {@link #openPack}.
+     */
+    public ProcMemory.Region packRegion() throws IOException {
+        if (manifest.memoryPack == null) return null;
+        if (dir != null) {
+            File f = new File(dir, manifest.memoryPack.file);
+            return new ProcMemory.Region(f.getCanonicalPath(), 0, f.length());
+        }
+        if (packFd == null) return null;
+        try {
+            String apk = Os.readlink("/proc/self/fd/" + packFd.getParcelFileDescriptor().getFd());
+            return new ProcMemory.Region(apk, packFd.getStartOffset(), packFd.getLength());
+        } catch (ErrnoException e) {
+            throw new IOException("cannot resolve the pack's file descriptor: " + e.getMessage(), e);
+        }
+    }
+
+    /**
      * A filesystem path to a bundle file (ExecuTorch and Core ML load programs by path): the file
      * itself for a folder bundle; for assets, a copy in noBackupFilesDir, made once and re-made if
      * its size differs from the manifest.
@@ -103,6 +126,20 @@ public final class AndroidBundle implements Closeable {
             }
         }
         return out.toPath();
+    }
+
+    /**
+     * This phone's SoC model (Build.SOC_MODEL, e.g. "SM8750"), or null before Android 12. Read
+     * reflectively: the field is API 31 and the app's minSdk is 26.
+     */
+    public static String socModel() {
+        if (Build.VERSION.SDK_INT < 31) return null;
+        try {
+            Object v = Build.class.getField("SOC_MODEL").get(null);
+            return v instanceof String && !((String) v).isEmpty() && !"unknown".equals(v) ? (String) v : null;
+        } catch (ReflectiveOperationException e) {
+            return null;
+        }
     }
 
     @Override
