@@ -9,6 +9,8 @@ from typing import Callable, Sequence
 
 from rich.console import Console
 
+from meki.quiet import quiet_third_party
+
 console = Console(stderr=True)
 
 Verb = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -317,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.export.registry import ExportError
     from contract.atomic import OutputExistsError
 
+    quiet_third_party()
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -122,7 +122,7 @@ class SliceKVCache(KVCache):
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # input_pos: [T] consecutive; k, v: [B, Hkv, T, hd] -> the whole cache [B, Hkv, S, hd]
         start = input_pos[0].item()
-        torch._check_is_size(start)
+        torch._check(start >= 0)
         torch._check(start + k.shape[2] <= self.k.shape[2])
         self.k[:, :, start:start + k.shape[2]] = k
         self.v[:, :, start:start + v.shape[2]] = v
