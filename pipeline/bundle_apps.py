@@ -14,8 +14,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mobile_runtime.manifest import MANIFEST, BundleError, Manifest, verify_bundle
-from mobile_runtime.pack import MemoryPack, PackError
+from mobile_runtime import bundle_rules
+from mobile_runtime.bundle_pack import verify_bundle_and_pack
+from mobile_runtime.manifest import MANIFEST, BundleError, Manifest
+from mobile_runtime.pack import PackError
 
 ANDROID_ASSET_DIR = "meki"                 # assets/meki/ (AndroidBundle.ASSET_ROOT)
 ASSET_PACK = "meki_assets"                 # asset-pack module and pack name
@@ -42,19 +44,12 @@ class IosPlacement:
 
 
 def verify_for_apps(bundle: Path) -> Manifest:
-    """verify_bundle (schema, sizes, sha256, fingerprints) plus the pack header against the manifest."""
-    m = verify_bundle(Path(bundle), check_hashes=True)
-    ref = m.memory_pack
-    if ref is not None:
-        try:
-            with MemoryPack.open(Path(bundle) / ref.file, expected_fingerprint=m.fingerprint, cache_bytes=0) as p:
-                got = (p.dtype, p.layout, p.vocab_size, p.num_layers, p.d_mem)
-        except PackError as e:
-            raise BundleError(f"{bundle}: memory pack {ref.file}: {e}") from None
-        want = (ref.dtype, ref.layout, ref.vocab_size, ref.num_layers, ref.d_mem)
-        if got != want:
-            raise BundleError(f"{bundle}: memory pack header {got} != manifest {want}")
-    return m
+    """verify_bundle (schema, paths, no symlinks, sizes, sha256, fingerprints) plus the pack header
+    against the manifest; the error carries its conformance/CHECKS.md name (`check`)."""
+    try:
+        return verify_bundle_and_pack(Path(bundle), check_hashes=True)
+    except PackError as e:
+        raise BundleError(f"{bundle}: memory pack: {e}", e.check) from None
 
 
 def _no_compress(m: Manifest) -> list[str]:
@@ -75,8 +70,12 @@ def _copy_bundle(bundle: Path, m: Manifest, dest: Path, overwrite: bool) -> None
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         for rel in [MANIFEST] + [f.path for f in m.files]:
+            try:   # verified above; checked again at copy time so a link swapped in since is refused
+                bundle_rules.lstat_inside(bundle, rel)
+            except bundle_rules.RuleError as e:
+                raise BundleError(f"{bundle}: {e}", e.check) from None
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(bundle / rel, tmp / rel)
+            shutil.copyfile(bundle / rel, tmp / rel, follow_symlinks=False)
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -166,7 +165,7 @@ def _ios_package_swift() -> str:
 
 
 def copy_golden_ios(golden_dir: Path, ios_dir: Path) -> Path:
-    """Copy the memory-pack golden vectors (tests/golden) into the Swift test resources."""
+    """Copy the memory-pack golden vectors (conformance/golden) into the Swift test resources."""
     dest = Path(ios_dir) / "Tests/MekiBridgeTests/Resources/golden"
     dest.mkdir(parents=True, exist_ok=True)
     for p in sorted(Path(golden_dir).iterdir()):

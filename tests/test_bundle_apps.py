@@ -13,7 +13,7 @@ from mobile_runtime.manifest import (Backbone, BundleError, Manifest, MethodSpec
 from pipeline import bundle_apps
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT / "tests/golden"
+GOLDEN = ROOT / "conformance/golden"
 FP = "0123456789abcdef00112233445566ff"   # the golden packs' fingerprint
 
 
@@ -107,7 +107,7 @@ def test_refuses_pack_whose_header_disagrees(bundle, app):
     m = json.loads((bundle / "manifest.json").read_text())
     m["memory_pack"]["d_mem"] = 8                             # the pack's header says 16; files still verify
     (bundle / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match="memory pack header"):
+    with pytest.raises(BundleError, match="memory pack tables.mekipack: header"):
         bundle_apps.bundle_android(bundle, app)
 
 

@@ -17,7 +17,7 @@ from mobile_runtime.stats import SCHEMA_PATH
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN = REPO / "tests" / "golden"
+GOLDEN = REPO / "conformance" / "golden"
 PROMPT = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]  # longer than prefill_len=8: two prefill chunks
 
 

@@ -8,7 +8,7 @@ import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import org.junit.jupiter.api.Test;
 
-/** XXH3-64 against vectors from the Python xxhash package (scripts/make_xxh3_vectors.py). */
+/** XXH3-64 against vectors from the Python xxhash package (conformance/make_xxh3_vectors.py). */
 class Xxh3Test {
     static byte[] lcgBytes(int n) {
         byte[] out = new byte[n];
