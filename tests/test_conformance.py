@@ -5,6 +5,7 @@ and the check name that refused it must be the one index.json lists ("ok" when a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,32 @@ def test_generator_is_deterministic(tmp_path):
             assert q.is_symlink() and q.readlink() == p.readlink(), p
         elif p.is_file():
             assert q.read_bytes() == p.read_bytes(), p
+
+
+SHRINK = """
+import os, sys
+from mobile_runtime.pack import MemoryPack, PackError
+p = MemoryPack.open(sys.argv[1], mode="mmap", cache_bytes=0)
+p.lookup([0])
+os.truncate(sys.argv[1], 16384)
+for tok in (99, 0):   # an unverified block, then the verified one again
+    try:
+        p.lookup([tok])
+        sys.exit(f"read token {tok} of a truncated mapping")
+    except PackError as e:
+        print(e.check)
+"""
+
+
+def test_python_pack_shrunk_while_mapped_is_refused_not_sigbus(tmp_path):
+    """In a child process: a SIGBUS there shows as returncode -7 instead of killing pytest."""
+    import shutil
+    import subprocess
+    import sys
+
+    pack = tmp_path / "p.mekipack"
+    shutil.copyfile(ROOT / "golden/golden_int8_token.mekipack", pack)
+    res = subprocess.run([sys.executable, "-c", SHRINK, str(pack)], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT.parent, env={**os.environ, "PYTHONPATH": str(ROOT.parent)})
+    assert res.returncode == 0, (res.returncode, res.stderr)
+    assert res.stdout.split() == ["pack.file_size", "pack.file_size"]

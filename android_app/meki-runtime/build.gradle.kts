@@ -14,6 +14,7 @@ android {
     testOptions.unitTests.all {
         it.useJUnitPlatform()
         it.systemProperty("meki.golden", rootDir.resolve("../conformance/golden").path)
+        it.systemProperty("meki.conformance", rootDir.resolve("../conformance").path)
         it.systemProperty("meki.bundle", layout.buildDirectory.dir("test-bundle").get().asFile.path)
         it.dependsOn("makeTestBundle")
     }

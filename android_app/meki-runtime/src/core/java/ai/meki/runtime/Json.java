@@ -54,7 +54,14 @@ final class Json {
     }
 
     String relpath(String k) throws BundleException {
-        return matching(k, BundleManifest.RELPATH);
+        Object v = o.opt(k);
+        if (v instanceof String) {
+            String why = BundleManifest.pathProblem((String) v);
+            if (why != null) {
+                throw new BundleException("manifest.path", where + "/" + k + ": '" + v + "' is not a clean relative path (" + why + ")");
+            }
+        }
+        return str(k);
     }
 
     int positiveInt(String k) throws BundleException {

@@ -22,6 +22,12 @@ final class Golden {
         throw new IllegalStateException("conformance/golden not found: pass -Dmeki.golden=DIR");
     }
 
+    /** The conformance corpus: -Dmeki.conformance=DIR, else the golden folder's parent. */
+    static Path conformance() {
+        String prop = System.getProperty("meki.conformance");
+        return prop != null ? Paths.get(prop) : dir().getParent();
+    }
+
     static JSONObject spec() throws IOException, JSONException {
         return new JSONObject(new String(Files.readAllBytes(dir().resolve("pack_golden.json")), StandardCharsets.UTF_8));
     }
