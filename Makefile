@@ -31,6 +31,8 @@ system-deps:
 	bash scripts/system_deps.sh
 
 # JVM (Java pack/manifest readers vs the golden vectors) first: it also installs the APK-check tools.
+# The C++ readers under ASan+UBSan over conformance/, plus a 60 s seeded fuzz (issue 12, class 1).
 test: setup system-deps
 	bash android_app/scripts/jvm_test.sh
+	bash mobile_runtime/native/sanitize_test.sh
 	$(VENV)/bin/python -m pytest -q -ra tests
