@@ -178,7 +178,7 @@ Manifest parse_manifest(const std::string& text, const std::string& where) {
   json j;
   try {
     j = json::parse(text);  // also refuses ill-formed UTF-8
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number like 1e999 (found by fuzz_pack)
     throw BundleError(where + ": not valid JSON (" + e.what() + ")", "manifest.json");
   }
   check_paths(j);
