@@ -19,7 +19,7 @@ step() { local t0=$SECONDS; "$@"; echo "sanitize: $(basename "$1") $((SECONDS - 
 t_all=$SECONDS
 mkdir -p "$BUILD"
 [ -f "$BUILD/CMakeCache.txt" ] || cmake -S "$HERE" -B "$BUILD" -DMEKI_READERS_ONLY=ON -DMEKI_SANITIZE=ON \
-    -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+    -DCMAKE_BUILD_TYPE=Debug >/dev/null
 t0=$SECONDS
 nice cmake --build "$BUILD" -j2 >/dev/null
 echo "sanitize: build $((SECONDS - t0)) s" >&2
