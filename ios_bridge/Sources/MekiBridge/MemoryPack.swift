@@ -42,8 +42,12 @@ public struct PackHeader {
         let (vl, o1) = v.multipliedReportingOverflow(by: l)
         let (total, o2) = vl.multipliedReportingOverflow(by: rb)
         guard !o1, !o2, total <= 1 << 62 else { return nil }
-        let (stride, o3) = layout == .tokenMajor ? l.multipliedReportingOverflow(by: rb) : (rb, false)
-        guard !o3 else { return nil }
+        var stride = rb
+        if layout == .tokenMajor {
+            let (s, o3) = l.multipliedReportingOverflow(by: rb)
+            guard !o3 else { return nil }
+            stride = s
+        }
         let dataSize = (total + bs - 1) / bs * bs
         let blocks = dataSize / bs
         return Derived(stride: stride, dataSize: dataSize, blocks: blocks, tableOffset: 16384 + dataSize,
