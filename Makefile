@@ -35,8 +35,10 @@ system-deps:
 
 # Every test: the Java reader tests, then the whole pytest suite (slow exports included). Installs nothing
 # system-wide; a missing Debian package is named with 'run make system-deps'.
+# The C++ readers run under ASan+UBSan over conformance/, plus a 60 s seeded fuzz (sanitize_test.sh).
 test: setup
 	bash android_app/scripts/jvm_test.sh
+	bash mobile_runtime/native/sanitize_test.sh
 	$(PYTEST) tests
 
 # Tests not marked slow (contract, bench engine, apps, training, model unit tests): about a minute.

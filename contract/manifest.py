@@ -7,6 +7,8 @@ file names. Schema: bundle_manifest.schema.json beside this file.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 
 import jsonschema
 
-from contract import pack_format as pf
+from contract import bundle_rules as rules
 from contract.atomic import atomic_write_text
 from contract.hashing import sha256_file
 
@@ -23,7 +25,15 @@ SCHEMA_PATH = Path(__file__).with_name("bundle_manifest.schema.json")
 
 
 class BundleError(ValueError):
-    """A bundle whose manifest or files cannot be trusted; the message names the problem."""
+    """A bundle whose manifest or files cannot be trusted; the message names the problem and
+    `check` its conformance/CHECKS.md name."""
+
+    check = "manifest.schema"
+
+    def __init__(self, message: str, check: str | None = None):
+        super().__init__(message)
+        if check is not None:
+            self.check = check
 
 
 @dataclass
@@ -116,7 +126,11 @@ def schema() -> dict[str, Any]:
 
 
 def parse_manifest(data: dict[str, Any]) -> Manifest:
-    """Validate against the schema, then build the dataclasses."""
+    """Check the path fields, validate against the schema, then build the dataclasses."""
+    try:
+        rules.check_manifest_paths(data)
+    except rules.RuleError as e:
+        raise BundleError(str(e), e.check) from None
     errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         where = lambda e: "/".join(map(str, e.path)) or "(top)"  # noqa: E731
@@ -134,67 +148,79 @@ def _method(m: dict[str, Any]) -> MethodSpec:
 
 
 def load_manifest(bundle: Path) -> Manifest:
+    """Read and parse bundle/manifest.json: size and depth caps before parsing, then UTF-8, JSON, paths, schema."""
     path = Path(bundle) / MANIFEST
-    if not path.exists():
-        raise BundleError(f"{bundle}: no {MANIFEST} (not a bundle folder)")
     try:
-        return parse_manifest(json.loads(path.read_text()))
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OSError
+        with open(path, "rb") as fh:
+            data = fh.read(rules.MAX_MANIFEST_BYTES + 1)
+    except OSError:
+        raise BundleError(f"{bundle}: no {MANIFEST} (not a bundle folder)", "manifest.missing") from None
+    try:
+        text = rules.check_manifest_bytes(data, str(path))
+    except rules.RuleError as e:
+        raise BundleError(str(e), e.check) from None
+    try:
+        return parse_manifest(json.loads(text))
     except json.JSONDecodeError as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+        raise BundleError(f"{path}: not valid JSON ({exc})", "manifest.json") from None
 
 
 def verify_bundle(bundle: Path, check_hashes: bool = True) -> Manifest:
-    """The one bundle check (runtime, bench engine, `meki bundle`, verify): the manifest against its
-    schema; every listed file exists with its size (and sha256); every referenced file is listed; the
-    pack's header agrees with the manifest and carries the model's fingerprint. Raises BundleError."""
+    """Load the manifest and check every listed file is a regular file inside the bundle (no
+    symlink anywhere on its path) with its size (and sha256), that every referenced file is listed
+    (the folder rule of conformance/CHECKS.md), and that the pack's fingerprint is the model's.
+    The one bundle check of files and references; consumers that open the pack add its header
+    (mobile_runtime.bundle_pack). Raises BundleError whose check names the first problem."""
     bundle = Path(bundle)
     m = load_manifest(bundle)
-    listed = {f.path: f for f in m.files}
-    referenced = [b.file for b in m.backbones] + [r.file for r in (m.tokenizer, m.memory_pack) if r is not None]
-    # a referenced folder (a Core ML .mlpackage) counts as listed when files under it are
-    problems = [f"{p}: referenced but not listed in files" for p in referenced
-                if p not in listed and not any(f.startswith(p.rstrip("/") + "/") for f in listed)]
+    problems: list[tuple[str, str]] = []   # (check, message), in CHECKS.md order
     for f in m.files:
-        path = bundle / f.path
-        if not path.is_file():
-            problems.append(f"{f.path}: missing")
-        elif path.stat().st_size != f.bytes:
-            problems.append(f"{f.path}: {path.stat().st_size} bytes, manifest says {f.bytes}")
-        elif check_hashes and sha256_file(path) != f.sha256:
-            problems.append(f"{f.path}: sha256 does not match the manifest")
+        try:
+            st = rules.lstat_inside(bundle, f.path)
+        except rules.RuleError as e:
+            problems.append((e.check, str(e)))
+            continue
+        if st.st_size != f.bytes:
+            problems.append(("bundle.size", f"{f.path}: {st.st_size} bytes, manifest says {f.bytes}"))
+        elif check_hashes and sha256_file(bundle / f.path) != f.sha256:
+            problems.append(("bundle.sha256", f"{f.path}: sha256 does not match the manifest"))
+    listed = {f.path for f in m.files}
+    referenced = [b.file for b in m.backbones] + [r.file for r in (m.tokenizer, m.memory_pack) if r is not None]
+    problems += [("bundle.unlisted", f"{p}: referenced but not listed in files")
+                 for p in referenced if not rules.is_listed(p, listed)]
     if m.memory_pack and m.memory_pack.fingerprint != m.fingerprint:
-        problems.append(f"memory pack fingerprint {m.memory_pack.fingerprint} != model {m.fingerprint}")
-    if m.memory_pack and (bundle / m.memory_pack.file).is_file():
-        problems += pack_header_problems(bundle / m.memory_pack.file, m.memory_pack)
+        problems.append(("bundle.fingerprint",
+                         f"memory pack fingerprint {m.memory_pack.fingerprint} != model {m.fingerprint}"))
     if (m.memory == "none") != (m.memory_pack is None):
-        problems.append(f"memory={m.memory} but memory_pack is {'absent' if m.memory_pack is None else 'present'}")
+        problems.append(("bundle.memory", f"memory={m.memory} but memory_pack is "
+                                          f"{'absent' if m.memory_pack is None else 'present'}"))
     if problems:
-        raise BundleError(f"{bundle}: " + "; ".join(problems))
+        raise BundleError(f"{bundle}: " + "; ".join(msg for _, msg in problems), problems[0][0])
     return m
 
 
-def pack_header_problems(path: Path, ref: PackRef) -> list[str]:
-    """The pack's own header (magic, version, checksum, shape, dtype, layout, fingerprint) against the
-    manifest's description of it; the pack reader checks the rest when it opens the file."""
-    with open(path, "rb") as fh:
-        buf = fh.read(pf.HEADER_SIZE)
-    if len(buf) < pf.HEADER_SIZE or buf[:8] != pf.MAGIC:
-        return [f"{ref.file}: not a MeKi memory pack (bad magic or shorter than its header)"]
-    fields, stored = pf.unpack_header(buf)
-    if pf.checksum(buf[:pf.HEADER_CHECKSUM_OFFSET]) != stored:
-        return [f"{ref.file}: pack header checksum mismatch (damaged header)"]
-    (_, version, _, v, n_layers, d_mem, dcode, lcode, *_rest) = fields
-    fp_raw = fields[17]
-    got = (version, pf.DTYPE_NAMES.get(dcode), pf.LAYOUT_NAMES.get(lcode), v, n_layers, d_mem, fp_raw.hex())
-    want = (pf.VERSION, ref.dtype, ref.layout, ref.vocab_size, ref.num_layers, ref.d_mem, ref.fingerprint)
-    names = ("version", "dtype", "layout", "vocab_size", "num_layers", "d_mem", "fingerprint")
-    return [f"{ref.file}: pack header {n}={g!r}, manifest says {w!r}" for n, g, w in zip(names, got, want) if g != w]
+def check_pack_header(m: Manifest, dtype: str, layout: str, vocab_size: int, num_layers: int,
+                      d_mem: int) -> None:
+    """Every consumer that opens the pack calls this: the header must say what the manifest says."""
+    ref = m.memory_pack
+    got, want = (dtype, layout, vocab_size, num_layers, d_mem), \
+        (ref.dtype, ref.layout, ref.vocab_size, ref.num_layers, ref.d_mem)
+    if got != want:
+        raise BundleError(f"memory pack {ref.file}: header (dtype, layout, V, L, m) = {got} but the manifest "
+                          f"says {want}", "bundle.pack_mismatch")
 
 
 def write_manifest(bundle: Path, manifest: Manifest) -> Manifest:
     """List every file under the bundle (sha256, size), validate, and write manifest.json atomically."""
     bundle = Path(bundle)
-    files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+    entries = [p for p in bundle.rglob("*") if p.name != MANIFEST and not p.name.startswith(".")]
+    links = [p.relative_to(bundle).as_posix() for p in entries if p.is_symlink()]
+    if links:   # rglob does not descend into linked folders; a listed link would leave the bundle
+        raise BundleError(f"{bundle}: symbolic links are not allowed in a bundle: {', '.join(links[:5])}",
+                          "bundle.symlink")
+    files = sorted(p for p in entries if p.is_file())
     manifest.files = [FileEntry(p.relative_to(bundle).as_posix(), sha256_file(p), p.stat().st_size) for p in files]
     data = manifest.to_dict()
     parse_manifest(data)  # never write a manifest that the readers would refuse

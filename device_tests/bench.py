@@ -34,7 +34,7 @@ from device_tests.runners import Runner, make_runner
 from device_tests.transports import open_transport
 from device_tests.transports.base import Transport
 from device_tests.transports.local import LocalTransport
-from contract.manifest import verify_bundle
+from mobile_runtime.bundle_pack import verify_bundle_and_pack
 
 # Errors after which every further run on the device would fail the same way.
 FATAL = (DeviceDisconnected, DeviceFull, PermissionDenied, RunnerMissing)
@@ -77,7 +77,7 @@ def resolve_bundles(bundles: Path | Sequence[Path]) -> list[tuple[BundleInfo, Pa
         paths = [Path(p) for p in bundles]
     out, seen = [], set()
     for p in paths:
-        m = verify_bundle(p)  # BundleError names the problem; nothing is pushed before this
+        m = verify_bundle_and_pack(p)  # BundleError/PackError name the problem; nothing is pushed before this
         label = "dense" if m.memory == "none" else "meki"
         label = label if label not in seen else p.name
         seen.add(label)

@@ -8,7 +8,7 @@ let package = Package(
     targets: [
         .target(name: "MekiBridge"),
         // Resources/golden is filled by `meki bundle --golden-ios` (pipeline.bundle_apps.copy_golden_ios);
-        // without it the tests fall back to ../tests/golden of the repository.
+        // without it the tests fall back to ../conformance/golden of the repository.
         .testTarget(name: "MekiBridgeTests", dependencies: ["MekiBridge"], resources: [.copy("Resources")]),
     ]
 )

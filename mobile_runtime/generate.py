@@ -41,11 +41,10 @@ class Generator:
         self.backbone = self.manifest.backbone(target)
         self.runner = open_runner(self.bundle, self.backbone)
         self.pack = None
-        if self.manifest.memory_pack is not None:
-            from mobile_runtime.pack import MemoryPack
+        if self.manifest.memory_pack is not None:   # fingerprint and dimensions checked against the manifest
+            from mobile_runtime.bundle_pack import open_bundle_pack
 
-            self.pack = MemoryPack.open(self.bundle / self.manifest.memory_pack.file, mode=pack_mode,
-                                        cache_bytes=cache_bytes, expected_fingerprint=self.manifest.fingerprint)
+            self.pack = open_bundle_pack(self.bundle, self.manifest, mode=pack_mode, cache_bytes=cache_bytes)
         self.tokenizer = None
         if self.manifest.tokenizer is not None:
             from tokenizers import Tokenizer

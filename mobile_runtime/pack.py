@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -28,27 +29,39 @@ _CACHE_ENTRY_OVERHEAD = 120   # bytes a cached record costs beyond its payload (
 
 
 class PackError(Exception):
-    """Base of every error the reader raises."""
+    """Base of every error the reader raises. `check` is its conformance/CHECKS.md name."""
+
+    check = "pack.io"
+
+    def __init__(self, message: str, check: str | None = None):
+        super().__init__(message)
+        if check is not None:
+            self.check = check
 
 
 class PackFormatError(PackError):
     """Not a pack, an unsupported version, or an inconsistent header."""
+    check = "pack.header_fields"
 
 
 class PackTruncatedError(PackFormatError):
     """The file is shorter (or longer) than its header says."""
+    check = "pack.file_size"
 
 
 class PackChecksumError(PackError):
     """A header, table or data block does not match its checksum."""
+    check = "pack.block_checksum"
 
 
 class PackFingerprintError(PackError):
     """The pack was folded from a different model than expected."""
+    check = "pack.fingerprint"
 
 
 class PackTokenError(PackError, IndexError):
     """A token id is out of range or not an integer."""
+    check = "pack.token"
 
 
 @dataclass
@@ -83,18 +96,18 @@ def read_header(fd: int, actual_size: int, expected_fingerprint: str | None = No
     """Read, check and decode the header of an open pack; raises PackError on any problem."""
     if actual_size < pf.HEADER_SIZE:
         raise PackTruncatedError(f"file is {actual_size} bytes, too small for a {pf.HEADER_SIZE}"
-                                 f"-byte pack header (truncated or not a pack)")
+                                 f"-byte pack header (truncated or not a pack)", "pack.too_short")
     buf = os.pread(fd, pf.HEADER_SIZE, 0)
     if buf[:8] != pf.MAGIC:
-        raise PackFormatError(f"bad magic {buf[:8]!r}: not a MeKi memory pack")
+        raise PackFormatError(f"bad magic {buf[:8]!r}: not a MeKi memory pack", "pack.magic")
     fields, stored = pf.unpack_header(buf)
     (_, version, header_size, v, n_layers, m, dcode, lcode, res16, group, stride, data_off,
      data_size, block, n_blocks, table_off, file_size, fp_raw, table_sum, reserved) = fields
     if version != pf.VERSION:
         raise PackFormatError(f"unsupported pack version {version} (this reader reads "
-                              f"version {pf.VERSION})")
+                              f"version {pf.VERSION})", "pack.version")
     if pf.checksum(buf[:pf.HEADER_CHECKSUM_OFFSET]) != stored:
-        raise PackChecksumError("header checksum mismatch: the header is damaged")
+        raise PackChecksumError("header checksum mismatch: the header is damaged", "pack.header_checksum")
     if dcode not in pf.DTYPE_NAMES or lcode not in pf.LAYOUT_NAMES:
         raise PackFormatError(f"unknown dtype code {dcode} or layout code {lcode}")
     try:
@@ -112,7 +125,7 @@ def read_header(fd: int, actual_size: int, expected_fingerprint: str | None = No
         raise PackTruncatedError(f"file is {actual_size} bytes but its header says {file_size}"
                                  f" ({'truncated' if actual_size < file_size else 'extra bytes'})")
     if os.pread(fd, data_off - pf.HEADER_SIZE, pf.HEADER_SIZE).count(0) != data_off - pf.HEADER_SIZE:
-        raise PackChecksumError("header padding is not zero: the header region is damaged")
+        raise PackChecksumError("header padding is not zero: the header region is damaged", "pack.padding")
     if expected_fingerprint is not None and want.fingerprint != expected_fingerprint:
         raise PackFingerprintError(f"pack fingerprint {want.fingerprint} does not match the "
                                    f"model's {expected_fingerprint}: it was folded from another model")
@@ -134,7 +147,8 @@ class MemoryPack:
         self._token_bytes = h.num_layers * h.row_bytes   # one token's raw record
         table = os.pread(fd, pf.CHECKSUM_BYTES * h.num_blocks, h.table_offset)
         if pf.checksum(table) != h.table_checksum:
-            raise PackChecksumError("checksum table does not match its checksum in the header")
+            raise PackChecksumError("checksum table does not match its checksum in the header",
+                                    "pack.table_checksum")
         self._sums = np.frombuffer(table, dtype="<u8")
         self._verified = np.zeros(h.num_blocks, dtype=bool)
         self._lock = threading.Lock()
@@ -161,8 +175,14 @@ class MemoryPack:
         except OSError as e:
             raise PackError(f"cannot open pack {path}: {e.strerror}") from None
         try:
-            header = read_header(fd, os.fstat(fd).st_size, expected_fingerprint)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise PackError(f"cannot open pack {path}: not a regular file")
+            header = read_header(fd, st.st_size, expected_fingerprint)
             return cls(path, fd, header, mode, cache_bytes, verify_on_read)
+        except OSError as e:   # a read failing under us (EIO, a file replaced by a folder)
+            os.close(fd)
+            raise PackError(f"cannot read pack {path}: {e.strerror}") from None
         except BaseException:
             os.close(fd)
             raise
@@ -278,14 +298,25 @@ class MemoryPack:
             dst[:] = blocks[off - start: off - start + dst.size]
             return
         if self._map is not None:
+            self._check_still_whole()
             dst[:] = self._map[off: off + dst.size]
         else:
             n = os.preadv(self._fd, [dst], off)
             if n != dst.size:
                 raise PackTruncatedError(f"short read at offset {off}: the file shrank")
 
+    def _check_still_whole(self) -> None:
+        """mmap mode: refuse before touching a page if the file shrank (a page past the new end
+        would raise SIGBUS and kill the process; Python cannot recover from that signal).
+        One fstat per read; pread mode needs none (a short read is an error, not a signal)."""
+        size = os.fstat(self._fd).st_size
+        if size < self.file_size:
+            raise PackTruncatedError(f"{self.path} shrank to {size} bytes while open (header says "
+                                     f"{self.file_size}): refusing to read the mapping")
+
     def _read_span(self, start: int, n: int) -> np.ndarray:
         if self._map is not None:
+            self._check_still_whole()
             if hasattr(self._mm, "madvise"):   # one readahead for the block, not a fault per page
                 self._mm.madvise(mmap.MADV_WILLNEED, start, n)
             return self._map[start:start + n]

@@ -72,3 +72,25 @@ class RunStats:
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+class StatsError(ValueError):
+    """A stats file that does not match stats.schema.json (conformance/CHECKS.md: stats.schema)."""
+
+    check = "stats.schema"
+
+
+def load_stats(path: Path) -> dict[str, Any]:
+    """Read and validate a stats JSON file (any runner's); raises StatsError naming the problem."""
+    import jsonschema
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StatsError(f"{path}: cannot read stats JSON ({e})") from None
+    schema = json.loads(SCHEMA_PATH.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(map(str, errors[0].path)) or "(top)"
+        raise StatsError(f"{path}: stats do not match the schema: {where}: {errors[0].message}")
+    return data

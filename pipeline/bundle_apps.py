@@ -12,8 +12,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract import bundle_rules
 from contract.atomic import atomic_dir, atomic_write_text
-from contract.manifest import MANIFEST, BundleError, Manifest, verify_bundle
+from contract.manifest import MANIFEST, BundleError, Manifest
+from mobile_runtime.bundle_pack import verify_bundle_and_pack
 
 ANDROID_ASSET_DIR = "meki"                 # assets/meki/ (AndroidBundle.ASSET_ROOT)
 ASSET_PACK = "meki_assets"                 # asset-pack module and pack name
@@ -39,8 +41,9 @@ class IosPlacement:
 
 
 def verify_for_apps(bundle: Path) -> Manifest:
-    """verify_bundle with sha256 (the app copies must be exactly what was exported)."""
-    return verify_bundle(Path(bundle), check_hashes=True)
+    """verify_bundle (schema, paths, no symlinks, sizes, sha256, fingerprints) plus the pack header
+    against the manifest; the error carries its conformance/CHECKS.md name (`check`)."""
+    return verify_bundle_and_pack(Path(bundle), check_hashes=True)
 
 
 def _no_compress(m: Manifest) -> list[str]:
@@ -57,8 +60,12 @@ def _copy_bundle(bundle: Path, m: Manifest, dest: Path, overwrite: bool) -> None
     """Copy manifest.json and every listed file into dest atomically (temp folder, then rename)."""
     with atomic_dir(dest, overwrite) as tmp:
         for rel in [MANIFEST] + [f.path for f in m.files]:
+            try:   # verified above; checked again at copy time so a link swapped in since is refused
+                bundle_rules.lstat_inside(bundle, rel)
+            except bundle_rules.RuleError as e:
+                raise BundleError(f"{bundle}: {e}", e.check) from None
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(bundle / rel, tmp / rel)
+            shutil.copyfile(bundle / rel, tmp / rel, follow_symlinks=False)
 
 
 def bundle_android(bundle: Path, app_dir: Path, *, base_limit_bytes: int = BASE_LIMIT_BYTES,

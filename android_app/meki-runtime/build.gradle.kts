@@ -13,7 +13,8 @@ android {
     sourceSets["main"].java.srcDirs("src/main/java", "src/core/java")
     testOptions.unitTests.all {
         it.useJUnitPlatform()
-        it.systemProperty("meki.golden", rootDir.resolve("../tests/golden").path)
+        it.systemProperty("meki.golden", rootDir.resolve("../conformance/golden").path)
+        it.systemProperty("meki.conformance", rootDir.resolve("../conformance").path)
         it.systemProperty("meki.bundle", layout.buildDirectory.dir("test-bundle").get().asFile.path)
         it.dependsOn("makeTestBundle")
     }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compile the platform-independent part of meki-runtime (src/core, no Android imports) with the JDK
-# and run its JUnit 5 tests against tests/golden and a bundle written by the Python manifest writer;
-# check the stats JSON they write against contract/stats.schema.json (tests/support/check_app_stats.py);
-# compile the Android sources against Debian's real android.jar (scripts/stub_compile.sh).
+# and run its JUnit 5 tests against the conformance corpus (conformance/index.json, golden packs, XXH3
+# vectors) and a bundle written by the Python manifest writer; check the stats JSON they write against
+# contract/stats.schema.json (tests/support/check_app_stats.py); compile the Android sources against
+# Debian's real android.jar (scripts/stub_compile.sh).
 # JUnit, org.json and the APK tools come from Debian: `make system-deps` installs them (this script installs nothing).
 # Closing line: "jvm: N passed, N failed[, N skipped]". Usage: android_app/scripts/jvm_test.sh
 set -euo pipefail
@@ -29,12 +30,12 @@ find "$APP/meki-runtime/src/core/java" -name '*.java' > "$OUT/core.txt"
 javac -Xlint:all,-serial,-options -Werror --release 8 -cp "$JSON" -d "$OUT/core" @"$OUT/core.txt"
 find "$APP/meki-runtime/src/test/java" -name '*.java' > "$OUT/test.txt"
 javac -cp "$OUT/core:$JUNIT:$JSON" -d "$OUT/test" @"$OUT/test.txt"
-cp -r "$APP/meki-runtime/src/test/resources/." "$OUT/test/"
+[ -d "$APP/meki-runtime/src/test/resources" ] && cp -r "$APP/meki-runtime/src/test/resources/." "$OUT/test/"
 "$APP/scripts/stub_compile.sh"
 "$PY" "$APP/scripts/make_test_bundle.py" "$OUT/bundle" >/dev/null
 
 set +e
-java -Dmeki.golden="$ROOT/tests/golden" -Dmeki.bundle="$OUT/bundle" -Dmeki.statsOut="$OUT/stats" -jar "$JUNIT" \
+java -Dmeki.golden="$ROOT/conformance/golden" -Dmeki.conformance="$ROOT/conformance" -Dmeki.bundle="$OUT/bundle" -Dmeki.statsOut="$OUT/stats" -jar "$JUNIT" \
     -cp "$OUT/core:$OUT/test:$JSON" --scan-classpath "$OUT/test" --disable-banner --disable-ansi-colors \
     --details=tree > "$OUT/junit.txt" 2>&1
 rc=$?

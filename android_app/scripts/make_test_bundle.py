@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT))
 from contract.manifest import (Backbone, Manifest, MethodSpec, PackRef, TensorSpec,  # noqa: E402
                                      TokenizerRef, write_manifest)
 
-GOLDEN = ROOT / "tests/golden"
+GOLDEN = ROOT / "conformance/golden"
 FP = "0123456789abcdef00112233445566ff"   # the golden packs' fingerprint
 V, L, M, PREFILL = 100, 3, 16, 4
 

@@ -86,6 +86,8 @@ Generator::Generator(const std::string& bundle, const std::string& target, const
     PackOptions o = pack_opts;
     o.expected_fingerprint = manifest_.fingerprint;
     pack_ = MemoryPack::open(bundle + "/" + manifest_.pack.file, o);
+    const auto& h = pack_->header();  // the header must say what the manifest says (bundle.pack_mismatch)
+    check_pack_header(manifest_, dtype_name(h.dtype), layout_name(h.layout), h.vocab_size, h.num_layers, h.d_mem);
     if (!backbone_->takes_meki_rows()) throw BundleError("bundle has a memory pack but its decode takes no meki_rows");
     prefetcher_ = std::make_unique<Prefetcher>(pack_.get());
     rows_.resize(pack_->row_floats());

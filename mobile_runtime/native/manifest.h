@@ -9,10 +9,24 @@
 
 namespace meki {
 
+// `check` is the conformance/CHECKS.md name of the rule that refused the bundle.
 class BundleError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit BundleError(const std::string& msg, const char* check = "manifest.schema")
+      : std::runtime_error(msg), check_(check) {}
+  const char* check() const { return check_; }
+
+ private:
+  const char* check_;
 };
+
+constexpr size_t kMaxManifestBytes = size_t(1) << 20;  // manifest.too_large
+constexpr int kMaxJsonDepth = 64;                       // manifest.too_deep
+
+// Deepest array/object nesting of JSON text, by a scan that never recurses (strings skipped).
+int json_depth(const std::string& text);
+// Why p is not a clean bundle-relative path, or "" (CHECKS.md manifest.path).
+std::string path_problem(const std::string& p);
 
 struct MethodRef {
   std::string entry;                    // the program's own method name
@@ -32,7 +46,7 @@ struct PackRefN {
 };
 
 struct FileRef {
-  std::string path;
+  std::string path, sha256;
   int64_t bytes = 0;
 };
 
@@ -40,6 +54,7 @@ struct Manifest {
   std::string name, fingerprint, memory;  // memory: both | static | dynamic | none
   bool has_tokenizer = false;
   std::vector<int64_t> eos_token_ids;
+  std::string tokenizer_file;
   bool has_pack = false;
   PackRefN pack;
   std::vector<BackboneRef> backbones;
@@ -47,10 +62,16 @@ struct Manifest {
   const BackboneRef& backbone(const std::string& target) const;  // throws BundleError
 };
 
-// Reads <bundle>/manifest.json; throws BundleError.
+// Reads <bundle>/manifest.json (size and depth caps first, then JSON, paths, schema); throws BundleError.
 Manifest load_manifest(const std::string& bundle);
-// Checks every listed file exists with its size, every referenced file is listed, and the pack's
-// fingerprint is the model's (sha256 is left to the Python side: `meki verify`).
-void check_bundle_files(const std::string& bundle, const Manifest& m);
+// Parses manifest text (the caps included); throws BundleError. `where` names it in messages.
+Manifest parse_manifest(const std::string& text, const std::string& where);
+// Checks every listed file is a regular file with no symlink on its path below the bundle, with its
+// size (and sha256 when check_hashes), every referenced path is listed (a folder counts when files
+// under it are: a Core ML .mlpackage), and the pack's fingerprint and memory mode agree.
+void check_bundle_files(const std::string& bundle, const Manifest& m, bool check_hashes = false);
+// The pack header must say what memory_pack says (bundle.pack_mismatch); every consumer calls it.
+void check_pack_header(const Manifest& m, const std::string& dtype, const std::string& layout, int64_t vocab_size,
+                       int64_t num_layers, int64_t d_mem);
 
 }  // namespace meki

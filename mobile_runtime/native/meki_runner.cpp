@@ -183,8 +183,11 @@ int main(int argc, char** argv) {
   try {
     return run(a);
   } catch (const meki::PackError& e) {
-    std::fprintf(stderr, "error: memory pack (%s): %s\n", meki::pack_errc_name(e.code()), e.what());
+    std::fprintf(stderr, "error: memory pack (%s): %s\n", e.check(), e.what());
     return 3;
+  } catch (const meki::BundleError& e) {
+    std::fprintf(stderr, "error: bundle (%s): %s\n", e.check(), e.what());
+    return 2;
   } catch (const meki::RuntimeError& e) {
     std::fprintf(stderr, "error: executorch: %s\n", e.what());
     return 4;

@@ -1,7 +1,7 @@
-// pack_golden_check: the C++ pack reader against tests/golden/pack_golden.json. Every pack opens
+// pack_golden_check: the C++ pack reader against conformance/golden/pack_golden.json. Every pack opens
 // with the expected fingerprint, verifies in full, and returns exactly the listed float32 rows.
 //
-//   pack_golden_check tests/golden      -> one "ok <file>" line per pack; exit 1 on any mismatch
+//   pack_golden_check conformance/golden      -> one "ok <file>" line per pack; exit 1 on any mismatch
 //   pack_golden_check --verify PACK [FINGERPRINT]  -> open + full verify of one pack; exit 3 if refused
 #include <cstdio>
 #include <fstream>
@@ -65,7 +65,7 @@ int verify_one(const std::string& path, const std::string& fingerprint) {
 
 int main(int argc, char** argv) {
   if (argc > 2 && std::string(argv[1]) == "--verify") return verify_one(argv[2], argc > 3 ? argv[3] : "");
-  const std::string dir = argc > 1 ? argv[1] : "tests/golden";
+  const std::string dir = argc > 1 ? argv[1] : "conformance/golden";
   std::ifstream in(dir + "/pack_golden.json");
   if (!in) {
     std::fprintf(stderr, "error: cannot read %s/pack_golden.json\n", dir.c_str());

@@ -59,7 +59,12 @@ float half_to_float(uint16_t h) {
   return out;
 }
 
-uint32_t row_bytes_of(DType d, uint32_t m, uint32_t g) {
+// Checked u64 arithmetic: false when the exact result does not fit (a wrap is a mismatch, never a pass).
+bool mul(uint64_t a, uint64_t b, uint64_t* r) { return !__builtin_mul_overflow(a, b, r); }
+bool add(uint64_t a, uint64_t b, uint64_t* r) { return !__builtin_add_overflow(a, b, r); }
+
+// Exact row bytes in 64 bits (int4 with g = 2 and m near 2^31 exceeds 32 bits). g > 0 for int4.
+uint64_t row_bytes_of(DType d, uint64_t m, uint64_t g) {
   switch (d) {
     case DType::kFp16:
     case DType::kBf16: return 2 * m;
@@ -74,7 +79,7 @@ std::string shape_problem(uint32_t V, uint32_t L, uint32_t m, DType d, uint32_t 
   std::ostringstream o;
   if (V < 1 || V >= (1u << 31)) o << "vocab_size " << V << " not in [1, 2^31)";
   else if (L < 1 || L >= (1u << 31)) o << "num_layers " << L << " not in [1, 2^31)";
-  else if (m < 1 || m % 8) o << "d_mem " << m << " is not a positive multiple of 8";
+  else if (m < 1 || m >= (1u << 31) || m % 8) o << "d_mem " << m << " is not a multiple of 8 in [8, 2^31)";
   else if (d == DType::kInt4 && (g < 2 || g % 2 || m % g))
     o << "int4 group_size " << g << " must be even and divide d_mem " << m;
   else if ((bs & (bs - 1)) || bs < kMinBlock || bs > kMaxBlock)
@@ -82,11 +87,36 @@ std::string shape_problem(uint32_t V, uint32_t L, uint32_t m, DType d, uint32_t 
   return o.str();
 }
 
+// The sizes the formulas of PACK_FORMAT.md section 2 give, computed exactly; ok=false if the data
+// section would exceed 2^62 bytes (or a product overflows 64 bits on the way there).
+struct Derived {
+  bool ok = false;
+  uint64_t row_bytes = 0, stride = 0, data_size = 0, blocks = 0, table_offset = 0, file_size = 0;
+};
+
+Derived derive(uint32_t V, uint32_t L, uint32_t m, DType d, Layout lay, uint32_t g, uint32_t bs) {
+  Derived r;
+  r.row_bytes = row_bytes_of(d, m, d == DType::kInt4 ? g : 1);
+  uint64_t vl = 0, total = 0;
+  if (!mul(V, L, &vl) || !mul(vl, r.row_bytes, &total) || total > (uint64_t(1) << 62)) return r;
+  if (lay == Layout::kTokenMajor) {
+    if (!mul(L, r.row_bytes, &r.stride)) return r;
+  } else {
+    r.stride = r.row_bytes;
+  }
+  r.data_size = (total + bs - 1) / bs * bs;  // total <= 2^62, bs <= 2^24: no wrap
+  r.blocks = r.data_size / bs;
+  r.table_offset = kDataAlign + r.data_size;
+  r.ok = add(r.table_offset, 8 * r.blocks, &r.file_size);
+  return r;
+}
+
 }  // namespace
 
 const char* pack_errc_name(PackErrc c) {
   switch (c) {
     case PackErrc::kIo: return "io";
+    case PackErrc::kTooShort: return "too_short";
     case PackErrc::kTruncated: return "truncated";
     case PackErrc::kNotAPack: return "not_a_pack";
     case PackErrc::kVersion: return "version";
@@ -100,6 +130,25 @@ const char* pack_errc_name(PackErrc c) {
     case PackErrc::kClosed: return "closed";
   }
   return "unknown";
+}
+
+const char* pack_check_name(PackErrc c) {
+  switch (c) {
+    case PackErrc::kIo: return "pack.io";
+    case PackErrc::kTooShort: return "pack.too_short";
+    case PackErrc::kTruncated: return "pack.file_size";
+    case PackErrc::kNotAPack: return "pack.magic";
+    case PackErrc::kVersion: return "pack.version";
+    case PackErrc::kHeaderChecksum: return "pack.header_checksum";
+    case PackErrc::kBadHeader: return "pack.header_fields";
+    case PackErrc::kPadding: return "pack.padding";
+    case PackErrc::kTableChecksum: return "pack.table_checksum";
+    case PackErrc::kFingerprint: return "pack.fingerprint";
+    case PackErrc::kBlockChecksum: return "pack.block_checksum";
+    case PackErrc::kToken: return "pack.token";
+    case PackErrc::kClosed: return "pack.io";
+  }
+  return "pack.io";
 }
 
 const char* dtype_name(DType d) {
@@ -149,24 +198,19 @@ PackHeader parse_header(const uint8_t* b) {
   bool reserved_zero = le<uint16_t>(b + 30) == 0;
   for (int i = 104; i < 120; ++i) reserved_zero = reserved_zero && b[i] == 0;
   const uint32_t want_group = h.dtype == DType::kInt4 ? h.group_size : h.dtype == DType::kInt8 ? h.d_mem : 0;
-  h.row_bytes = row_bytes_of(h.dtype, h.d_mem, want_group);
-  const uint64_t total = uint64_t(h.vocab_size) * h.num_layers * h.row_bytes;
-  if (total > (uint64_t(1) << 62)) fail(PackErrc::kBadHeader, "invalid header: pack too large");
-  const uint64_t data_size = (total + h.block_size - 1) / h.block_size * h.block_size;
-  const uint64_t stride = h.layout == Layout::kTokenMajor ? uint64_t(h.num_layers) * h.row_bytes : h.row_bytes;
-  const uint64_t blocks = data_size / h.block_size;
-  std::ostringstream bad;
+  const Derived w = derive(h.vocab_size, h.num_layers, h.d_mem, h.dtype, h.layout, h.group_size, h.block_size);
+  if (!w.ok) fail(PackErrc::kBadHeader, "invalid header: pack too large (more than 2^62 data bytes)");
+  std::ostringstream bad;  // every comparison in 64 bits: a stored u32 never equals a value >= 2^32
   if (le<uint32_t>(b + 12) != kHeaderSize) bad << " header_size=" << le<uint32_t>(b + 12);
   if (!reserved_zero) bad << " reserved fields not zero;";
   if (h.group_size != want_group) bad << " group_size=" << h.group_size << " (expected " << want_group << ")";
-  if (h.record_stride != stride) bad << " record_stride=" << h.record_stride << " (expected " << stride << ")";
+  if (uint64_t(h.record_stride) != w.stride) bad << " record_stride=" << h.record_stride << " (expected " << w.stride << ")";
   if (h.data_offset != kDataAlign) bad << " data_offset=" << h.data_offset << " (expected " << kDataAlign << ")";
-  if (h.data_size != data_size) bad << " data_size=" << h.data_size << " (expected " << data_size << ")";
-  if (h.num_blocks != blocks) bad << " num_blocks=" << h.num_blocks << " (expected " << blocks << ")";
-  if (h.table_offset != kDataAlign + data_size)
-    bad << " table_offset=" << h.table_offset << " (expected " << kDataAlign + data_size << ")";
-  if (h.file_size != kDataAlign + data_size + 8 * blocks)
-    bad << " file_size=" << h.file_size << " (expected " << kDataAlign + data_size + 8 * blocks << ")";
+  if (h.data_size != w.data_size) bad << " data_size=" << h.data_size << " (expected " << w.data_size << ")";
+  if (uint64_t(h.num_blocks) != w.blocks) bad << " num_blocks=" << h.num_blocks << " (expected " << w.blocks << ")";
+  if (h.table_offset != w.table_offset) bad << " table_offset=" << h.table_offset << " (expected " << w.table_offset << ")";
+  if (h.file_size != w.file_size) bad << " file_size=" << h.file_size << " (expected " << w.file_size << ")";
+  h.row_bytes = uint32_t(w.row_bytes);  // fits: the stride (<= 2^32-1) equals it or L times it
   if (!bad.str().empty()) fail(PackErrc::kBadHeader, "inconsistent header fields:" + bad.str());
   return h;
 }
@@ -210,9 +254,10 @@ std::unique_ptr<MemoryPack> MemoryPack::open(const std::string& path, const Pack
   try {
     struct stat st {};
     if (fstat(fd, &st) != 0) fail(PackErrc::kIo, "cannot stat pack " + path + ": " + std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) fail(PackErrc::kIo, "cannot open pack " + path + ": not a regular file");
     const uint64_t actual = uint64_t(st.st_size);
     if (actual < kHeaderSize)
-      fail(PackErrc::kTruncated, "file is " + std::to_string(actual) +
+      fail(PackErrc::kTooShort, "file is " + std::to_string(actual) +
                                      " bytes, too small for a 128-byte pack header (truncated or not a pack)");
     uint8_t buf[kHeaderSize];
     if (pread(fd, buf, kHeaderSize, 0) != ssize_t(kHeaderSize)) fail(PackErrc::kIo, "cannot read the header");
@@ -232,9 +277,18 @@ std::unique_ptr<MemoryPack> MemoryPack::open(const std::string& path, const Pack
   }
 }
 
+// A token's record is copied whole (and cached); a larger one is refused rather than allocated.
+constexpr uint64_t kMaxRecordBytes = uint64_t(1) << 30;
+
 MemoryPack::MemoryPack(const std::string& path, int fd, PackHeader h, const PackOptions& opts)
-    : path_(path), fd_(fd), h_(std::move(h)), opts_(opts),
-      record_bytes_(size_t(h_.num_layers) * h_.row_bytes), sums_(h_.num_blocks), verified_(h_.num_blocks, 0) {
+    : path_(path), fd_(fd), h_(std::move(h)), opts_(opts), record_bytes_(0) {
+  uint64_t rec = 0;
+  if (!mul(h_.num_layers, h_.row_bytes, &rec) || rec > kMaxRecordBytes || h_.file_size > uint64_t(SIZE_MAX))
+    fail(PackErrc::kBadHeader, "a token record of " + std::to_string(h_.num_layers) + " x " +
+                                   std::to_string(h_.row_bytes) + " bytes is over this reader's 1 GiB limit");
+  record_bytes_ = size_t(rec);
+  sums_.resize(h_.num_blocks);      // bounded by the file: its size was checked against file_size
+  verified_.assign(h_.num_blocks, 0);
   const size_t table_bytes = 8 * size_t(h_.num_blocks);
   std::vector<uint8_t> table(table_bytes);
   read_raw(h_.table_offset, table_bytes, table.data());
@@ -302,6 +356,7 @@ void MemoryPack::read_checked(uint64_t off, size_t n, uint8_t* dst) {
   if (all) return read_raw(off, n, dst);
   const uint64_t start = h_.data_offset + b0 * bs, span = (b1 - b0 + 1) * bs;
   if (map_ != nullptr) {
+    check_still_whole();
     madvise(const_cast<uint8_t*>(map_) + (start & ~uint64_t(4095)), span + (start & 4095), MADV_WILLNEED);
     check_blocks(b0, map_ + start, size_t(b1 - b0 + 1));
     std::memcpy(dst, map_ + off, n);
@@ -313,8 +368,22 @@ void MemoryPack::read_checked(uint64_t off, size_t n, uint8_t* dst) {
   std::memcpy(dst, blocks.data() + (off - start), n);
 }
 
+// Class 2 of issue 12: a mapped file truncated by someone else turns the next touch of a page past
+// its new end into SIGBUS. The reader checks the size before touching the mapping (one fstat per
+// read; pread mode, the default, needs none: a short read is an error). A truncation between this
+// fstat and the copy is not covered; a SIGBUS handler would be, but a process-wide handler with
+// siglongjmp is unsafe in a library shared with ExecuTorch's threads.
+void MemoryPack::check_still_whole() const {
+  struct stat st {};
+  if (fstat(fd_, &st) != 0) fail(PackErrc::kIo, "cannot stat pack " + path_ + ": " + std::strerror(errno));
+  if (uint64_t(st.st_size) < h_.file_size)
+    fail(PackErrc::kTruncated, path_ + " shrank to " + std::to_string(st.st_size) + " bytes while open (header says " +
+                                   std::to_string(h_.file_size) + "): refusing to read the mapping");
+}
+
 void MemoryPack::read_raw(uint64_t off, size_t n, uint8_t* dst) const {
-  if (map_ != nullptr) {
+  if (map_ != nullptr && off >= h_.data_offset && off + n <= h_.table_offset) {
+    check_still_whole();
     std::memcpy(dst, map_ + off, n);
     return;
   }

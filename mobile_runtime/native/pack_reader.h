@@ -20,8 +20,9 @@ namespace meki {
 
 // What went wrong; the runner turns every code into a non-zero exit status.
 enum class PackErrc {
-  kIo = 1,          // open/stat/read failed
-  kTruncated,       // file shorter or longer than the header says (checks 1 and 6)
+  kIo = 1,          // open/stat/read failed, not a regular file
+  kTooShort,        // file shorter than the 128-byte header (check 1)
+  kTruncated,       // file shorter or longer than the header says, or shrank while open (check 6)
   kNotAPack,        // bad magic (check 2)
   kVersion,         // unsupported version (check 3)
   kHeaderChecksum,  // header checksum mismatch (check 4)
@@ -34,11 +35,14 @@ enum class PackErrc {
   kClosed,          // use after close
 };
 const char* pack_errc_name(PackErrc c);
+// The conformance/CHECKS.md name of a code ("pack.magic", ...): what every reader reports.
+const char* pack_check_name(PackErrc c);
 
 class PackError : public std::runtime_error {
  public:
   PackError(PackErrc code, const std::string& msg) : std::runtime_error(msg), code_(code) {}
   PackErrc code() const { return code_; }
+  const char* check() const { return pack_check_name(code_); }
 
  private:
   PackErrc code_;
@@ -104,6 +108,7 @@ class MemoryPack {
   void read_checked(uint64_t off, size_t n, uint8_t* dst);
   void read_raw(uint64_t off, size_t n, uint8_t* dst) const;
   void check_blocks(uint64_t first, const uint8_t* blocks, size_t count);
+  void check_still_whole() const;  // mmap: the file has not shrunk (else a page touch is SIGBUS)
   bool cache_get(int64_t tok, uint8_t* dst);
   void cache_put(int64_t tok, const uint8_t* rec);
 

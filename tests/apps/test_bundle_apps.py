@@ -14,7 +14,7 @@ from pipeline import bundle_apps
 from tests.support import apps
 
 ROOT = Path(__file__).resolve().parents[2]
-GOLDEN = ROOT / "tests/golden"
+GOLDEN = ROOT / "conformance/golden"
 FP = "0123456789abcdef00112233445566ff"   # the golden packs' fingerprint
 
 
@@ -104,11 +104,48 @@ def test_refuses_unverified_bundles_before_writing(bundle, app, tmp_path, damage
     assert not (app / "app/src/main/assets/meki").exists() and not (tmp_path / "ios").exists()
 
 
+def _link_tokenizer_to_passwd(b: Path) -> None:
+    (b / "tokenizer.json").unlink()
+    (b / "tokenizer.json").symlink_to("/etc/passwd")
+
+
+def _dotdot_pack(b: Path) -> None:
+    m = json.loads((b / "manifest.json").read_text())
+    m["memory_pack"]["file"] = "../outside/tables.mekipack"
+    (b / "manifest.json").write_text(json.dumps(m))
+
+
+def _abs_file(b: Path) -> None:
+    m = json.loads((b / "manifest.json").read_text())
+    m["files"].append({**m["files"][0], "path": "/etc/passwd"})
+    (b / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("damage,check", [(_link_tokenizer_to_passwd, "bundle.symlink"), (_dotdot_pack, "manifest.path"),
+                                          (_abs_file, "manifest.path")])
+def test_refuses_paths_that_leave_the_bundle(bundle, app, tmp_path, damage, check):
+    """Issue 12, class 3: nothing outside the bundle is copied into the APK assets or the Swift package."""
+    damage(bundle)
+    for make in (lambda: bundle_apps.bundle_android(bundle, app), lambda: bundle_apps.bundle_ios(bundle, tmp_path / "ios")):
+        with pytest.raises(BundleError) as e:
+            make()
+        assert e.value.check == check
+    assert not (app / "app/src/main/assets/meki").exists() and not (tmp_path / "ios").exists()
+
+
+def test_manifest_writer_refuses_symlinks(bundle):
+    from contract.manifest import load_manifest, write_manifest
+    _link_tokenizer_to_passwd(bundle)
+    with pytest.raises(BundleError, match="symbolic links") as e:
+        write_manifest(bundle, load_manifest(bundle))
+    assert e.value.check == "bundle.symlink"
+
+
 def test_refuses_pack_whose_header_disagrees(bundle, app):
     m = json.loads((bundle / "manifest.json").read_text())
     m["memory_pack"]["d_mem"] = 8                             # the pack's header says 16; files still verify
     (bundle / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match="pack header d_mem=16, manifest says 8"):
+    with pytest.raises(BundleError, match="memory pack tables.mekipack: header"):
         bundle_apps.bundle_android(bundle, app)
 
 

@@ -28,7 +28,7 @@ def problems(source: bytes) -> list[str]:
 def test_there_are_swift_sources():
     names = {p.name for p in SWIFT_FILES}
     assert {"Package.swift", "Xxh3.swift", "MemoryPack.swift", "BundleManifest.swift", "CoreMLGenerator.swift",
-            "MemoryPackGoldenTests.swift"} <= names
+            "MemoryPackGoldenTests.swift", "ConformanceTests.swift"} <= names
 
 
 @pytest.mark.parametrize("path", SWIFT_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -48,3 +48,17 @@ def test_generated_resource_package_parses(tmp_path):
     assert len(generated) == 2
     for path in generated:
         assert problems(path.read_bytes()) == [], path
+
+
+def test_swift_readers_name_every_check():
+    """No compiler here: at least every CHECKS.md name the Swift readers must report is in their
+    sources as a string literal (the C++, Java and Python runners check the names by running)."""
+    import json
+    import re
+    index = json.loads((ROOT / "conformance/index.json").read_text())
+    src = "\n".join(p.read_text() for p in (ROOT / "ios_bridge/Sources").rglob("*.swift"))
+    literals = set(re.findall(r'"([a-z0-9_]+\.[a-z0-9_]+)"', src))
+    reader_checks = {c for c in index["checks"] if not c.startswith("stats.")}
+    assert reader_checks - literals == set()
+    assert literals & {c.split(".")[0] + "." for c in literals} == set()
+    assert {x for x in literals if x.split(".")[0] in ("pack", "manifest", "bundle")} <= set(index["checks"])

@@ -9,7 +9,7 @@ import pytest
 from mobile_runtime.pack import MemoryPack
 from pipeline.pack_writer import write_pack
 
-GOLDEN = Path(__file__).parents[1] / "golden"
+GOLDEN = Path(__file__).resolve().parents[2] / "conformance" / "golden"
 SPEC = json.loads((GOLDEN / "pack_golden.json").read_text())
 
 

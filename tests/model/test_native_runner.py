@@ -17,7 +17,7 @@ from mobile_runtime.stats import SCHEMA_PATH
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-GOLDEN = REPO / "tests" / "golden"
+GOLDEN = REPO / "conformance" / "golden"
 PROMPT = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]  # longer than prefill_len=8: two prefill chunks
 
 
@@ -103,3 +103,22 @@ def test_bad_requests_exit_with_a_message(native, bundles):
     assert res.returncode == 2 and "--prompt-ids" in res.stderr
     res = run_native(native, out / "dense", "--prompt-ids", "1", "--backend", "tflite")
     assert res.returncode == 2 and "no backbone for target 'tflite'" in res.stderr
+
+
+@pytest.mark.parametrize("bundles", ["none"], indirect=True)
+def test_runner_refuses_what_the_manifest_rules_refuse(native, bundles, tmp_path):
+    """Issue 12, classes 3 and 8: pack dimensions that disagree with the header, a pack at ../,
+    a symlinked pack: exit 2 with the CHECKS.md name, before anything runs."""
+    out, _ = bundles
+    cases = {"d_mem": ("bundle.pack_mismatch", lambda m, b: m["memory_pack"].update(d_mem=m["memory_pack"]["d_mem"] * 2)),
+             "dotdot": ("manifest.path", lambda m, b: m["memory_pack"].update(file="../outside/tables.mpk")),
+             "symlink": ("bundle.symlink", lambda m, b: ((b / "tables.mpk").rename(b / "real.mpk"),
+                                                        (b / "tables.mpk").symlink_to("real.mpk")))}
+    for name, (check, damage) in cases.items():
+        bad = tmp_path / name
+        shutil.copytree(out / "meki", bad)
+        m = json.loads((bad / "manifest.json").read_text())
+        damage(m, bad)
+        (bad / "manifest.json").write_text(json.dumps(m))
+        res = run_native(native, bad, "--prompt-ids", "0,1,2", "--max-new-tokens", "4")
+        assert res.returncode == 2 and f"({check})" in res.stderr, (name, res.stderr)

@@ -9,7 +9,7 @@ FRAMEWORK_RES = Path("/usr/share/android-framework-res/framework-res.apk")   # D
 
 
 def copy_golden_ios(golden_dir: Path, ios_dir: Path) -> Path:
-    """Copy the memory-pack golden vectors (tests/golden) into the Swift test resources."""
+    """Copy the memory-pack golden vectors (conformance/golden) into the Swift test resources."""
     dest = Path(ios_dir) / "Tests/MekiBridgeTests/Resources/golden"
     dest.mkdir(parents=True, exist_ok=True)
     for p in sorted(Path(golden_dir).iterdir()):

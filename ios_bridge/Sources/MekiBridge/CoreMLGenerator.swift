@@ -13,10 +13,12 @@ public final class CoreMLGenerator {
 
     /// bundle: the folder holding manifest.json; target: the backbone's export target.
     public init(bundle: URL, target: String = "coreml", computeUnits: MLComputeUnits = .all) throws {
-        manifest = try BundleManifest.load(bundle)
+        manifest = try BundleManifest.verify(bundle, checkHashes: true)   // paths, symlinks, sizes, sha256, references
         backbone = try manifest.backbone(target)
         if let ref = manifest.memoryPack {
-            pack = try MemoryPack(url: bundle.appendingPathComponent(ref.file), expectedFingerprint: manifest.fingerprint)
+            let p = try MemoryPack(url: bundle.appendingPathComponent(ref.file), expectedFingerprint: manifest.fingerprint)
+            try ref.check(p.header)   // the header must say what the manifest says
+            pack = p
         } else {
             pack = nil
         }

@@ -3,9 +3,9 @@ import XCTest
 
 @testable import MekiBridge
 
-/// The shared golden vectors (tests/golden/make_golden.py): every row equal, float for float, and
+/// The shared golden vectors (conformance/golden/make_golden.py): every row equal, float for float, and
 /// damaged copies refused. Resources/golden is filled by pipeline.bundle_apps.copy_golden_ios;
-/// without it the repository's tests/golden is used (swift test on a Mac, from a checkout).
+/// without it the repository's conformance/golden is used (swift test on a Mac, from a checkout).
 final class MemoryPackGoldenTests: XCTestCase {
     struct Spec: Decodable {
         struct Pack: Decodable { let file: String; let dtype: String; let layout: String; let rows: [String: [[Double]]] }
@@ -20,7 +20,7 @@ final class MemoryPackGoldenTests: XCTestCase {
             return url
         }
         return URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-            .appendingPathComponent("../../../tests/golden").standardized
+            .appendingPathComponent("../../../conformance/golden").standardized
     }
 
     func spec() throws -> Spec {

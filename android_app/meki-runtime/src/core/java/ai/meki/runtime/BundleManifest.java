@@ -2,9 +2,12 @@ package ai.meki.runtime;
 
 import java.io.IOException;
 import java.io.InputStream;
+import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.Path;
+import java.nio.file.attribute.BasicFileAttributes;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
@@ -20,6 +23,7 @@ import java.util.regex.Pattern;
 import org.json.JSONArray;
 import org.json.JSONException;
 import org.json.JSONObject;
+import org.json.JSONTokener;
 
 /**
  * A bundle's manifest.json (v1; schema: contract/bundle_manifest.schema.json): the only
@@ -31,7 +35,8 @@ public final class BundleManifest {
     public static final String FILE = "manifest.json";
     static final Pattern FINGERPRINT = Pattern.compile("^[0-9a-f]{32}$");
     static final Pattern SHA256 = Pattern.compile("^[0-9a-f]{64}$");
-    static final Pattern RELPATH = Pattern.compile("^(?!/)(?!.*(^|/)\\.\\.(/|$))[A-Za-z0-9._/-]+$");
+    /** conformance/CHECKS.md limits, shared with the Python, C++ and Swift readers. */
+    public static final int MAX_MANIFEST_BYTES = 1 << 20, MAX_JSON_DEPTH = 64;
     static final List<String> MEMORY = Arrays.asList("both", "static", "dynamic", "none");
     static final List<String> DTYPES = Arrays.asList("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool");
 
@@ -103,7 +108,7 @@ public final class BundleManifest {
             Map<String, MethodSpec> ms = new LinkedHashMap<>();
             try {
                 target = o.getString("target");
-                file = matching(o.getString("file"), RELPATH, where + "/file");
+                file = relpath(o.getString("file"), where + "/file");
                 quant = o.getString("quant");
                 maxSeqLen = (int) atLeast(1, o.getInt("max_seq_len"), where + "/max_seq_len");
                 prefillLen = (int) atLeast(1, o.getInt("prefill_len"), where + "/prefill_len");
@@ -138,7 +143,7 @@ public final class BundleManifest {
         PackRef(JSONObject o, String where) throws BundleException {
             checkKeys(o, where, new String[] {"file", "dtype", "layout", "vocab_size", "num_layers", "d_mem", "fingerprint"});
             try {
-                file = matching(o.getString("file"), RELPATH, where + "/file");
+                file = relpath(o.getString("file"), where + "/file");
                 dtype = oneOf(o.getString("dtype"), Arrays.asList("fp16", "bf16", "int8", "int4"), where + "/dtype");
                 layout = oneOf(o.getString("layout"), Arrays.asList("token-major", "layer-major"), where + "/layout");
                 vocabSize = (int) atLeast(1, o.getInt("vocab_size"), where + "/vocab_size");
@@ -150,11 +155,11 @@ public final class BundleManifest {
             }
         }
 
-        /** Refuse a pack whose header disagrees with this entry. */
+        /** Refuse a pack whose header disagrees with this entry (every consumer calls it after opening). */
         public void check(PackHeader h) throws BundleException {
             if (!(h.dtype.label.equals(dtype) && h.layout.label.equals(layout) && h.vocabSize == vocabSize
                     && h.numLayers == numLayers && h.dMem == dMem && h.fingerprint.equals(fingerprint))) {
-                throw new BundleException("memory pack " + file + " is " + h + " but the manifest says " + dtype + " "
+                throw new BundleException("bundle.pack_mismatch", "memory pack " + file + " is " + h + " but the manifest says " + dtype + " "
                         + layout + " V=" + vocabSize + " L=" + numLayers + " m=" + dMem + " fingerprint=" + fingerprint);
             }
         }
@@ -169,7 +174,7 @@ public final class BundleManifest {
         TokenizerRef(JSONObject o, String where) throws BundleException {
             checkKeys(o, where, new String[] {"file", "eos_token_ids"}, "bos_token_id");
             try {
-                file = matching(o.getString("file"), RELPATH, where + "/file");
+                file = relpath(o.getString("file"), where + "/file");
                 JSONArray a = o.getJSONArray("eos_token_ids");
                 eosTokenIds = new int[a.length()];
                 for (int i = 0; i < a.length(); i++) eosTokenIds[i] = (int) atLeast(0, a.getInt(i), where + "/eos_token_ids/" + i);
@@ -188,7 +193,7 @@ public final class BundleManifest {
         FileEntry(JSONObject o, String where) throws BundleException {
             checkKeys(o, where, new String[] {"path", "sha256", "bytes"});
             try {
-                path = matching(o.getString("path"), RELPATH, where + "/path");
+                path = relpath(o.getString("path"), where + "/path");
                 sha256 = matching(o.getString("sha256"), SHA256, where + "/sha256");
                 bytes = atLeast(0, o.getLong("bytes"), where + "/bytes");
             } catch (JSONException e) {
@@ -222,27 +227,84 @@ public final class BundleManifest {
         files = Collections.unmodifiableList(fs);
     }
 
-    /** Parse and validate manifest text. */
+    /** Parse and validate manifest text: depth cap (a scan, before the recursive parser), JSON, paths, schema. */
     public static BundleManifest parse(String json) throws BundleException {
-        try {
-            return new BundleManifest(new JSONObject(json));
-        } catch (JSONException e) {
-            throw new BundleException("manifest: " + e.getMessage());   // not JSON, or a top-level value of the wrong type
+        if (jsonDepth(json) > MAX_JSON_DEPTH) {
+            throw new BundleException("manifest.too_deep", "manifest JSON nests deeper than " + MAX_JSON_DEPTH + " levels");
         }
+        Object top;
+        try {
+            top = new JSONTokener(json).nextValue();
+            if (top instanceof JSONObject) return new BundleManifest((JSONObject) top);
+        } catch (JSONException e) {
+            throw new BundleException("manifest.json", "manifest is not valid JSON: " + e.getMessage());
+        }
+        throw new BundleException("manifest.schema", "(top): must be an object");
     }
 
+    /** Parse at most MAX_MANIFEST_BYTES of strict UTF-8 from a stream (a file or an APK asset). */
     public static BundleManifest parse(InputStream in) throws IOException {
         java.io.ByteArrayOutputStream buf = new java.io.ByteArrayOutputStream();
         byte[] chunk = new byte[8192];
-        for (int n; (n = in.read(chunk)) > 0; ) buf.write(chunk, 0, n);
-        return parse(new String(buf.toByteArray(), StandardCharsets.UTF_8));
+        for (int n; (n = in.read(chunk)) > 0; ) {
+            buf.write(chunk, 0, n);
+            if (buf.size() > MAX_MANIFEST_BYTES) {
+                throw new BundleException("manifest.too_large", "manifest is over the " + MAX_MANIFEST_BYTES + "-byte limit");
+            }
+        }
+        try {
+            return parse(StandardCharsets.UTF_8.newDecoder().decode(ByteBuffer.wrap(buf.toByteArray())).toString());
+        } catch (java.nio.charset.CharacterCodingException e) {
+            throw new BundleException("manifest.json", "manifest is not UTF-8: " + e);
+        }
     }
 
     /** Read bundleDir/manifest.json (no file checks; see {@link #verify}). */
     public static BundleManifest load(Path bundleDir) throws IOException {
         Path p = bundleDir.resolve(FILE);
-        if (!Files.isRegularFile(p)) throw new BundleException(bundleDir + ": no " + FILE + " (not a bundle folder)");
-        return parse(new String(Files.readAllBytes(p), StandardCharsets.UTF_8));
+        if (!Files.isRegularFile(p)) {
+            throw new BundleException("manifest.missing", bundleDir + ": no " + FILE + " (not a bundle folder)");
+        }
+        try (InputStream in = Files.newInputStream(p)) {
+            return parse(in);
+        }
+    }
+
+    /** Deepest array/object nesting of JSON text, by a scan that never recurses (strings skipped). */
+    static int jsonDepth(String t) {
+        int depth = 0, deepest = 0;
+        boolean inString = false;
+        for (int i = 0; i < t.length(); i++) {
+            char c = t.charAt(i);
+            if (inString) {
+                if (c == '\\') i++;
+                else if (c == '"') inString = false;
+            } else if (c == '"') {
+                inString = true;
+            } else if (c == '[' || c == '{') {
+                deepest = Math.max(deepest, ++depth);
+            } else if (c == ']' || c == '}') {
+                depth--;
+            }
+        }
+        return deepest;
+    }
+
+    /** Why p is not a clean bundle-relative path (CHECKS.md manifest.path), or null. */
+    static String pathProblem(String p) {
+        if (p.isEmpty()) return "empty path";
+        if (p.startsWith("/")) return "absolute path";
+        for (String c : p.split("/", -1)) {
+            if (c.isEmpty()) return "empty component (// or a trailing /)";
+            if (c.equals(".") || c.equals("..")) return "'" + c + "' component";
+            for (int i = 0; i < c.length(); i++) {
+                char ch = c.charAt(i);
+                boolean ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9')
+                        || ch == '.' || ch == '_' || ch == '-';
+                if (!ok) return "a character outside [A-Za-z0-9._-/]";
+            }
+        }
+        return null;
     }
 
     /** The backbone for an export target; the error lists the targets the bundle has. */
@@ -255,39 +317,79 @@ public final class BundleManifest {
         throw new BundleException("bundle '" + name + "' has no backbone for target '" + target + "' (has: " + have + ")");
     }
 
-    /** Same checks as contract.manifest.verify_bundle: files, sizes, sha256, references, fingerprints. */
+    /**
+     * Same checks as contract.manifest.verify_bundle: every listed file a regular file with no
+     * symlink on its path below the bundle folder, sizes, sha256, references (folder rule), fingerprints.
+     * The exception's check names the first problem (conformance/CHECKS.md order).
+     */
     public static BundleManifest verify(Path bundleDir, boolean checkHashes) throws IOException {
         BundleManifest m = load(bundleDir);
-        List<String> problems = m.referenceProblems();
+        List<String[]> problems = new ArrayList<>();   // {check, message}
         for (FileEntry f : m.files) {
-            Path p = bundleDir.resolve(f.path);
-            if (!Files.isRegularFile(p)) {
-                problems.add(f.path + ": missing");
-            } else if (Files.size(p) != f.bytes) {
-                problems.add(f.path + ": " + Files.size(p) + " bytes, manifest says " + f.bytes);
-            } else if (checkHashes && !sha256(p).equals(f.sha256)) {
-                problems.add(f.path + ": sha256 does not match the manifest");
+            String[] p = fileProblem(bundleDir, f, checkHashes);
+            if (p != null) problems.add(p);
+        }
+        problems.addAll(m.referenceFindings());
+        if (!problems.isEmpty()) {
+            List<String> msgs = new ArrayList<>();
+            for (String[] p : problems) msgs.add(p[1]);
+            throw new BundleException(problems.get(0)[0], bundleDir + ": " + String.join("; ", msgs));
+        }
+        return m;
+    }
+
+    /** {check, message} for one listed file, or null: lstat each component, never following a link. */
+    private static String[] fileProblem(Path bundleDir, FileEntry f, boolean checkHashes) throws IOException {
+        Path cur = bundleDir;
+        BasicFileAttributes a = null;
+        for (String part : f.path.split("/")) {
+            cur = cur.resolve(part);
+            try {
+                a = Files.readAttributes(cur, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
+            } catch (IOException e) {
+                return new String[] {"bundle.missing", f.path + ": missing"};
+            }
+            if (a.isSymbolicLink()) return new String[] {"bundle.symlink", f.path + ": a symbolic link is on its path (refused)"};
+        }
+        if (!a.isRegularFile()) return new String[] {"bundle.missing", f.path + ": not a regular file"};
+        if (a.size() != f.bytes) return new String[] {"bundle.size", f.path + ": " + a.size() + " bytes, manifest says " + f.bytes};
+        if (checkHashes) {
+            try (InputStream in = Files.newInputStream(cur, LinkOption.NOFOLLOW_LINKS)) {
+                if (!sha256(in).equals(f.sha256)) return new String[] {"bundle.sha256", f.path + ": sha256 does not match the manifest"};
             }
         }
-        if (!problems.isEmpty()) throw new BundleException(bundleDir + ": " + String.join("; ", problems));
-        return m;
+        return null;
     }
 
     /** Problems that need no file access: unlisted references, fingerprint and memory mismatches. */
     public List<String> referenceProblems() {
+        List<String> out = new ArrayList<>();
+        for (String[] p : referenceFindings()) out.add(p[1]);
+        return out;
+    }
+
+    /**
+     * {check, message} of each reference problem. The folder rule: a referenced folder (a Core ML
+     * .mlpackage) counts as listed when at least one listed file lies under it.
+     */
+    public List<String[]> referenceFindings() {
         Set<String> listed = new HashSet<>();
         for (FileEntry f : files) listed.add(f.path);
         List<String> refs = new ArrayList<>();
         for (Backbone b : backbones) refs.add(b.file);
         if (tokenizer != null) refs.add(tokenizer.file);
         if (memoryPack != null) refs.add(memoryPack.file);
-        List<String> problems = new ArrayList<>();
-        for (String r : refs) if (!listed.contains(r)) problems.add(r + ": referenced but not listed in files");
+        List<String[]> problems = new ArrayList<>();
+        for (String r : refs) {
+            boolean under = false;
+            for (String f : listed) under = under || f.startsWith(r + "/");
+            if (!listed.contains(r) && !under) problems.add(new String[] {"bundle.unlisted", r + ": referenced but not listed in files"});
+        }
         if (memoryPack != null && !memoryPack.fingerprint.equals(fingerprint)) {
-            problems.add("memory pack fingerprint " + memoryPack.fingerprint + " != model " + fingerprint);
+            problems.add(new String[] {"bundle.fingerprint", "memory pack fingerprint " + memoryPack.fingerprint + " != model " + fingerprint});
         }
         if (memory.equals("none") != (memoryPack == null)) {
-            problems.add("memory=" + memory + " but memory_pack is " + (memoryPack == null ? "absent" : "present"));
+            problems.add(new String[] {"bundle.memory", "memory=" + memory + " but memory_pack is " + (memoryPack == null ? "absent" : "present")});
         }
         return problems;
     }
@@ -311,6 +413,15 @@ public final class BundleManifest {
 
     static String oneOf(String v, List<String> values, String where) throws BundleException {
         if (!values.contains(v)) throw new BundleException(where + ": must be one of " + values + " (got '" + v + "')");
+        return v;
+    }
+
+    /** A clean bundle-relative path (CHECKS.md manifest.path): no '..', '.', empty or absolute parts. */
+    static String relpath(String v, String where) throws BundleException {
+        String why = pathProblem(v);
+        if (why != null) {
+            throw new BundleException("manifest.path", where + ": '" + v + "' is not a clean relative path (" + why + ")");
+        }
         return v;
     }
 

@@ -58,7 +58,15 @@ public final class MemoryPack implements Closeable {
 
     /** Open a .mekipack file. */
     public static MemoryPack open(Path path, Options opts) throws IOException {
-        FileChannel ch = FileChannel.open(path, StandardOpenOption.READ);
+        if (!java.nio.file.Files.isRegularFile(path)) {
+            throw new PackException("cannot open pack " + path + ": missing or not a regular file");
+        }
+        FileChannel ch;
+        try {
+            ch = FileChannel.open(path, StandardOpenOption.READ);
+        } catch (IOException e) {
+            throw new PackException("cannot open pack " + path + ": " + e.getMessage());
+        }
         try {
             Options o = copy(opts);
             o.closeChannel = true;
@@ -81,7 +89,7 @@ public final class MemoryPack implements Closeable {
         checkPadding(probe, h);
         ByteBuffer table = probe.pread(h.tableOffset, 8 * h.numBlocks);
         if (Xxh3.hash(table, 0, table.limit()) != h.tableChecksum) {
-            throw new PackException.Checksum("checksum table does not match its checksum in the header");
+            throw new PackException.Checksum("pack.table_checksum", "checksum table does not match its checksum in the header");
         }
         long[] sums = new long[h.numBlocks];
         for (int i = 0; i < sums.length; i++) sums[i] = table.getLong(8 * i);
@@ -101,7 +109,7 @@ public final class MemoryPack implements Closeable {
     private static void checkPadding(PackSource src, PackHeader h) throws IOException {
         ByteBuffer pad = src.pread(PackHeader.HEADER_SIZE, (int) (h.dataOffset - PackHeader.HEADER_SIZE));
         while (pad.hasRemaining()) {
-            if (pad.get() != 0) throw new PackException.Checksum("header padding is not zero: the header region is damaged");
+            if (pad.get() != 0) throw new PackException.Checksum("pack.padding", "header padding is not zero: the header region is damaged");
         }
     }
 
@@ -183,7 +191,7 @@ public final class MemoryPack implements Closeable {
         ByteBuffer block = source.read(header.dataOffset + (long) b * header.blockSize, header.blockSize);
         if (Xxh3.hash(block, 0, header.blockSize) != sums[b]) {
             long start = header.dataOffset + (long) b * header.blockSize;
-            throw new PackException.Checksum("data block " + b + " (bytes " + start + ".." + (start + header.blockSize)
+            throw new PackException.Checksum("pack.block_checksum", "data block " + b + " (bytes " + start + ".." + (start + header.blockSize)
                     + ") does not match its checksum: the pack is damaged");
         }
         synchronized (verified) {

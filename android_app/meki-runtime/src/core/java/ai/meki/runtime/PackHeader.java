@@ -37,6 +37,9 @@ public final class PackHeader {
         }
     }
 
+    /** A token's record is read whole into a Java array; a larger one is refused (as in C++). */
+    static final long MAX_RECORD_BYTES = 1L << 30;
+
     public final int vocabSize, numLayers, dMem, groupSize, rowBytes, blockSize, numBlocks;
     public final Dtype dtype;
     public final Layout layout;
@@ -54,20 +57,22 @@ public final class PackHeader {
         this.dataOffset = b.getLong(40);
         this.dataSize = b.getLong(48);
         this.blockSize = b.getInt(56);
-        this.numBlocks = b.getInt(60);
+        this.numBlocks = b.getInt(60);   // u32: compared as unsigned, so >= 2^31 never passes as negative
         this.tableOffset = b.getLong(64);
         this.fileSize = b.getLong(72);
         this.fingerprint = hex(b, 80, 16);
         this.tableChecksum = b.getLong(96);
-        this.rowBytes = rowBytes(dtype, dMem, groupSize);
+        long rb = rowBytes(dtype, dMem, groupSize);
+        this.rowBytes = rb <= Integer.MAX_VALUE ? (int) rb : -1;   // -1: refused by checkDerived
     }
 
-    /** Bytes of one encoded row: fp32 scales, then the packed values. */
-    static int rowBytes(Dtype dtype, int dMem, int groupSize) {
+    /** Exact bytes of one encoded row (long: int4 with g=2 and d_mem near 2^31 exceeds 32 bits). */
+    static long rowBytes(Dtype dtype, int dMem, int groupSize) {
+        long m = dMem & 0xFFFFFFFFL, g = groupSize & 0xFFFFFFFFL;
         switch (dtype) {
-            case FP16: case BF16: return 2 * dMem;
-            case INT8: return 4 + dMem;
-            default: return groupSize > 0 ? 4 * (dMem / groupSize) + dMem / 2 : dMem / 2;
+            case FP16: case BF16: return 2 * m;
+            case INT8: return 4 + m;
+            default: return g > 0 ? 4 * (m / g) + m / 2 : m / 2;
         }
     }
 
@@ -85,19 +90,19 @@ public final class PackHeader {
      */
     public static PackHeader parse(byte[] raw, long actualSize, String expectedFingerprint) throws PackException {
         if (actualSize < HEADER_SIZE || raw.length < HEADER_SIZE) {
-            throw new PackException.Truncated("file is " + actualSize + " bytes, too small for a 128-byte "
+            throw new PackException.Truncated("pack.too_short", "file is " + actualSize + " bytes, too small for a 128-byte "
                     + "pack header (truncated or not a pack)");
         }
         ByteBuffer b = ByteBuffer.wrap(raw, 0, HEADER_SIZE).order(ByteOrder.LITTLE_ENDIAN);
         for (int i = 0; i < MAGIC.length; i++) {
-            if (raw[i] != MAGIC[i]) throw new PackException.Format("bad magic: not a MeKi memory pack");
+            if (raw[i] != MAGIC[i]) throw new PackException.Format("pack.magic", "bad magic: not a MeKi memory pack");
         }
         long version = b.getInt(8) & 0xFFFFFFFFL;
         if (version != VERSION) {
-            throw new PackException.Format("unsupported pack version " + version + " (this reader reads version 1)");
+            throw new PackException.Format("pack.version", "unsupported pack version " + version + " (this reader reads version 1)");
         }
         if (Xxh3.hash(b, 0, CHECKSUM_OFFSET) != b.getLong(CHECKSUM_OFFSET)) {
-            throw new PackException.Checksum("header checksum mismatch: the header is damaged");
+            throw new PackException.Checksum("pack.header_checksum", "header checksum mismatch: the header is damaged");
         }
         Dtype dtype = Dtype.of(raw[28] & 0xFF);
         Layout layout = Layout.of(raw[29] & 0xFF);
@@ -117,20 +122,35 @@ public final class PackHeader {
         return h;
     }
 
-    /** Check 5: shapes, reserved fields and every derived size against the spec's formulas. */
+    /**
+     * Check 5: shapes, reserved fields and every derived size against the spec's formulas, computed
+     * exactly (Math.*Exact): a product that would wrap is a mismatch, never a pass.
+     */
     private void checkDerived(ByteBuffer b) throws PackException {
         String bad = shapeProblem();
         if (bad != null) throw new PackException.Format("invalid header: " + bad);
         boolean reservedZero = b.getShort(30) == 0 && b.getLong(104) == 0 && b.getLong(112) == 0;
         int wantGroup = dtype == Dtype.INT8 ? dMem : dtype == Dtype.INT4 ? groupSize : 0;
-        long records = (long) vocabSize * numLayers * rowBytes;
-        long wantDataSize = (records + blockSize - 1) / blockSize * blockSize;
-        long wantStride = layout == Layout.TOKEN_MAJOR ? (long) numLayers * rowBytes : rowBytes;
+        long rb = rowBytes(dtype, dMem, groupSize), records, wantStride, wantDataSize, wantBlocks, wantFileSize;
+        try {
+            records = Math.multiplyExact(Math.multiplyExact((long) vocabSize, (long) numLayers), rb);
+            if (records > (1L << 62)) throw new ArithmeticException();
+            wantStride = layout == Layout.TOKEN_MAJOR ? Math.multiplyExact((long) numLayers, rb) : rb;
+            wantDataSize = (records + blockSize - 1) / blockSize * blockSize;
+            wantBlocks = wantDataSize / blockSize;
+            wantFileSize = Math.addExact(DATA_ALIGN + wantDataSize, 8 * wantBlocks);
+        } catch (ArithmeticException e) {
+            throw new PackException.Format("invalid header: pack too large (more than 2^62 data bytes)");
+        }
         boolean ok = reservedZero && b.getInt(12) == HEADER_SIZE && groupSize == wantGroup
                 && recordStride == wantStride && dataOffset == DATA_ALIGN && dataSize == wantDataSize
-                && (long) numBlocks == wantDataSize / blockSize && tableOffset == DATA_ALIGN + wantDataSize
-                && fileSize == tableOffset + 8L * numBlocks;
+                && Integer.toUnsignedLong(numBlocks) == wantBlocks && tableOffset == DATA_ALIGN + wantDataSize
+                && fileSize == wantFileSize;
         if (!ok) throw new PackException.Format("inconsistent header fields (reserved, sizes or offsets)");
+        if ((long) numLayers * rb > MAX_RECORD_BYTES || numBlocks < 0) {
+            throw new PackException.Format("a token record of " + numLayers + " x " + rb
+                    + " bytes (or 2^31+ blocks) is over this reader's limits");
+        }
     }
 
     private String shapeProblem() {
@@ -142,7 +162,6 @@ public final class PackHeader {
         if (blockSize < 4096 || blockSize > (16 << 20) || Integer.bitCount(blockSize) != 1) {
             return "block_size must be a power of two in [4096, 16 MiB], got " + blockSize;
         }
-        if ((double) vocabSize * numLayers * rowBytes > Math.pow(2, 62)) return "pack too large";
         return null;
     }
 

@@ -63,11 +63,38 @@ abstract class PackSource {
             }
         }
 
+        /**
+         * Issue 12, class 2: a mapped file truncated by someone else faults on the next touch past its
+         * new end (SIGBUS; HotSpot turns it into an InternalError, ART may not). The size is checked
+         * before every touch of the mapping; the copy is made here, so a fault cannot escape later
+         * from a returned view. A truncation between the check and the copy is caught as InternalError
+         * where the VM delivers one.
+         */
         @Override
         ByteBuffer read(long off, int len) throws IOException {
             long rel = off - dataOffset;
             int seg = rel < 0 ? -1 : (int) (rel / SEGMENT);
             if (seg < 0 || seg >= segments.length) return pread(off, len);   // header or checksum table
+            long now = channel.size();
+            if (now < base + length) {
+                throw new PackException.Truncated("the pack shrank to " + (now - base) + " bytes while open (header says "
+                        + length + "): refusing to read the mapping");
+            }
+            try {
+                return copy(readView(seg, rel, len));
+            } catch (InternalError e) {
+                throw new PackException.Truncated("the mapped pack faulted at offset " + off + " (it shrank while open)");
+            }
+        }
+
+        private static ByteBuffer copy(ByteBuffer v) {
+            ByteBuffer out = ByteBuffer.allocate(v.remaining()).order(ByteOrder.LITTLE_ENDIAN);
+            out.put(v);
+            ((Buffer) out).flip();
+            return out;
+        }
+
+        private ByteBuffer readView(int seg, long rel, int len) {
             int at = (int) (rel - seg * SEGMENT);
             if (at + (long) len <= segments[seg].capacity()) return view(segments[seg], at, len);
             ByteBuffer out = ByteBuffer.allocate(len).order(ByteOrder.LITTLE_ENDIAN);   // straddles two segments

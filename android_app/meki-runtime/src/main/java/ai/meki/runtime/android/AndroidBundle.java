@@ -52,7 +52,7 @@ public final class AndroidBundle implements Closeable {
         try (InputStream in = am.open(ASSET_ROOT + "/" + BundleManifest.FILE)) {
             m = BundleManifest.parse(in);
         }
-        for (String p : m.referenceProblems()) throw new BundleException("assets/" + ASSET_ROOT + ": " + p);
+        for (String[] p : m.referenceFindings()) throw new BundleException(p[0], "assets/" + ASSET_ROOT + ": " + p[1]);
         return new AndroidBundle(context, null, m);
     }
 
