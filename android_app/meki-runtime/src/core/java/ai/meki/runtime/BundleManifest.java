@@ -55,11 +55,11 @@ public final class BundleManifest {
         TensorSpec(JSONObject o, String where) throws BundleException {
             checkKeys(o, where, new String[] {"name", "shape", "dtype"});
             try {
-                name = o.getString("name");
-                dtype = oneOf(o.getString("dtype"), DTYPES, where + "/dtype");
+                name = str(o, "name");
+                dtype = oneOf(str(o, "dtype"), DTYPES, where + "/dtype");
                 JSONArray s = o.getJSONArray("shape");
                 shape = new long[s.length()];
-                for (int i = 0; i < shape.length; i++) shape[i] = atLeast(1, s.getLong(i), where + "/shape/" + i);
+                for (int i = 0; i < shape.length; i++) shape[i] = atLeast(1, integerAt(s, i, Long.MAX_VALUE), where + "/shape/" + i);
             } catch (JSONException e) {
                 throw bad(where, e);
             }
@@ -76,7 +76,7 @@ public final class BundleManifest {
             try {
                 inputs = tensors(o.getJSONArray("inputs"), where + "/inputs");
                 outputs = tensors(o.getJSONArray("outputs"), where + "/outputs");
-                entry = o.has("entry") ? o.getString("entry") : "";
+                entry = o.has("entry") ? str(o, "entry") : "";
             } catch (JSONException e) {
                 throw bad(where, e);
             }
@@ -107,14 +107,14 @@ public final class BundleManifest {
                     "delegated", "extra", "format", "soc");
             Map<String, MethodSpec> ms = new LinkedHashMap<>();
             try {
-                target = o.getString("target");
-                file = relpath(o.getString("file"), where + "/file");
-                quant = o.getString("quant");
-                maxSeqLen = (int) atLeast(1, o.getInt("max_seq_len"), where + "/max_seq_len");
-                prefillLen = (int) atLeast(1, o.getInt("prefill_len"), where + "/prefill_len");
-                kvCache = oneOf(o.getString("kv_cache"), Arrays.asList("internal", "io"), where + "/kv_cache");
-                format = o.has("format") ? o.getString("format") : null;
-                soc = o.has("soc") ? o.getString("soc") : null;
+                target = str(o, "target");
+                file = relpath(str(o, "file"), where + "/file");
+                quant = str(o, "quant");
+                maxSeqLen = (int) atLeast(1, integer(o, "max_seq_len", Integer.MAX_VALUE), where + "/max_seq_len");
+                prefillLen = (int) atLeast(1, integer(o, "prefill_len", Integer.MAX_VALUE), where + "/prefill_len");
+                kvCache = oneOf(str(o, "kv_cache"), Arrays.asList("internal", "io"), where + "/kv_cache");
+                format = o.has("format") ? str(o, "format") : null;
+                soc = o.has("soc") ? str(o, "soc") : null;
                 JSONObject m = o.getJSONObject("methods");
                 for (Iterator<String> it = m.keys(); it.hasNext(); ) {
                     String k = it.next();
@@ -143,13 +143,13 @@ public final class BundleManifest {
         PackRef(JSONObject o, String where) throws BundleException {
             checkKeys(o, where, new String[] {"file", "dtype", "layout", "vocab_size", "num_layers", "d_mem", "fingerprint"});
             try {
-                file = relpath(o.getString("file"), where + "/file");
-                dtype = oneOf(o.getString("dtype"), Arrays.asList("fp16", "bf16", "int8", "int4"), where + "/dtype");
-                layout = oneOf(o.getString("layout"), Arrays.asList("token-major", "layer-major"), where + "/layout");
-                vocabSize = (int) atLeast(1, o.getInt("vocab_size"), where + "/vocab_size");
-                numLayers = (int) atLeast(1, o.getInt("num_layers"), where + "/num_layers");
-                dMem = (int) atLeast(1, o.getInt("d_mem"), where + "/d_mem");
-                fingerprint = matching(o.getString("fingerprint"), FINGERPRINT, where + "/fingerprint");
+                file = relpath(str(o, "file"), where + "/file");
+                dtype = oneOf(str(o, "dtype"), Arrays.asList("fp16", "bf16", "int8", "int4"), where + "/dtype");
+                layout = oneOf(str(o, "layout"), Arrays.asList("token-major", "layer-major"), where + "/layout");
+                vocabSize = (int) atLeast(1, integer(o, "vocab_size", Integer.MAX_VALUE), where + "/vocab_size");
+                numLayers = (int) atLeast(1, integer(o, "num_layers", Integer.MAX_VALUE), where + "/num_layers");
+                dMem = (int) atLeast(1, integer(o, "d_mem", Integer.MAX_VALUE), where + "/d_mem");
+                fingerprint = matching(str(o, "fingerprint"), FINGERPRINT, where + "/fingerprint");
             } catch (JSONException e) {
                 throw bad(where, e);
             }
@@ -174,11 +174,11 @@ public final class BundleManifest {
         TokenizerRef(JSONObject o, String where) throws BundleException {
             checkKeys(o, where, new String[] {"file", "eos_token_ids"}, "bos_token_id");
             try {
-                file = relpath(o.getString("file"), where + "/file");
+                file = relpath(str(o, "file"), where + "/file");
                 JSONArray a = o.getJSONArray("eos_token_ids");
                 eosTokenIds = new int[a.length()];
-                for (int i = 0; i < a.length(); i++) eosTokenIds[i] = (int) atLeast(0, a.getInt(i), where + "/eos_token_ids/" + i);
-                bosTokenId = o.isNull("bos_token_id") ? null : (int) atLeast(0, o.getInt("bos_token_id"), where + "/bos_token_id");
+                for (int i = 0; i < a.length(); i++) eosTokenIds[i] = (int) atLeast(0, integerAt(a, i, Integer.MAX_VALUE), where + "/eos_token_ids/" + i);
+                bosTokenId = o.isNull("bos_token_id") ? null : (int) atLeast(0, integer(o, "bos_token_id", Integer.MAX_VALUE), where + "/bos_token_id");
             } catch (JSONException e) {
                 throw bad(where, e);
             }
@@ -193,9 +193,9 @@ public final class BundleManifest {
         FileEntry(JSONObject o, String where) throws BundleException {
             checkKeys(o, where, new String[] {"path", "sha256", "bytes"});
             try {
-                path = relpath(o.getString("path"), where + "/path");
-                sha256 = matching(o.getString("sha256"), SHA256, where + "/sha256");
-                bytes = atLeast(0, o.getLong("bytes"), where + "/bytes");
+                path = relpath(str(o, "path"), where + "/path");
+                sha256 = matching(str(o, "sha256"), SHA256, where + "/sha256");
+                bytes = atLeast(0, integer(o, "bytes", Long.MAX_VALUE), where + "/bytes");
             } catch (JSONException e) {
                 throw bad(where, e);
             }
@@ -209,9 +209,9 @@ public final class BundleManifest {
         if (!Integer.valueOf(1).equals(o.opt("version"))) {
             throw new BundleException("version: " + o.opt("version") + " is not supported (this reader reads 1)");
         }
-        name = o.getString("name");
-        fingerprint = matching(o.getString("fingerprint"), FINGERPRINT, "fingerprint");
-        memory = oneOf(o.getString("memory"), MEMORY, "memory");
+        name = str(o, "name");
+        fingerprint = matching(str(o, "fingerprint"), FINGERPRINT, "fingerprint");
+        memory = oneOf(str(o, "memory"), MEMORY, "memory");
         config = o.getJSONObject("config");
         export = o.getJSONObject("export");
         tokenizer = o.isNull("tokenizer") ? null : new TokenizerRef(o.getJSONObject("tokenizer"), "tokenizer");
@@ -235,11 +235,15 @@ public final class BundleManifest {
         Object top;
         try {
             top = new JSONTokener(json).nextValue();
-            if (top instanceof JSONObject) return new BundleManifest((JSONObject) top);
         } catch (JSONException e) {
             throw new BundleException("manifest.json", "manifest is not valid JSON: " + e.getMessage());
         }
-        throw new BundleException("manifest.schema", "(top): must be an object");
+        if (!(top instanceof JSONObject)) throw new BundleException("manifest.schema", "(top): must be an object");
+        try {
+            return new BundleManifest((JSONObject) top);
+        } catch (JSONException e) {   // a value of the wrong type outside the per-entry checks
+            throw new BundleException("manifest.schema", "manifest: " + e.getMessage());
+        }
     }
 
     /** Parse at most MAX_MANIFEST_BYTES of strict UTF-8 from a stream (a file or an APK asset). */
@@ -433,6 +437,29 @@ public final class BundleManifest {
     static long atLeast(long min, long v, String where) throws BundleException {
         if (v < min) throw new BundleException(where + ": must be >= " + min + " (got " + v + ")");
         return v;
+    }
+
+    /** A string value, strictly (org.json's getString would turn a number into its text). */
+    static String str(JSONObject o, String k) throws JSONException {
+        Object v = o.get(k);
+        if (!(v instanceof String)) throw new JSONException("Value " + v + " at " + k + " is not a string");
+        return (String) v;
+    }
+
+    /** An integer value, strictly (no strings, no fractions: org.json's getInt would coerce them). */
+    static long integer(JSONObject o, String k, long max) throws JSONException {
+        return integral(o.get(k), k, max);
+    }
+
+    static long integerAt(JSONArray a, int i, long max) throws JSONException {
+        return integral(a.get(i), String.valueOf(i), max);
+    }
+
+    private static long integral(Object v, String k, long max) throws JSONException {
+        if (!(v instanceof Integer || v instanceof Long) || ((Number) v).longValue() > max) {
+            throw new JSONException("Value " + v + " at " + k + " is not an integer in range");
+        }
+        return ((Number) v).longValue();
     }
 
     static BundleException bad(String where, JSONException e) {
