@@ -14,6 +14,7 @@ from typing import Sequence
 
 from device_tests.bench import BenchConfig, run_bench
 from device_tests.runners import RUNNER_KINDS
+from contract.inputs import nonneg_int, positive_float, positive_int
 from contract.manifest import BundleError
 
 
@@ -24,18 +25,18 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                         "(host:port for TCP), adb:SERIAL the adb binary")
     p.add_argument("--runner", choices=RUNNER_KINDS, default="auto",
                    help="auto = native when build/native/meki_runner exists, else python")
-    p.add_argument("--reps", type=int, default=5, help="measured runs per bundle (alternating)")
-    p.add_argument("--warmup", type=int, default=1, help="warm-up runs per bundle")
-    p.add_argument("--tokens", type=int, default=32, help="new tokens per run")
-    p.add_argument("--prompt-len", type=int, default=16, help="prompt token ids per run")
+    p.add_argument("--reps", type=positive_int, default=5, help="measured runs per bundle (alternating)")
+    p.add_argument("--warmup", type=nonneg_int, default=1, help="warm-up runs per bundle")
+    p.add_argument("--tokens", type=positive_int, default=32, help="new tokens per run")
+    p.add_argument("--prompt-len", type=positive_int, default=16, help="prompt token ids per run")
     p.add_argument("--out", type=Path, help="output folder (default bench-UTCTIME); must not hold a bench")
     p.add_argument("--force", action="store_true", help="overwrite a bench already in --out")
     p.add_argument("--keep-pushed", action="store_true", help="leave bundles+runner on the device")
     p.add_argument("--native-runner", type=Path, help="meki_runner built for the device")
     p.add_argument("--app-package", default="ai.meki.app")
     p.add_argument("--remote-dir", help="working dir on the device (default /data/local/tmp/meki-bench)")
-    p.add_argument("--sample-interval", type=float, default=0.2, help="memory sampling period, s")
-    p.add_argument("--timeout", type=float, default=600.0, help="per-run limit, s")
+    p.add_argument("--sample-interval", type=positive_float, default=0.2, help="memory sampling period, s")
+    p.add_argument("--timeout", type=positive_float, default=600.0, help="per-run limit, s")
     p.add_argument("--max-celsius", type=float, default=50.0, help="flag runs hotter than this")
 
 

@@ -9,6 +9,8 @@ from typing import Callable, Sequence
 
 from rich.console import Console
 
+from contract.inputs import fraction, nonneg_int, positive_int
+
 console = Console(stderr=True)
 
 Verb = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -19,7 +21,7 @@ def _add_init(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="model shape (fake, tiny, qwen3-0.6b, qwen3-1.7b, qwen3-4b)")
     p.add_argument("--memory", default=None, help="both | static | dynamic | none (dense)")
     p.add_argument("--variant", default=None, help="paper | megatron")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -40,8 +42,8 @@ def _add_import(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["hf", "megatron"], help="source format")
     p.add_argument("src", type=Path, help="HF folder, or Megatron checkpoint dir / model_optim_rng.pt")
     p.add_argument("out", type=Path, help="checkpoint folder to create")
-    p.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (Megatron pads its own)")
-    p.add_argument("--mekify", type=int, metavar="D_MEM", help="add MeKi branches of this width to a dense model")
+    p.add_argument("--vocab-size", type=positive_int, help="tokenizer vocabulary (Megatron pads its own)")
+    p.add_argument("--mekify", type=positive_int, metavar="D_MEM", help="add MeKi branches of this width to a dense model")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -68,7 +70,7 @@ def _run_import(a: argparse.Namespace) -> int:
 def _add_fold(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path, help="train-form checkpoint folder")
     p.add_argument("out", type=Path, help="folded checkpoint folder to create")
-    p.add_argument("--chunk-size", type=int, default=4096, help="vocabulary rows per streamed chunk")
+    p.add_argument("--chunk-size", type=positive_int, default=4096, help="vocabulary rows per streamed chunk")
     p.add_argument("--device", default="cpu")
     p.add_argument("--pack", metavar="DTYPE", help="write a memory pack (fp16|bf16|int8|int4) instead of fp32 safetensors")
     p.add_argument("--overwrite", action="store_true")
@@ -86,7 +88,7 @@ def _add_pack(p: argparse.ArgumentParser) -> None:
     p.add_argument("tables", type=Path, help="tables.safetensors of a folded checkpoint")
     p.add_argument("out", type=Path, help="memory pack to write (.mpk)")
     p.add_argument("--dtype", default="int8", help="fp16 | bf16 | int8 | int4")
-    p.add_argument("--group-size", type=int, default=32, help="int4 group size along d_mem")
+    p.add_argument("--group-size", type=positive_int, default=32, help="int4 group size along d_mem")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -117,8 +119,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", default="none", help="weight quantisation (per target: none, 8da4w, int8wo, ...)")
     p.add_argument("--out", type=Path, required=True, help="folder for the meki/ and dense/ bundles")
     p.add_argument("--pack-dtype", default="int8", help="memory pack values: fp16 | bf16 | int8 | int4")
-    p.add_argument("--max-seq-len", type=int, default=512, help="KV cache length")
-    p.add_argument("--prefill-len", type=int, default=32, help="tokens per prefill call")
+    p.add_argument("--max-seq-len", type=positive_int, default=512, help="KV cache length")
+    p.add_argument("--prefill-len", type=positive_int, default=32, help="tokens per prefill call")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the checkpoint's, if any)")
     p.add_argument("--baseline", type=Path, help="dense checkpoint for the baseline bundle (default: strip MeKi)")
     p.add_argument("--overwrite", action="store_true")
@@ -151,7 +153,7 @@ def _run_targets(a: argparse.Namespace) -> int:
 def _add_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundles", type=Path, nargs="+", help="bundle folders (each with manifest.json)")
     p.add_argument("--checkpoint", type=Path, help="eager reference (default: the manifest's export.source)")
-    p.add_argument("--steps", type=int, default=32, help="greedy decode steps compared")
+    p.add_argument("--steps", type=positive_int, default=32, help="greedy decode steps compared")
 
 
 def _run_verify(a: argparse.Namespace) -> int:
@@ -185,9 +187,9 @@ def _run_run(a: argparse.Namespace) -> int:
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="folder for corpus, tokenizer.json, train.bin, val.bin, meta.json")
     p.add_argument("--source", type=Path, action="append", help="document folders (default: training/get_corpus.sh's)")
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--val-fraction", type=float, default=0.02)
-    p.add_argument("--max-train-tokens", type=int)
+    p.add_argument("--vocab-size", type=positive_int, default=8192)
+    p.add_argument("--val-fraction", type=fraction, default=0.02)
+    p.add_argument("--max-train-tokens", type=positive_int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
 
@@ -224,7 +226,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="model shape; vocab_size is taken from the data")
     p.add_argument("--model-config", type=Path, help="config.json instead of a preset")
     p.add_argument("--memory", help="both | static | dynamic | none")
-    p.add_argument("--d-mem", type=int)
+    p.add_argument("--d-mem", type=positive_int)
     p.add_argument("--variant", help="paper | megatron")
     p.add_argument("--train-config", type=Path, help="JSON of TrainConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
@@ -270,8 +272,8 @@ def _run_bench(a: argparse.Namespace) -> int:
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything the demo makes")
     p.add_argument("--prompt", default="The function returns")
-    p.add_argument("--new-tokens", type=int, default=48)
-    p.add_argument("--reps", type=int, default=3, help="measured runs of each model")
+    p.add_argument("--new-tokens", type=positive_int, default=48)
+    p.add_argument("--reps", type=positive_int, default=3, help="measured runs of each model")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs")
 
 
@@ -310,19 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from contract.manifest import BundleError
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.config import ConfigError
-    from pipeline.export.registry import ExportError
-    from contract.atomic import OutputExistsError
+    """Run one verb; every error ends as one stderr line and an exit code from meki.errors."""
+    from meki.errors import report
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # usage errors: argparse prints usage + one line, exit 2
     try:
         return args.run(args)
-    except (BundleError, CheckpointError, ConfigError, ExportError, FileExistsError, FileNotFoundError,
-            OutputExistsError, ValueError) as exc:
-        console.print(f"[red]meki {args.verb}: {exc}[/red]")
-        return 2
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - describe() sorts user errors from bugs
+        return report(args.verb, exc)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pipeline.config import ConfigError, ModelConfig
 from training.data import DatasetMeta, TokenBatches, eval_batches
 from contract.atomic import OutputExistsError, atomic_dir, atomic_write_bytes
 from pipeline.model import MekiModel, init_weights
+from pipeline.safe_load import safe_torch_load
 
 
 @dataclass
@@ -231,7 +232,8 @@ def _load_train_state(out_dir: Path, model: MekiModel, opt: torch.optim.Optimize
         raise ConfigError(f"{out_dir / 'last'}: saved model config differs from the one asked for; "
                           "use another out_dir or resume=False, overwrite=True")
     model.load_state_dict(saved.state_dict())
-    state = torch.load(out_dir / "last" / "state.pt", map_location=d.device, weights_only=False)
+    # weights_only: a state.pt is a pickle, and one from elsewhere must not run code when resumed
+    state = safe_torch_load(out_dir / "last" / "state.pt", map_location=d.device)
     if state["world"] != d.world:
         raise ValueError(f"checkpoint was written by {state['world']} ranks, resuming with {d.world}")
     opt.load_state_dict(state["optimizer"])
