@@ -14,6 +14,7 @@ from typing import Sequence
 
 from device_tests.bench import BenchConfig, run_bench
 from device_tests.runners import RUNNER_KINDS
+from contract.atomic import atomic_dir, output_lock
 from contract.inputs import nonneg_int, positive_float, positive_int
 from contract.manifest import BundleError
 
@@ -49,6 +50,16 @@ def config_from_args(a: argparse.Namespace) -> BenchConfig:
         native_path=str(a.native_runner) if a.native_runner else None, app_package=a.app_package)
 
 
+def _bench_into(bundle: Path, cfg: BenchConfig, out: Path):
+    """A new folder appears whole (temp sibling, renamed at the end); an existing one (--force, or a
+    folder without a bench) is written in place. Either way it is locked: a second bench to it fails."""
+    if out.exists():
+        with output_lock(out):
+            return run_bench(bundle, cfg, out)
+    with atomic_dir(out) as tmp:
+        return run_bench(bundle, cfg, tmp)
+
+
 def run_bench_cli(a: argparse.Namespace) -> int:
     """0 when every device measured every run, 1 when some failed, 2 on a usage/bundle error."""
     out = a.out or Path(time.strftime("bench-%Y%m%d-%H%M%S", time.gmtime()))
@@ -57,7 +68,7 @@ def run_bench_cli(a: argparse.Namespace) -> int:
         return 2
     try:
         cfg = config_from_args(a)
-        result = run_bench(a.bundle, cfg, out)
+        result = _bench_into(a.bundle, cfg, out)
     except (BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

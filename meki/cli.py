@@ -237,16 +237,22 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _run_train(a: argparse.Namespace) -> int:
     import json
 
-    from pipeline.config import ModelConfig, preset
+    from pipeline.config import ConfigError, ModelConfig, preset
     from training.data import DatasetMeta
     from training.train import TrainConfig, train
 
     cfg = ModelConfig.load(a.model_config) if a.model_config else preset(a.preset)
     changes = {"memory": a.memory, "d_mem": a.d_mem, "variant": a.variant}
     cfg = cfg.replace(vocab_size=DatasetMeta.load(a.data).vocab_size, **{k: v for k, v in changes.items() if v})
-    fields = json.loads(a.train_config.read_text()) if a.train_config else {}
+    from contract.inputs import read_text
+
+    fields = json.loads(read_text(a.train_config, "train config")) if a.train_config else {}
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{a.train_config}: expected a JSON object of TrainConfig fields")
     for item in a.set:
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=3e-4")
         try:
             fields[key] = json.loads(value)
         except json.JSONDecodeError:  # a bare string such as cuda
