@@ -35,6 +35,9 @@ LOCK_SUFFIX = ".lock"
 
 
 def check_free(out: Path, overwrite: bool) -> None:
+    from contract.inputs import require_parent_dir
+
+    require_parent_dir(out)
     if Path(out).exists() and not overwrite:
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
 
@@ -95,6 +98,9 @@ def output_lock(out: Path) -> Iterator[None]:
 
     The lock file is removed on release; a holder re-checks that the file it locked is still the
     one at the path, so removal cannot let two holders in."""
+    from contract.inputs import require_parent_dir
+
+    require_parent_dir(out)
     path = lock_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:

@@ -159,3 +159,19 @@ def output_file(text: str) -> Path:
         if not stat.S_ISREG(st.st_mode):
             raise argparse.ArgumentTypeError(f"{path} is {_kind(st.st_mode)}; give a file path to write")
     return path
+
+
+def require_bundle(bundle: Path) -> Path:
+    """A bundle folder whose manifest.json is a regular file (checked before anything reads it)."""
+    require_dir(bundle, "bundle folder")
+    require_file(Path(bundle) / "manifest.json", "bundle manifest")
+    return Path(bundle)
+
+
+def require_parent_dir(out: Path) -> None:
+    """Refuse an output whose parent path exists but is not a directory (`file/out`)."""
+    for parent in Path(out).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"cannot create {out}: {parent} is not a directory")
+            return

@@ -15,7 +15,7 @@ from typing import Sequence
 from device_tests.bench import BenchConfig, run_bench
 from device_tests.runners import RUNNER_KINDS
 from contract.atomic import atomic_dir, output_lock
-from contract.inputs import nonneg_int, positive_float, positive_int
+from contract.inputs import require_dir, nonneg_int, positive_float, positive_int
 from contract.manifest import BundleError
 
 
@@ -64,13 +64,15 @@ def run_bench_cli(a: argparse.Namespace) -> int:
     """0 when every device measured every run, 1 when some failed, 2 on a usage/bundle error."""
     out = a.out or Path(time.strftime("bench-%Y%m%d-%H%M%S", time.gmtime()))
     if (out / "bench.json").exists() and not a.force:
-        print(f"error: {out} already holds a bench (bench.json); pass --force or another --out", file=sys.stderr)
+        print(f"meki bench: error: {out} already holds a bench (bench.json); pass --force or another --out", file=sys.stderr)
         return 2
     try:
         cfg = config_from_args(a)
+        if not (Path(a.bundle) / "manifest.json").exists():  # an export folder: meki/ + dense/
+            require_dir(a.bundle, "bundle or export folder")
         result = _bench_into(a.bundle, cfg, out)
     except (BundleError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"meki bench: error: {exc}", file=sys.stderr)
         return 2
     print((out / "bench.md").read_text())
     for rep in result.devices:

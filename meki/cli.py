@@ -56,7 +56,9 @@ def _run_import(a: argparse.Namespace) -> int:
     else:
         from pipeline.importers.megatron import load_megatron
         if a.vocab_size is None:
-            raise SystemExit("meki import megatron: --vocab-size (the tokenizer's) is required")
+            from pipeline.config import ConfigError
+
+            raise ConfigError("--vocab-size (the tokenizer's, unpadded) is required for megatron imports")
         model = load_megatron(a.src, a.vocab_size)
     if a.mekify:
         from pipeline.importers.mekify import mekify
@@ -106,10 +108,14 @@ def _add_verify_pack(p: argparse.ArgumentParser) -> None:
 
 
 def _run_verify_pack(a: argparse.Namespace) -> int:
+    from contract.inputs import require_file
     from mobile_runtime.pack import verify_pack
 
+    require_file(a.pack, "memory pack")
     report = verify_pack(a.pack, a.fingerprint)
     console.print(report)
+    if not report.ok:  # the check ran and failed: exit 1, and the reason as the last line
+        print(f"meki verify-pack: error: {a.pack}: {' '.join(str(report.error).split())}", file=sys.stderr)
     return 0 if report.ok else 1
 
 
@@ -130,6 +136,10 @@ def _run_export(a: argparse.Namespace) -> int:
     from pipeline.export.bundle import export_bundles
     from pipeline.export.registry import ExportSettings
 
+    if a.tokenizer is not None:
+        from contract.inputs import require_file
+
+        require_file(a.tokenizer, "tokenizer.json")
     settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
     bundles = export_bundles(a.ckpt, a.out, a.target, settings, a.pack_dtype, a.tokenizer, a.baseline, a.overwrite)
     for kind, m in bundles.items():
@@ -161,6 +171,10 @@ def _run_verify(a: argparse.Namespace) -> int:
 
     from pipeline.export.verify import verify_bundle_artifacts
 
+    from contract.inputs import require_bundle
+
+    for b in a.bundles:
+        require_bundle(b)
     rows = [r for b in a.bundles for r in verify_bundle_artifacts(b, a.checkpoint, a.steps)]
     table = Table(title="meki verify")
     for col in ("bundle", "target", "quant", "status", "max |diff|", "SNR dB", "greedy", "note"):
@@ -212,8 +226,10 @@ def _add_bundle(p: argparse.ArgumentParser) -> None:
 
 
 def _run_bundle(a: argparse.Namespace) -> int:
+    from contract.inputs import require_bundle
     from pipeline.bundle_apps import bundle_android, bundle_ios
 
+    require_bundle(a.bundle)
     placed = (bundle_android(a.bundle, a.android, delivery=a.delivery, overwrite=a.overwrite) if a.android
               else bundle_ios(a.bundle, a.ios, overwrite=a.overwrite))
     console.print(placed)
@@ -234,19 +250,17 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
-def _run_train(a: argparse.Namespace) -> int:
+def _train_fields(a: argparse.Namespace) -> dict:
+    """TrainConfig fields from --train-config JSON, then each --set KEY=VALUE (JSON value or bare string)."""
     import json
 
-    from pipeline.config import ConfigError, ModelConfig, preset
-    from training.data import DatasetMeta
-    from training.train import TrainConfig, train
-
-    cfg = ModelConfig.load(a.model_config) if a.model_config else preset(a.preset)
-    changes = {"memory": a.memory, "d_mem": a.d_mem, "variant": a.variant}
-    cfg = cfg.replace(vocab_size=DatasetMeta.load(a.data).vocab_size, **{k: v for k, v in changes.items() if v})
     from contract.inputs import read_text
+    from pipeline.config import ConfigError
 
-    fields = json.loads(read_text(a.train_config, "train config")) if a.train_config else {}
+    try:
+        fields = json.loads(read_text(a.train_config, "train config")) if a.train_config else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{a.train_config}: not valid JSON ({exc})") from None
     if not isinstance(fields, dict):
         raise ConfigError(f"{a.train_config}: expected a JSON object of TrainConfig fields")
     for item in a.set:
@@ -257,7 +271,22 @@ def _run_train(a: argparse.Namespace) -> int:
             fields[key] = json.loads(value)
         except json.JSONDecodeError:  # a bare string such as cuda
             fields[key] = value
-    result = train(cfg, TrainConfig.from_dict(fields), a.data, a.out, resume=not a.no_resume, overwrite=a.overwrite)
+    return fields
+
+
+def _run_train(a: argparse.Namespace) -> int:
+    from pipeline.config import ModelConfig, preset
+    from pipeline.devices import resolve_device
+    from training.data import DatasetMeta
+    from training.train import TrainConfig, train
+
+    tcfg = TrainConfig.from_dict(_train_fields(a))
+    if tcfg.device is not None:
+        resolve_device(tcfg.device)  # before reading any data
+    cfg = ModelConfig.load(a.model_config) if a.model_config else preset(a.preset)
+    changes = {"memory": a.memory, "d_mem": a.d_mem, "variant": a.variant}
+    cfg = cfg.replace(vocab_size=DatasetMeta.load(a.data).vocab_size, **{k: v for k, v in changes.items() if v})
+    result = train(cfg, tcfg, a.data, a.out, resume=not a.no_resume, overwrite=a.overwrite)
     console.print(f"step {result.step}: train loss {result.train_loss:.4f}, val loss {result.val_loss:.4f}; "
                   f"checkpoint {result.checkpoint}")
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mobile_runtime.generate import BACKENDS, Generator
-from contract.inputs import nonneg_float, nonneg_int, output_file, positive_int, unit_interval
+from contract.inputs import require_bundle, nonneg_float, nonneg_int, output_file, positive_int, unit_interval
 from contract.manifest import BundleError
 from mobile_runtime.sampling import SamplingConfig
 
@@ -62,8 +62,7 @@ def checked_prompt(text: str) -> str:
 
 def run(a: argparse.Namespace) -> int:
     prompt = checked_prompt(a.prompt) if a.prompt is not None else None
-    if not Path(a.bundle).is_dir():
-        raise BundleError(f"{a.bundle}: not a bundle folder (expected a directory with manifest.json)")
+    require_bundle(a.bundle)
     gen = Generator(a.bundle, a.backend, a.pack_mode, int(a.cache_mib * (1 << 20)), not a.skip_hash_check)
     vocab = int(gen.manifest.config["vocab_size"])
     ids = prompt_token_ids(a.prompt_ids, vocab) if a.prompt_ids is not None else gen.encode(prompt)

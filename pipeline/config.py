@@ -68,6 +68,7 @@ class ModelConfig:
     name: str = "custom"  # preset or source name, informational
 
     def __post_init__(self) -> None:
+        check_types(type(self), self.to_dict(), "model config")  # also configs built by importers
         problems = []
         if self.memory not in MEMORY_KINDS:
             problems.append(f"memory={self.memory!r} (valid: {', '.join(MEMORY_KINDS)})")

@@ -16,6 +16,7 @@ from pipeline.checkpoint import CheckpointError, build_model
 from pipeline.config import ModelConfig
 from pipeline.model import MekiModel
 from pipeline.safe_load import SafeLoadError, safe_torch_load
+from contract.inputs import require_file
 
 _MEKI = {  # meki_module suffix -> ours under layers.{i}.
     "embeddings.weight": "memory.table.weight",
@@ -41,8 +42,8 @@ _LAYER = {
 def find_model_file(path: Path) -> Path:
     """A checkpoint dir (reads latest_checkpointed_iteration.txt), an iter_* dir, or the .pt itself."""
     path = Path(path)
-    if path.is_file():
-        return path
+    if path.exists() and not path.is_dir():
+        return require_file(path, "Megatron checkpoint file")
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint file or folder")
     tracker = path / "latest_checkpointed_iteration.txt"
