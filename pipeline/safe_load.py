@@ -91,7 +91,8 @@ def allowed_globals(file: Path, extra: dict[str, Any] | None = None) -> list[Any
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(file))
     except Exception as exc:  # not a torch zip archive, or a damaged one
-        raise SafeLoadError(f"{file}: not a readable torch.save checkpoint ({' '.join(str(exc).split())[:200]})") from None
+        why = " ".join(str(exc).split())[:200]
+        raise SafeLoadError(f"{file}: not a readable torch.save checkpoint ({why})") from None
     pairs, refused = [], []
     for name in needed:
         if extra and name in extra:

@@ -13,8 +13,6 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from contract.inputs import InputError, open_regular  # noqa: F401  (re-exported for readers)
-
 MAX_HEADER_BYTES = 100_000_000  # safetensors' MAX_HEADER_SIZE
 DTYPE_BITS = {  # every dtype name the format defines -> bits per element
     "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16, "U16": 16,
@@ -55,7 +53,8 @@ def parse_header(path: Path, first8: bytes, read: Callable[[int], bytes], size: 
         raise SafetensorsFormatError(f"{path}: {size} bytes is too short for a safetensors file")
     n = int.from_bytes(first8, "little")
     if n > MAX_HEADER_BYTES or n > size - 8:
-        why = f"over the {MAX_HEADER_BYTES}-byte limit" if n > MAX_HEADER_BYTES else f"past the end of the file ({size} bytes)"
+        why = (f"over the {MAX_HEADER_BYTES}-byte limit" if n > MAX_HEADER_BYTES
+               else f"past the end of the file ({size} bytes)")
         raise SafetensorsFormatError(f"{path}: not a safetensors file: header length {n} is {why}"
                                      + _looks_like_pickle(first8))
     raw = read(n)
@@ -103,7 +102,8 @@ def _check_entries(path: Path, header: dict, data_bytes: int) -> None:
     for begin, stop, name in sorted(spans):
         if begin != end:
             what = "overlaps the previous tensor" if begin < end else f"leaves a gap of {begin - end} bytes"
-            raise SafetensorsFormatError(f"{path}: tensor {name}: data_offsets start at {begin}, {what} (expected {end})")
+            raise SafetensorsFormatError(f"{path}: tensor {name}: data_offsets start at {begin}, {what} "
+                                         f"(expected {end})")
         end = stop
     if end != data_bytes:
         raise SafetensorsFormatError(f"{path}: tensors end at data byte {end} but the file holds {data_bytes} "

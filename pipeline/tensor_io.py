@@ -19,7 +19,8 @@ import torch
 import xxhash
 
 from contract.atomic import commit_file, temp_sibling
-from pipeline.safetensors_header import SafetensorsFormatError, open_regular, parse_header
+from contract.inputs import open_regular
+from pipeline.safetensors_header import SafetensorsFormatError, parse_header
 
 _DTYPES = {  # safetensors name -> (torch dtype, bytes per element)
     "F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),

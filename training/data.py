@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from contract.atomic import atomic_file, atomic_write_text, output_lock
-from contract.inputs import read_text
+from contract.inputs import read_text, require_parent_dir
 from contract.hashing import sha256_file
 from training.doc_text import clean_paragraph, html_to_paragraphs, pod_to_paragraphs
 
@@ -94,6 +94,11 @@ def _from_dict(cls, d: dict):
     unknown = sorted(set(d) - names)
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown keys {unknown}")
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(d))
+    if missing:
+        raise ValueError(f"{cls.__name__}: missing keys {missing}; rebuild the folder with `meki data`")
     return cls(**d)
 
 
@@ -402,6 +407,11 @@ def prepare_data(out_dir: Path, sources: list[Path] | None = None, vocab_size: i
     out_dir = Path(out_dir)
     corpus = out_dir / "corpus.txt"
     _refuse_existing([corpus, out_dir / "tokenizer.json", out_dir / "meta.json"], overwrite)
+    require_parent_dir(out_dir)
+    for root in map(Path, sources or default_sources()):  # before anything is created
+        if not (root.is_dir() and _source_files(root)):
+            raise FileNotFoundError(f"no .html/.pod files under {root}; "
+                                    "run training/get_corpus.sh to install the packages")
     with output_lock(out_dir):  # a second `meki data` to the same folder fails instead of interleaving
         _refuse_existing([corpus, out_dir / "tokenizer.json", out_dir / "meta.json"], overwrite)
         collect_corpus(sources or default_sources(), corpus, overwrite=overwrite)

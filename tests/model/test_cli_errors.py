@@ -102,6 +102,9 @@ def w(tmp_path_factory):
     (t / "hf_nokey").mkdir()
     (t / "hf_nokey" / "config.json").write_text('{"model_type": "qwen3"}')
     p["hf_nokey"] = t / "hf_nokey"
+    (t / "badmeta").mkdir()
+    (t / "badmeta" / "meta.json").write_text('{"format": 3}')
+    p["badmeta"] = t / "badmeta"
     (t / "tc_type.json").write_text('{"lr": "fast"}')
     p["tc_type"] = t / "tc_type.json"
     p["anybundle"] = t / "anybundle"  # argument errors are found before the bundle is read
@@ -201,6 +204,8 @@ CASES = {
     "data vocab 0": ("data {new} --vocab-size 0", INPUT, "must be a positive integer", None),
     "data val fraction": ("data {new} --val-fraction 1.5", INPUT, "between 0 and 1", None),
     "data parent is a file": ("data {file}/sub --source {dir}", INPUT, "is not a directory", None),
+    "data source missing": ("data {new} --source {t}/nope", INPUT, "no .html/.pod files under", None),
+    "data source is a file": ("data {new} --source {file}", INPUT, "no .html/.pod files under", None),
     "train data missing": ("train {new} --data {t}/nope", INPUT, "nope", None),
     "train config dir": ("train {new} --data {dir} --train-config {dir}", INPUT, "is a directory", None),
     "train config wrong type": ("train {new} --data {dir} --train-config {tc_type}", INPUT, "lr='fast' (expected float)", None),
@@ -211,6 +216,8 @@ CASES = {
     "train model config fifo": ("train {new} --data {dir} --model-config {fifo}", INPUT, "is a FIFO", None),
     "train bad preset": ("train {new} --data {dir} --preset nope", INPUT, "unknown preset 'nope'", None),
     "train data has no meta": ("train {new} --data {dir}", INPUT, "no such meta.json", None),
+    "train meta incomplete": ("train {new} --data {badmeta}", INPUT, "missing keys", None),
+    "train meta not JSON": ("train {new} --data {file}", INPUT, "not valid JSON", None),
     "train d-mem 0": ("train {new} --data {dir} --d-mem 0", INPUT, "must be a positive integer", None),
     "demo new-tokens 0": ("demo --new-tokens 0", INPUT, "must be a positive integer", None),
     "demo output exists": ("demo --out {dir}", OUTPUT, "already exists", None),

@@ -69,12 +69,11 @@ def run_case(argv: list[str], fault: str | None = None, timeout: float = 60.0) -
 def main() -> None:
     cases_path, results_path = sys.argv[1], sys.argv[2]
     timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 60.0
-    import meki.cli  # noqa: F401  the heavy imports, once, before forking
-    import device_tests.cli  # noqa: F401
-    import mobile_runtime.run  # noqa: F401
-    import pipeline.export.bundle  # noqa: F401
-    import pipeline.fold  # noqa: F401
-    import training.train  # noqa: F401
+    import importlib
+
+    for module in ("meki.cli", "device_tests.cli", "mobile_runtime.run", "pipeline.export.bundle", "pipeline.fold",
+                   "training.train"):
+        importlib.import_module(module)  # the heavy imports, once, before forking
 
     cases = json.loads(open(cases_path).read())
     results = [run_case(c["argv"], c.get("fault"), timeout) for c in cases]
