@@ -14,6 +14,8 @@ from typing import Sequence
 
 from device_tests.bench import BenchConfig, run_bench
 from device_tests.runners import RUNNER_KINDS
+from contract.atomic import atomic_dir, output_lock
+from contract.inputs import require_dir, nonneg_int, positive_float, positive_int
 from contract.manifest import BundleError
 
 
@@ -24,10 +26,10 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                         "(host:port for TCP), adb:SERIAL the adb binary")
     p.add_argument("--runner", choices=RUNNER_KINDS, default="auto",
                    help="auto = native when build/native/meki_runner exists, else python")
-    p.add_argument("--reps", type=int, default=5, help="measured runs per bundle (alternating)")
-    p.add_argument("--warmup", type=int, default=1, help="warm-up runs per bundle")
-    p.add_argument("--tokens", type=int, default=32, help="new tokens per run")
-    p.add_argument("--prompt-len", type=int, default=16, help="prompt token ids per run")
+    p.add_argument("--reps", type=positive_int, default=5, help="measured runs per bundle (alternating)")
+    p.add_argument("--warmup", type=nonneg_int, default=1, help="warm-up runs per bundle")
+    p.add_argument("--tokens", type=positive_int, default=32, help="new tokens per run")
+    p.add_argument("--prompt-len", type=positive_int, default=16, help="prompt token ids per run")
     p.add_argument("--out", type=Path, help="output folder (default bench-UTCTIME); must not hold a bench")
     p.add_argument("--force", action="store_true", help="overwrite a bench already in --out")
     p.add_argument("--keep-pushed", action="store_true", help="leave bundles+runner on the device")
@@ -36,8 +38,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="backbone to run: executorch, litert or a target name such as tflite-qnn "
                                      "(the app picks the model compiled for the phone's SoC); default: the runner's")
     p.add_argument("--remote-dir", help="working dir on the device (default /data/local/tmp/meki-bench)")
-    p.add_argument("--sample-interval", type=float, default=0.2, help="memory sampling period, s")
-    p.add_argument("--timeout", type=float, default=600.0, help="per-run limit, s")
+    p.add_argument("--sample-interval", type=positive_float, default=0.2, help="memory sampling period, s")
+    p.add_argument("--timeout", type=positive_float, default=600.0, help="per-run limit, s")
     p.add_argument("--max-celsius", type=float, default=50.0, help="flag runs hotter than this")
 
 
@@ -51,17 +53,29 @@ def config_from_args(a: argparse.Namespace) -> BenchConfig:
         runner_args=["--backend", a.backend] if a.backend else [])
 
 
+def _bench_into(bundle: Path, cfg: BenchConfig, out: Path):
+    """A new folder appears whole (temp sibling, renamed at the end); an existing one (--force, or a
+    folder without a bench) is written in place. Either way it is locked: a second bench to it fails."""
+    if out.exists():
+        with output_lock(out):
+            return run_bench(bundle, cfg, out)
+    with atomic_dir(out) as tmp:
+        return run_bench(bundle, cfg, tmp)
+
+
 def run_bench_cli(a: argparse.Namespace) -> int:
     """0 when every device measured every run, 1 when some failed, 2 on a usage/bundle error."""
     out = a.out or Path(time.strftime("bench-%Y%m%d-%H%M%S", time.gmtime()))
     if (out / "bench.json").exists() and not a.force:
-        print(f"error: {out} already holds a bench (bench.json); pass --force or another --out", file=sys.stderr)
+        print(f"meki bench: error: {out} already holds a bench (bench.json); pass --force or another --out", file=sys.stderr)
         return 2
     try:
         cfg = config_from_args(a)
-        result = run_bench(a.bundle, cfg, out)
+        if not (Path(a.bundle) / "manifest.json").exists():  # an export folder: meki/ + dense/
+            require_dir(a.bundle, "bundle or export folder")
+        result = _bench_into(a.bundle, cfg, out)
     except (BundleError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"meki bench: error: {exc}", file=sys.stderr)
         return 2
     print((out / "bench.md").read_text())
     for rep in result.devices:

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 from rich.console import Console
 
+from contract.inputs import fraction, nonneg_int, positive_int
 from meki.quiet import quiet_third_party
 
 console = Console(stderr=True)
@@ -21,7 +22,7 @@ def _add_init(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="model shape (fake, tiny, qwen3-0.6b, qwen3-1.7b, qwen3-4b)")
     p.add_argument("--memory", default=None, help="both | static | dynamic | none (dense)")
     p.add_argument("--variant", default=None, help="paper | megatron")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -42,8 +43,8 @@ def _add_import(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["hf", "megatron"], help="source format")
     p.add_argument("src", type=Path, help="HF folder, or Megatron checkpoint dir / model_optim_rng.pt")
     p.add_argument("out", type=Path, help="checkpoint folder to create")
-    p.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (Megatron pads its own)")
-    p.add_argument("--mekify", type=int, metavar="D_MEM", help="add MeKi branches of this width to a dense model")
+    p.add_argument("--vocab-size", type=positive_int, help="tokenizer vocabulary (Megatron pads its own)")
+    p.add_argument("--mekify", type=positive_int, metavar="D_MEM", help="add MeKi branches of this width to a dense model")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -56,7 +57,9 @@ def _run_import(a: argparse.Namespace) -> int:
     else:
         from pipeline.importers.megatron import load_megatron
         if a.vocab_size is None:
-            raise SystemExit("meki import megatron: --vocab-size (the tokenizer's) is required")
+            from pipeline.config import ConfigError
+
+            raise ConfigError("--vocab-size (the tokenizer's, unpadded) is required for megatron imports")
         model = load_megatron(a.src, a.vocab_size)
     if a.mekify:
         from pipeline.importers.mekify import mekify
@@ -70,7 +73,7 @@ def _run_import(a: argparse.Namespace) -> int:
 def _add_fold(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path, help="train-form checkpoint folder")
     p.add_argument("out", type=Path, help="folded checkpoint folder to create")
-    p.add_argument("--chunk-size", type=int, default=4096, help="vocabulary rows per streamed chunk")
+    p.add_argument("--chunk-size", type=positive_int, default=4096, help="vocabulary rows per streamed chunk")
     p.add_argument("--device", default="cpu")
     p.add_argument("--pack", metavar="DTYPE", help="write a memory pack (fp16|bf16|int8|int4) instead of fp32 safetensors")
     p.add_argument("--overwrite", action="store_true")
@@ -88,7 +91,7 @@ def _add_pack(p: argparse.ArgumentParser) -> None:
     p.add_argument("tables", type=Path, help="tables.safetensors of a folded checkpoint")
     p.add_argument("out", type=Path, help="memory pack to write (.mekipack)")
     p.add_argument("--dtype", default="int8", help="fp16 | bf16 | int8 | int4")
-    p.add_argument("--group-size", type=int, default=32, help="int4 group size along d_mem")
+    p.add_argument("--group-size", type=positive_int, default=32, help="int4 group size along d_mem")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -106,10 +109,14 @@ def _add_verify_pack(p: argparse.ArgumentParser) -> None:
 
 
 def _run_verify_pack(a: argparse.Namespace) -> int:
+    from contract.inputs import require_file
     from mobile_runtime.pack import verify_pack
 
+    require_file(a.pack, "memory pack")
     report = verify_pack(a.pack, a.fingerprint)
     console.print(report)
+    if not report.ok:  # the check ran and failed: exit 1, and the reason as the last line
+        print(f"meki verify-pack: error: {a.pack}: {' '.join(str(report.error).split())}", file=sys.stderr)
     return 0 if report.ok else 1
 
 
@@ -119,8 +126,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", default="none", help="weight quantisation (per target: none, 8da4w, int8wo, ...)")
     p.add_argument("--out", type=Path, required=True, help="folder for the meki/ and dense/ bundles")
     p.add_argument("--pack-dtype", default="int8", help="memory pack values: fp16 | bf16 | int8 | int4")
-    p.add_argument("--max-seq-len", type=int, default=512, help="KV cache length")
-    p.add_argument("--prefill-len", type=int, default=32, help="tokens per prefill call")
+    p.add_argument("--max-seq-len", type=positive_int, default=512, help="KV cache length")
+    p.add_argument("--prefill-len", type=positive_int, default=32, help="tokens per prefill call")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the checkpoint's, if any)")
     p.add_argument("--baseline", type=Path, help="dense checkpoint for the baseline bundle (default: strip MeKi)")
     p.add_argument("--overwrite", action="store_true")
@@ -130,6 +137,10 @@ def _run_export(a: argparse.Namespace) -> int:
     from pipeline.export.bundle import export_bundles
     from pipeline.export.registry import ExportSettings
 
+    if a.tokenizer is not None:
+        from contract.inputs import require_file
+
+        require_file(a.tokenizer, "tokenizer.json")
     settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
     bundles = export_bundles(a.ckpt, a.out, a.target, settings, a.pack_dtype, a.tokenizer, a.baseline, a.overwrite)
     for kind, m in bundles.items():
@@ -154,7 +165,7 @@ def _add_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundles", type=Path, nargs="+", help="bundle folders (each with manifest.json)")
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="the checkpoint the bundles were exported from (its fingerprint is checked)")
-    p.add_argument("--steps", type=int, default=32, help="greedy decode steps compared")
+    p.add_argument("--steps", type=positive_int, default=32, help="greedy decode steps compared")
 
 
 def _run_verify(a: argparse.Namespace) -> int:
@@ -162,6 +173,10 @@ def _run_verify(a: argparse.Namespace) -> int:
 
     from pipeline.export.verify import verify_bundle_artifacts
 
+    from contract.inputs import require_bundle
+
+    for b in a.bundles:
+        require_bundle(b)
     rows = [r for b in a.bundles for r in verify_bundle_artifacts(b, a.checkpoint, a.steps)]
     table = Table(title="meki verify")
     for col in ("bundle", "target", "quant", "status", "max |diff|", "SNR dB", "greedy", "note"):
@@ -188,9 +203,9 @@ def _run_run(a: argparse.Namespace) -> int:
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="folder for corpus, tokenizer.json, train.bin, val.bin, meta.json")
     p.add_argument("--source", type=Path, action="append", help="document folders (default: training/get_corpus.sh's)")
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--val-fraction", type=float, default=0.02)
-    p.add_argument("--max-train-tokens", type=int)
+    p.add_argument("--vocab-size", type=positive_int, default=8192)
+    p.add_argument("--val-fraction", type=fraction, default=0.02)
+    p.add_argument("--max-train-tokens", type=positive_int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
 
@@ -213,8 +228,10 @@ def _add_bundle(p: argparse.ArgumentParser) -> None:
 
 
 def _run_bundle(a: argparse.Namespace) -> int:
+    from contract.inputs import require_bundle
     from pipeline.bundle_apps import bundle_android, bundle_ios
 
+    require_bundle(a.bundle)
     placed = (bundle_android(a.bundle, a.android, delivery=a.delivery, overwrite=a.overwrite) if a.android
               else bundle_ios(a.bundle, a.ios, overwrite=a.overwrite))
     console.print(placed)
@@ -227,7 +244,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="model shape; vocab_size is taken from the data")
     p.add_argument("--model-config", type=Path, help="config.json instead of a preset")
     p.add_argument("--memory", help="both | static | dynamic | none")
-    p.add_argument("--d-mem", type=int)
+    p.add_argument("--d-mem", type=positive_int)
     p.add_argument("--variant", help="paper | megatron")
     p.add_argument("--train-config", type=Path, help="JSON of TrainConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
@@ -235,24 +252,43 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
-def _run_train(a: argparse.Namespace) -> int:
+def _train_fields(a: argparse.Namespace) -> dict:
+    """TrainConfig fields from --train-config JSON, then each --set KEY=VALUE (JSON value or bare string)."""
     import json
 
-    from pipeline.config import ModelConfig, preset
-    from training.data import DatasetMeta
-    from training.train import TrainConfig, train
+    from contract.inputs import read_text
+    from pipeline.config import ConfigError
 
-    cfg = ModelConfig.load(a.model_config) if a.model_config else preset(a.preset)
-    changes = {"memory": a.memory, "d_mem": a.d_mem, "variant": a.variant}
-    cfg = cfg.replace(vocab_size=DatasetMeta.load(a.data).vocab_size, **{k: v for k, v in changes.items() if v})
-    fields = json.loads(a.train_config.read_text()) if a.train_config else {}
+    try:
+        fields = json.loads(read_text(a.train_config, "train config")) if a.train_config else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{a.train_config}: not valid JSON ({exc})") from None
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{a.train_config}: expected a JSON object of TrainConfig fields")
     for item in a.set:
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=3e-4")
         try:
             fields[key] = json.loads(value)
         except json.JSONDecodeError:  # a bare string such as cuda
             fields[key] = value
-    result = train(cfg, TrainConfig.from_dict(fields), a.data, a.out, resume=not a.no_resume, overwrite=a.overwrite)
+    return fields
+
+
+def _run_train(a: argparse.Namespace) -> int:
+    from pipeline.config import ModelConfig, preset
+    from pipeline.devices import resolve_device
+    from training.data import DatasetMeta
+    from training.train import TrainConfig, train
+
+    tcfg = TrainConfig.from_dict(_train_fields(a))
+    if tcfg.device is not None:
+        resolve_device(tcfg.device)  # before reading any data
+    cfg = ModelConfig.load(a.model_config) if a.model_config else preset(a.preset)
+    changes = {"memory": a.memory, "d_mem": a.d_mem, "variant": a.variant}
+    cfg = cfg.replace(vocab_size=DatasetMeta.load(a.data).vocab_size, **{k: v for k, v in changes.items() if v})
+    result = train(cfg, tcfg, a.data, a.out, resume=not a.no_resume, overwrite=a.overwrite)
     console.print(f"step {result.step}: train loss {result.train_loss:.4f}, val loss {result.val_loss:.4f}; "
                   f"checkpoint {result.checkpoint}")
     return 0
@@ -273,8 +309,8 @@ def _run_bench(a: argparse.Namespace) -> int:
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything the demo makes")
     p.add_argument("--prompt", default="The function returns")
-    p.add_argument("--new-tokens", type=int, default=48)
-    p.add_argument("--reps", type=int, default=3, help="measured runs of each model")
+    p.add_argument("--new-tokens", type=positive_int, default=48)
+    p.add_argument("--reps", type=positive_int, default=3, help="measured runs of each model")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs")
 
 
@@ -313,20 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from contract.manifest import BundleError
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.config import ConfigError
-    from pipeline.export.registry import ExportError
-    from contract.atomic import OutputExistsError
+    """Run one verb; every error ends as one stderr line and an exit code from meki.errors."""
+    from meki.errors import report
 
     quiet_third_party()
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # usage errors: argparse prints usage + one line, exit 2
     try:
         return args.run(args)
-    except (BundleError, CheckpointError, ConfigError, ExportError, FileExistsError, FileNotFoundError,
-            OutputExistsError, ValueError) as exc:
-        console.print(f"[red]meki {args.verb}: {exc}[/red]")
-        return 2
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - describe() sorts user errors from bugs
+        return report(args.verb, exc)
 
 
 if __name__ == "__main__":

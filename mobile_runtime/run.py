@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mobile_runtime.generate import BACKENDS, Generator
+from contract.inputs import require_bundle, nonneg_float, nonneg_int, output_file, positive_int, unit_interval
 from contract.manifest import BundleError
 from mobile_runtime.sampling import SamplingConfig
 
@@ -21,22 +22,50 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt", help="text prompt (needs the bundle's tokenizer)")
     src.add_argument("--prompt-ids", help="comma-separated token ids")
     p.add_argument("--backend", default="executorch", help=f"{' | '.join(BACKENDS)} or a target name")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=nonneg_int, default=0)
+    p.add_argument("--top-p", type=unit_interval, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ignore-eos", action="store_true", help="always decode max-new-tokens (benchmarks)")
     p.add_argument("--pack-mode", choices=["pread", "mmap"], default="pread")
-    p.add_argument("--cache-mib", type=float, default=8.0, help="LRU cache of hot pack rows")
-    p.add_argument("--stats", type=Path, help="write the run's JSON stats here")
+    p.add_argument("--cache-mib", type=nonneg_float, default=8.0, help="LRU cache of hot pack rows")
+    p.add_argument("--stats", type=output_file, help="write the run's JSON stats here")
     p.add_argument("--quiet", action="store_true", help="do not stream text to stdout")
     p.add_argument("--skip-hash-check", action="store_true", help="trust file sizes, skip sha256 (large bundles)")
 
 
+def prompt_token_ids(text: str, vocab_size: int) -> list[int]:
+    """`--prompt-ids 1,2,3` checked: integers in [0, vocab_size), at least one."""
+    try:
+        ids = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--prompt-ids {text!r}: expected comma-separated integers such as 1,2,3") from None
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"--prompt-ids: token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+    if not ids:
+        raise ValueError("--prompt-ids is empty; give at least one token id")
+    return ids
+
+
+def checked_prompt(text: str) -> str:
+    """The text prompt as valid UTF-8 (argv bytes that are not UTF-8 arrive as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"--prompt is not valid UTF-8 (position {exc.start}); pass UTF-8 text or --prompt-ids") from None
+    if not text:
+        raise ValueError("--prompt is empty; give some text or --prompt-ids")
+    return text
+
+
 def run(a: argparse.Namespace) -> int:
+    prompt = checked_prompt(a.prompt) if a.prompt is not None else None
+    require_bundle(a.bundle)
     gen = Generator(a.bundle, a.backend, a.pack_mode, int(a.cache_mib * (1 << 20)), not a.skip_hash_check)
-    ids = [int(x) for x in a.prompt_ids.split(",")] if a.prompt_ids else gen.encode(a.prompt)
+    vocab = int(gen.manifest.config["vocab_size"])
+    ids = prompt_token_ids(a.prompt_ids, vocab) if a.prompt_ids is not None else gen.encode(prompt)
     stop = () if a.ignore_eos or gen.manifest.tokenizer is None else tuple(gen.manifest.tokenizer.eos_token_ids)
     cfg = SamplingConfig(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop)
     echo = None if a.quiet else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))

@@ -71,7 +71,9 @@ class RunStats:
         return asdict(self)
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from contract.atomic import atomic_write_text  # a full disk leaves the old file, not half a JSON
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 class StatsError(ValueError):

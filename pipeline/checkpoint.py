@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from contract.inputs import InputError, read_text
 from pipeline.config import ConfigError, ModelConfig
 from contract.atomic import atomic_dir
 from pipeline.model import MekiModel
-from pipeline.tensor_io import DictSource, fingerprint
+from pipeline.tensor_io import DictSource, SafetensorsReader, TensorSource, fingerprint
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # every model tensor is a float
 
 FORMAT_VERSION = 1
 
@@ -40,27 +43,46 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def check_state_dict(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]], origin: str) -> None:
-    """Raise CheckpointError naming every missing, unexpected or mis-shaped key."""
+def check_state_dict(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]], origin: str,
+                     dtypes: Mapping[str, torch.dtype] | None = None) -> None:
+    """Raise CheckpointError naming every missing, unexpected, mis-shaped or non-float key."""
     want = expected_shapes(cfg)
     missing = sorted(set(want) - set(shapes))
     unexpected = sorted(set(shapes) - set(want))
     wrong = sorted(f"{k} {tuple(shapes[k])} (expected {want[k]})" for k in set(want) & set(shapes)
                    if tuple(shapes[k]) != want[k])
+    # an int8 norm weight (say) would be read as garbage floats; quantised weights are not a checkpoint
+    bad_dtype = sorted(f"{k} {str(dt).removeprefix('torch.')}" for k, dt in (dtypes or {}).items()
+                       if k in want and dt not in FLOAT_DTYPES)
     problems = [f"missing keys: {', '.join(missing)}"] if missing else []
     problems += [f"unexpected keys: {', '.join(unexpected)}"] if unexpected else []
     problems += [f"wrong shapes: {', '.join(wrong)}"] if wrong else []
+    problems += [f"wrong dtypes (expected float32, float16 or bfloat16): {', '.join(bad_dtype)}"] if bad_dtype else []
     if problems:
         raise CheckpointError(f"{origin}: " + "; ".join(problems))
 
 
+def source_fingerprint(cfg: ModelConfig, source: TensorSource) -> str:
+    """xxh3-128 of the config (its informational name left out) and every tensor of `source`."""
+    return fingerprint(json.dumps(cfg.replace(name="").to_dict(), sort_keys=True), source)
+
+
 def model_fingerprint(model: MekiModel) -> str:
-    cfg = model.cfg.replace(name="")  # the informational name must not change identity
-    return fingerprint(json.dumps(cfg.to_dict(), sort_keys=True), DictSource(model.state_dict()))
+    return source_fingerprint(model.cfg, DictSource(model.state_dict()))
+
+
+def check_fingerprint(folder: Path, cfg: ModelConfig, info: CheckpointInfo, reader: SafetensorsReader) -> None:
+    """A train-form checkpoint's claimed fingerprint must be the hash of its own config and weights."""
+    actual = source_fingerprint(cfg, reader)
+    if actual != info.fingerprint:
+        raise CheckpointError(f"{folder}: checkpoint.json claims fingerprint {info.fingerprint} but config.json + "
+                              f"model.safetensors hash to {actual} (weights replaced or edited?); re-save the "
+                              "model with `meki import`/`meki init`, or restore the original files")
 
 
 def build_model(cfg: ModelConfig, state: Mapping[str, torch.Tensor], origin: str) -> MekiModel:
-    check_state_dict(cfg, {k: tuple(v.shape) for k, v in state.items()}, origin)
+    check_state_dict(cfg, {k: tuple(v.shape) for k, v in state.items()}, origin,
+                     {k: v.dtype for k, v in state.items()})
     model = MekiModel(cfg)
     model.load_state_dict(dict(state), strict=True)
     return model
@@ -84,23 +106,45 @@ def write_info(folder: Path, info: CheckpointInfo) -> None:
 
 
 def read_info(folder: Path) -> CheckpointInfo:
-    path = Path(folder) / "checkpoint.json"
+    folder = Path(folder)
+    path = folder / "checkpoint.json"
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a checkpoint folder (expected a directory with checkpoint.json)")
     if not path.exists():
         raise CheckpointError(f"{folder}: no checkpoint.json (not a meki checkpoint folder)")
-    data = json.loads(path.read_text())
-    if data.get("format") != "meki-checkpoint" or data.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format {data.get('format')!r} version {data.get('version')!r} "
-                              f"is not meki-checkpoint v{FORMAT_VERSION}")
-    return CheckpointInfo(fingerprint=data["fingerprint"], tables=data.get("tables"), source=data["source"])
+    try:
+        data = json.loads(read_text(path, "checkpoint.json"))
+    except (InputError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != "meki-checkpoint" or data.get("version") != FORMAT_VERSION:
+        got = (data.get("format"), data.get("version")) if isinstance(data, dict) else (type(data).__name__, None)
+        raise CheckpointError(f"{path}: format {got[0]!r} version {got[1]!r} is not meki-checkpoint v{FORMAT_VERSION}")
+    fp, tables, source = data.get("fingerprint"), data.get("tables"), data.get("source", "unknown")
+    if not isinstance(fp, str) or len(fp) != 32 or any(c not in "0123456789abcdef" for c in fp):
+        raise CheckpointError(f"{path}: missing or malformed 'fingerprint' (32 hex digits expected, got {fp!r}); "
+                              "the folder was not written by meki or was edited")
+    if tables is not None and (not isinstance(tables, str) or "/" in tables or tables.startswith(".")):
+        raise CheckpointError(f"{path}: 'tables' must be a file name in the folder, got {tables!r}")
+    if not isinstance(source, str):
+        raise CheckpointError(f"{path}: 'source' must be a string, got {source!r}")
+    return CheckpointInfo(fingerprint=fp, tables=tables, source=source)
 
 
-def load_checkpoint(folder: Path) -> tuple[MekiModel, CheckpointInfo]:
-    """Load one of our checkpoint folders (train or folded form) into a MekiModel (tables stay on disk)."""
+def load_checkpoint(folder: Path, verify: bool = True) -> tuple[MekiModel, CheckpointInfo]:
+    """Load one of our checkpoint folders (train or folded form) into a MekiModel (tables stay on disk).
+
+    verify: recompute a train-form checkpoint's fingerprint and refuse one that does not match."""
     folder = Path(folder)
     info = read_info(folder)
     try:
         cfg = ModelConfig.load(folder / "config.json")
     except ConfigError as exc:
         raise CheckpointError(f"{folder / 'config.json'}: {exc}") from exc
-    model = build_model(cfg, load_file(str(folder / "model.safetensors")), str(folder / "model.safetensors"))
+    with SafetensorsReader(folder / "model.safetensors") as reader:
+        check_state_dict(cfg, {n: reader.shape(n) for n in reader.names()}, str(reader.path),
+                         {n: reader.dtype(n) for n in reader.names()})
+        state = {n: reader.get(n) for n in reader.names()}
+        if verify and not cfg.folded:
+            check_fingerprint(folder, cfg, info, reader)
+    model = build_model(cfg, state, str(folder / "model.safetensors"))
     return model, info

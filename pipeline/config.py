@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +17,34 @@ VARIANTS = ("paper", "megatron")
 
 class ConfigError(ValueError):
     """A config that cannot describe a model (unknown key, bad value)."""
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # JSON writes 1e6 as 1000000.0 but people write 1000000
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+def check_types(cls: type, data: dict[str, Any], what: str) -> None:
+    """Refuse unknown keys and values of the wrong JSON type, naming each (no silent coercion)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"unknown {what} key(s): {', '.join(unknown)}")
+    wrong = [f"{k}={v!r} (expected {getattr(hints[k], '__name__', str(hints[k]))})"
+             for k, v in data.items() if not _type_ok(v, hints[k])]
+    if wrong:
+        raise ConfigError(f"{what} values of the wrong type: {'; '.join(wrong)}")
 
 
 @dataclass
@@ -37,16 +68,20 @@ class ModelConfig:
     name: str = "custom"  # preset or source name, informational
 
     def __post_init__(self) -> None:
+        check_types(type(self), self.to_dict(), "model config")  # also configs built by importers
         problems = []
         if self.memory not in MEMORY_KINDS:
             problems.append(f"memory={self.memory!r} (valid: {', '.join(MEMORY_KINDS)})")
         if self.variant not in VARIANTS:
             problems.append(f"variant={self.variant!r} (valid: {', '.join(VARIANTS)})")
-        for key in ("vocab_size", "num_layers", "dim", "ffn_dim", "num_heads", "num_kv_heads", "head_dim"):
+        for key in ("vocab_size", "num_layers", "dim", "ffn_dim", "num_heads", "num_kv_heads", "head_dim",
+                    "max_seq_len"):
             if int(getattr(self, key)) <= 0:
                 problems.append(f"{key}={getattr(self, key)} must be positive")
         if self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads:
             problems.append(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if not (self.rope_theta > 0 and self.norm_eps > 0):
+            problems.append(f"rope_theta={self.rope_theta} and norm_eps={self.norm_eps} must be positive")
         if self.head_dim % 2:
             problems.append(f"head_dim={self.head_dim} must be even for RoPE")
         if self.has_meki and (self.d_mem <= 0 or self.dim % 2):
@@ -79,10 +114,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        check_types(cls, data, "config")
         return cls(**data)
 
     def save(self, path: Path) -> None:
@@ -90,11 +122,18 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: Path) -> "ModelConfig":
+        from contract.inputs import InputError, read_text
+
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(read_text(Path(path), "config.json"))
+        except InputError as exc:
+            raise ConfigError(str(exc)) from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
 
 def fake() -> ModelConfig:

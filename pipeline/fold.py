@@ -16,8 +16,10 @@ import torch
 from tqdm import tqdm
 
 from contract import pack_format as pf
-from pipeline.checkpoint import CheckpointError, CheckpointInfo, check_state_dict, read_info, write_info
-from pipeline.config import ModelConfig
+from pipeline.checkpoint import (CheckpointError, CheckpointInfo, check_fingerprint, check_state_dict, read_info,
+                                 write_info)
+from pipeline.config import ConfigError, ModelConfig
+from pipeline.devices import resolve_device
 from contract.atomic import atomic_dir
 from pipeline.meki_branch import MekiMemory
 from pipeline.model import MekiModel
@@ -79,7 +81,8 @@ def fold_tables(cfg: ModelConfig, source: TensorSource, sink: TableSink, chunk_s
     """Stream M~ for all layers to `sink`, chunk_size tokens at a time ([c, L, m] float32)."""
     if not cfg.has_meki or cfg.folded:
         raise ValueError(f"fold needs a train-form MeKi model (memory={cfg.memory}, folded={cfg.folded})")
-    device = torch.device(device)
+    check_chunk_size(chunk_size)
+    device = resolve_device(device)
     memories = _layer_memories(cfg, source, device)
     bar = tqdm(total=cfg.vocab_size, unit="tok", desc="fold", disable=not progress)
     for start in range(0, cfg.vocab_size, chunk_size):
@@ -112,6 +115,11 @@ def fold_model(model: MekiModel, chunk_size: int = 4096) -> tuple[MekiModel, np.
 PACK_DTYPES = ("fp16", "bf16", "int8", "int4")
 
 
+def check_chunk_size(chunk_size: int) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ConfigError(f"chunk size {chunk_size!r} must be a positive number of vocabulary rows (e.g. 4096)")
+
+
 def fold_checkpoint(src: Path, out: Path, chunk_size: int = 4096, device: str = "cpu",
                     table_dtype: torch.dtype = torch.float32, overwrite: bool = False,
                     progress: bool = True, pack_dtype: str | None = None) -> CheckpointInfo:
@@ -122,12 +130,17 @@ def fold_checkpoint(src: Path, out: Path, chunk_size: int = 4096, device: str = 
     """
     if pack_dtype is not None and pack_dtype not in PACK_DTYPES:
         raise ValueError(f"unknown pack dtype {pack_dtype!r} (valid: {', '.join(PACK_DTYPES)})")
+    check_chunk_size(chunk_size)
+    resolve_device(device)
     info = read_info(src)
     cfg = ModelConfig.load(Path(src) / "config.json")
     with SafetensorsReader(Path(src) / "model.safetensors") as reader:
-        check_state_dict(cfg, {n: reader.shape(n) for n in reader.names()}, str(reader.path))
+        check_state_dict(cfg, {n: reader.shape(n) for n in reader.names()}, str(reader.path),
+                         {n: reader.dtype(n) for n in reader.names()})
         if not cfg.has_meki or cfg.folded:
             raise CheckpointError(f"{src}: nothing to fold (memory={cfg.memory}, folded={cfg.folded})")
+        # the folded outputs carry this fingerprint: it must be these weights', not just what the JSON says
+        check_fingerprint(Path(src), cfg, info, reader)
         tables = f"tables{pf.SUFFIX}" if pack_dtype else "tables.safetensors"
         out_info = CheckpointInfo(fingerprint=info.fingerprint, tables=tables, source=info.source)
         with atomic_dir(Path(out), overwrite) as tmp:

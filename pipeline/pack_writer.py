@@ -252,6 +252,21 @@ def pack_tables_file(tables_path, path, *, dtype: str = "int8", group_size: int 
     """Pack a folded `tables.safetensors` (`layers.{l}.table` [V, m] float32/float16 tensors,
     fingerprint in its metadata) without loading it whole: reads chunk_tokens rows at a time."""
     from safetensors import safe_open
+
+    from contract.atomic import output_lock
+    from contract.inputs import require_file
+    from pipeline.safetensors_header import parse_header
+
+    require_file(Path(tables_path), "tables.safetensors")
+    with open(tables_path, "rb") as fh:  # refuse what the official loader would, with our messages
+        parse_header(Path(tables_path), fh.read(8), fh.read, os.fstat(fh.fileno()).st_size)
+    with output_lock(Path(path)):  # a second pack to the same file fails instead of racing
+        _pack_tables(safe_open, tables_path, path, dtype, group_size, fingerprint, chunk_tokens, overwrite, progress)
+    return Path(path)
+
+
+def _pack_tables(safe_open, tables_path, path, dtype, group_size, fingerprint, chunk_tokens, overwrite,
+                 progress) -> None:
     with safe_open(str(tables_path), framework="numpy") as f:
         fp = fingerprint or (f.metadata() or {}).get("fingerprint")
         if fp is None:
@@ -267,4 +282,3 @@ def pack_tables_file(tables_path, path, *, dtype: str = "int8", group_size: int 
             for a in range(0, v, chunk_tokens):
                 b = min(v, a + chunk_tokens)
                 w.write(a, np.stack([s[a:b] for s in slices], axis=1).astype(np.float32))
-    return Path(path)

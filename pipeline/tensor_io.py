@@ -19,6 +19,8 @@ import torch
 import xxhash
 
 from contract.atomic import commit_file, temp_sibling
+from contract.inputs import open_regular
+from pipeline.safetensors_header import SafetensorsFormatError, parse_header
 
 _DTYPES = {  # safetensors name -> (torch dtype, bytes per element)
     "F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
@@ -60,23 +62,21 @@ class SafetensorsReader:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_RDONLY)
-        size = os.fstat(self._fd).st_size
-        raw = os.pread(self._fd, 8, 0)
-        if len(raw) < 8:
-            raise ValueError(f"{self.path}: too short to be a safetensors file")
-        (header_len,) = struct.unpack("<Q", raw)
-        if header_len > size - 8:
-            raise ValueError(f"{self.path}: header length {header_len} exceeds file size {size}")
-        header = json.loads(os.pread(self._fd, header_len, 8))
+        self._fd = open_regular(self.path, "safetensors file")
+        try:
+            size = os.fstat(self._fd).st_size
+            header, self._base = parse_header(self.path, os.pread(self._fd, 8, 0),
+                                              lambda n: os.pread(self._fd, n, 8), size)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        self._base = 8 + header_len
         self._entries = header
-        for name, entry in header.items():
-            if entry["dtype"] not in _DTYPES:
-                raise ValueError(f"{self.path}: tensor {name} has unsupported dtype {entry['dtype']}")
-            if self._base + entry["data_offsets"][1] > size:
-                raise ValueError(f"{self.path}: tensor {name} runs past the end of the file (truncated?)")
+        unsupported = sorted(f"{n} ({e['dtype']})" for n, e in header.items() if e["dtype"] not in _DTYPES)
+        if unsupported:
+            self.close()
+            raise SafetensorsFormatError(f"{self.path}: dtype not supported by meki: {', '.join(unsupported)} "
+                                         f"(supported: {', '.join(_DTYPES)})")
 
     def close(self) -> None:
         os.close(self._fd)

@@ -18,7 +18,8 @@ from typing import Iterator
 
 import numpy as np
 
-from contract.atomic import atomic_file, atomic_write_text
+from contract.atomic import atomic_file, atomic_write_text, output_lock
+from contract.inputs import read_text, require_parent_dir
 from contract.hashing import sha256_file
 from training.doc_text import clean_paragraph, html_to_paragraphs, pod_to_paragraphs
 
@@ -85,7 +86,7 @@ class CorpusStats:
 
     @classmethod
     def load(cls, path: Path) -> "CorpusStats":
-        return _from_dict(cls, json.loads(Path(path).read_text()))
+        return _from_dict(cls, json.loads(read_text(Path(path), "corpus stats file")))
 
 
 def _from_dict(cls, d: dict):
@@ -93,6 +94,11 @@ def _from_dict(cls, d: dict):
     unknown = sorted(set(d) - names)
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown keys {unknown}")
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(d))
+    if missing:
+        raise ValueError(f"{cls.__name__}: missing keys {missing}; rebuild the folder with `meki data`")
     return cls(**d)
 
 
@@ -266,8 +272,14 @@ class DatasetMeta:
     def load(cls, path: Path) -> "DatasetMeta":
         """Reads `meta.json` (a file or the folder holding it); unknown keys are an error."""
         path = Path(path)
-        return _from_dict(cls, json.loads((path / "meta.json" if path.is_dir() else path)
-                                          .read_text()))
+        file = path / "meta.json" if path.is_dir() else path
+        try:
+            data = json.loads(read_text(file, "meta.json"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{file}: not valid JSON ({exc}); rebuild it with `meki data`") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{file}: expected a JSON object; rebuild it with `meki data`")
+        return _from_dict(cls, data)
 
 
 def _tokenize_split(corpus_txt: Path, tok, val_fraction: float, seed: int,
@@ -395,6 +407,13 @@ def prepare_data(out_dir: Path, sources: list[Path] | None = None, vocab_size: i
     out_dir = Path(out_dir)
     corpus = out_dir / "corpus.txt"
     _refuse_existing([corpus, out_dir / "tokenizer.json", out_dir / "meta.json"], overwrite)
-    collect_corpus(sources or default_sources(), corpus, overwrite=overwrite)
-    tok = train_tokenizer(corpus, vocab_size, out_dir / "tokenizer.json", overwrite=overwrite)
-    return prepare(corpus, tok, out_dir, val_fraction, seed, max_train_tokens, overwrite)
+    require_parent_dir(out_dir)
+    for root in map(Path, sources or default_sources()):  # before anything is created
+        if not (root.is_dir() and _source_files(root)):
+            raise FileNotFoundError(f"no .html/.pod files under {root}; "
+                                    "run training/get_corpus.sh to install the packages")
+    with output_lock(out_dir):  # a second `meki data` to the same folder fails instead of interleaving
+        _refuse_existing([corpus, out_dir / "tokenizer.json", out_dir / "meta.json"], overwrite)
+        collect_corpus(sources or default_sources(), corpus, overwrite=overwrite)
+        tok = train_tokenizer(corpus, vocab_size, out_dir / "tokenizer.json", overwrite=overwrite)
+        return prepare(corpus, tok, out_dir, val_fraction, seed, max_train_tokens, overwrite)

@@ -24,10 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.config import ConfigError, ModelConfig
+from pipeline.config import ConfigError, ModelConfig, check_types
+from pipeline.devices import resolve_device
 from training.data import DatasetMeta, TokenBatches, eval_batches
-from contract.atomic import OutputExistsError, atomic_dir, atomic_write_bytes
+from contract.atomic import OutputExistsError, atomic_dir, atomic_write_bytes, atomic_write_text, output_lock
 from pipeline.model import MekiModel, init_weights
+from pipeline.safe_load import safe_torch_load
 
 
 @dataclass
@@ -57,17 +59,23 @@ class TrainConfig:
     progress: bool = True  # tqdm bar on rank 0
 
     def __post_init__(self) -> None:
-        if self.max_steps <= 0 or self.batch_size <= 0 or self.seq_len <= 0 or self.grad_accum <= 0:
-            raise ConfigError("max_steps, batch_size, seq_len and grad_accum must be positive")
+        positive = ("batch_size", "seq_len", "grad_accum", "max_steps", "lr", "grad_clip", "init_std", "log_interval")
+        nonneg = ("warmup_steps", "weight_decay", "eval_interval", "ckpt_interval", "seed")
+        bad = [f"{k}={getattr(self, k)} must be positive" for k in positive if not getattr(self, k) > 0]
+        bad += [f"{k}={getattr(self, k)} must be 0 or more" for k in nonneg if not getattr(self, k) >= 0]
+        bad += [f"{k}={getattr(self, k)} must be positive or null" for k in ("stop_after", "eval_batches",
+                "eval_batch_size") if getattr(self, k) is not None and not getattr(self, k) > 0]
+        bad += [f"{k}={getattr(self, k)} must be in [0, 1)" for k in ("beta1", "beta2", "min_lr_ratio")
+                if not 0 <= getattr(self, k) < 1 + (k == "min_lr_ratio")]
+        if bad:
+            raise ConfigError("invalid train config: " + "; ".join(bad))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown train config key(s): {', '.join(unknown)}")
+        check_types(cls, data, "train config")
         return cls(**data)
 
 
@@ -95,6 +103,8 @@ class _Dist:
 
 
 def _setup_dist(device_pref: str | None) -> _Dist:
+    if device_pref is not None:
+        resolve_device(device_pref)  # an unknown or absent device fails here, before any work
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = torch.cuda.is_available() and device_pref != "cpu"
     owns = False
@@ -231,7 +241,8 @@ def _load_train_state(out_dir: Path, model: MekiModel, opt: torch.optim.Optimize
         raise ConfigError(f"{out_dir / 'last'}: saved model config differs from the one asked for; "
                           "use another out_dir or resume=False, overwrite=True")
     model.load_state_dict(saved.state_dict())
-    state = torch.load(out_dir / "last" / "state.pt", map_location=d.device, weights_only=False)
+    # weights_only: a state.pt is a pickle, and one from elsewhere must not run code when resumed
+    state = safe_torch_load(out_dir / "last" / "state.pt", map_location=d.device)
     if state["world"] != d.world:
         raise ValueError(f"checkpoint was written by {state['world']} ranks, resuming with {d.world}")
     opt.load_state_dict(state["optimizer"])
@@ -301,7 +312,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: Path, out_di
     _check_data(model_cfg, data_dir)
     d = _setup_dist(train_cfg.device)
     try:
-        return _train(model_cfg, train_cfg, data_dir, out_dir, resume, overwrite, d)
+        # rank 0 holds the run folder's lock: a second `meki train` into it fails instead of racing
+        with output_lock(out_dir) if d.main else contextlib.nullcontext():
+            return _train(model_cfg, train_cfg, data_dir, out_dir, resume, overwrite, d)
     finally:
         if d.owns_group:
             dist.destroy_process_group()
@@ -315,7 +328,7 @@ def _train(model_cfg: ModelConfig, tcfg: TrainConfig, data_dir: Path, out_dir: P
         raise OutputExistsError(f"{out_dir / 'last'} exists; pass resume=True or overwrite=True")
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=2) + "\n")
+        atomic_write_text(out_dir / "train_config.json", json.dumps(tcfg.to_dict(), indent=2) + "\n")
     torch.manual_seed(tcfg.seed)
     model, opt = _build(model_cfg, tcfg, d)
     data = TokenBatches(data_dir / "train.bin", tcfg.batch_size, tcfg.seq_len, seed=tcfg.seed + 1000 * (d.rank + 1))

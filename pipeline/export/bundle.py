@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import shutil
-import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
@@ -84,31 +83,35 @@ def write_bundle(model: MekiModel, out: Path, targets: list[str], settings: Expo
 def export_bundles(src: Path, out: Path, targets: list[str], settings: ExportSettings, pack_dtype: str = "int8",
                    tokenizer: Path | None = None, baseline: Path | None = None,
                    overwrite: bool = False) -> dict[str, Manifest]:
-    """Fold (if needed), pack and lower `src`; also the dense baseline (from `baseline` or derived)."""
+    """Fold (if needed), pack and lower `src`; also the dense baseline (from `baseline` or derived).
+
+    `out/meki` and `out/dense` are built in one temporary sibling of `out` (the fold too) and renamed
+    into place once: after a crash or kill there is either the whole old `out` or the whole new one."""
     for t in targets:
         get_target(t).ensure_available(settings)
+    out, src = Path(out), Path(src)
     check_free(out, overwrite)
-    src = Path(src)
     tokenizer = tokenizer or (src / "tokenizer.json" if (src / "tokenizer.json").exists() else None)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="meki-export-") as work:
+    with atomic_dir(out, overwrite) as tmp:
         model, info = load_checkpoint(src)
         folded_dir = src
         if model.cfg.has_meki and not model.cfg.folded:
-            folded_dir = Path(work) / "folded"
+            folded_dir = tmp / ".folded"
             fold_checkpoint(src, folded_dir, pack_dtype=pack_dtype)
             model, info = load_checkpoint(folded_dir)
         elif model.cfg.has_meki and str(info.tables).endswith(".safetensors"):
             raise CheckpointError(f"{src}: folded with safetensors tables; export from the train-form checkpoint "
                                   "or fold with --pack")
-        out.mkdir(parents=True, exist_ok=True)
         if model.cfg.has_meki:
-            results["meki"] = write_bundle(model.eval(), out / "meki", targets, settings, info.fingerprint, tokenizer,
-                                           folded_dir / info.tables, overwrite, src.name)
+            results["meki"] = write_bundle(model.eval(), tmp / "meki", targets, settings, info.fingerprint, tokenizer,
+                                           folded_dir / info.tables, False, src.name)
         dense, dense_fp = dense_baseline(model), info.fingerprint
         if baseline is not None:
             dense, dense_info = load_checkpoint(baseline)
             dense_fp = dense_info.fingerprint
-        results["dense"] = write_bundle(dense.eval(), out / "dense", targets, settings, dense_fp, tokenizer, None,
-                                        overwrite, Path(baseline or src).name)
+        results["dense"] = write_bundle(dense.eval(), tmp / "dense", targets, settings, dense_fp, tokenizer, None,
+                                        False, Path(baseline or src).name)
+        if folded_dir != src:
+            shutil.rmtree(folded_dir)
     return results

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from contract.inputs import read_text, require_dir
 from pipeline.checkpoint import CheckpointError, build_model
 from pipeline.config import ModelConfig
 from pipeline.model import MekiModel
@@ -46,6 +47,11 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         unsupported.append(f"hidden_act={hf['hidden_act']!r}")
     if unsupported:
         raise CheckpointError("unsupported Qwen3 config: " + ", ".join(unsupported))
+    ints = ("vocab_size", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads")
+    wrong = [f"{k}={hf[k]!r}" for k in ints + ("num_key_value_heads", "head_dim", "max_position_embeddings")
+             if k in hf and hf[k] is not None and (not isinstance(hf[k], int) or isinstance(hf[k], bool))]
+    if wrong:
+        raise CheckpointError(f"config.json values of the wrong type (expected integers): {', '.join(wrong)}")
     heads = hf["num_attention_heads"]
     return ModelConfig(
         vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"], dim=hf["hidden_size"],
@@ -77,8 +83,17 @@ def rename_hf(name: str) -> str | None:
 
 def load_hf_qwen3(folder: Path, dtype: torch.dtype = torch.float32) -> MekiModel:
     """A dense (memory='none') MekiModel holding the HF weights."""
-    folder = Path(folder)
-    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
+    folder = require_dir(Path(folder), "Hugging Face model folder")
+    try:
+        hf = json.loads(read_text(folder / "config.json", "config.json"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{folder / 'config.json'}: not valid JSON ({exc})") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{folder / 'config.json'}: expected a JSON object")
+    try:
+        cfg = config_from_hf(hf)
+    except KeyError as exc:
+        raise CheckpointError(f"{folder / 'config.json'}: lacks {exc.args[0]!r}; is this a Qwen3 config?") from None
     state, unknown = {}, []
     for shard in _shards(folder):
         with safe_open(str(shard), framework="pt") as fh:

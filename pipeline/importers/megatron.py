@@ -15,6 +15,8 @@ import torch
 from pipeline.checkpoint import CheckpointError, build_model
 from pipeline.config import ModelConfig
 from pipeline.model import MekiModel
+from pipeline.safe_load import SafeLoadError, safe_torch_load
+from contract.inputs import require_file
 
 _MEKI = {  # meki_module suffix -> ours under layers.{i}.
     "embeddings.weight": "memory.table.weight",
@@ -40,11 +42,16 @@ _LAYER = {
 def find_model_file(path: Path) -> Path:
     """A checkpoint dir (reads latest_checkpointed_iteration.txt), an iter_* dir, or the .pt itself."""
     path = Path(path)
-    if path.is_file():
-        return path
+    if path.exists() and not path.is_dir():
+        return require_file(path, "Megatron checkpoint file")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint file or folder")
     tracker = path / "latest_checkpointed_iteration.txt"
     if tracker.exists():
-        path = path / f"iter_{int(tracker.read_text().strip()):07d}"
+        text = tracker.read_text(errors="replace").strip()
+        if not text.isdigit():
+            raise CheckpointError(f"{tracker}: expected an iteration number, found {text[:40]!r}")
+        path = path / f"iter_{int(text):07d}"
     candidate = path / "mp_rank_00" / "model_optim_rng.pt"
     if not candidate.exists():
         raise CheckpointError(f"{path}: no mp_rank_00/model_optim_rng.pt (only tensor-parallel size 1 is read)")
@@ -54,13 +61,16 @@ def find_model_file(path: Path) -> Path:
 def read_megatron(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The model state dict and the training args of a torch-format checkpoint (no code executed)."""
     file = find_model_file(path)
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            blob = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle refusals come as several exception types
-            raise CheckpointError(f"{file}: cannot be read as weights only ({exc})") from exc
-    if "model" not in blob:
-        raise CheckpointError(f"{file}: no 'model' entry (found {', '.join(map(str, blob))})")
+    try:  # weights_only + an allow-list: numpy RNG state and Megatron enums in args, nothing else
+        blob = safe_torch_load(file)
+    except SafeLoadError as exc:
+        raise CheckpointError(str(exc)) from None
+    if not isinstance(blob, dict) or "model" not in blob:
+        found = ", ".join(map(str, blob)) if isinstance(blob, dict) else type(blob).__name__
+        raise CheckpointError(f"{file}: no 'model' entry (found {found}); is this a Megatron model_optim_rng.pt?")
+    bad = sorted(k for k, v in blob["model"].items() if not isinstance(v, torch.Tensor) and not k.endswith("_extra_state"))
+    if bad:
+        raise CheckpointError(f"{file}: model entries that are not tensors: {', '.join(bad[:5])}")
     args = vars(blob["args"]) if isinstance(blob.get("args"), argparse.Namespace) else dict(blob.get("args") or {})
     return dict(blob["model"]), args
 

@@ -111,9 +111,9 @@ def test_runner_refuses_what_the_manifest_rules_refuse(native, bundles, tmp_path
     a symlinked pack: exit 2 with the CHECKS.md name, before anything runs."""
     out, _ = bundles
     cases = {"d_mem": ("bundle.pack_mismatch", lambda m, b: m["memory_pack"].update(d_mem=m["memory_pack"]["d_mem"] * 2)),
-             "dotdot": ("manifest.path", lambda m, b: m["memory_pack"].update(file="../outside/tables.mpk")),
-             "symlink": ("bundle.symlink", lambda m, b: ((b / "tables.mpk").rename(b / "real.mpk"),
-                                                        (b / "tables.mpk").symlink_to("real.mpk")))}
+             "dotdot": ("manifest.path", lambda m, b: m["memory_pack"].update(file="../outside/tables.mekipack")),
+             "symlink": ("bundle.symlink", lambda m, b: ((b / "tables.mekipack").rename(b / "real.mekipack"),
+                                                        (b / "tables.mekipack").symlink_to("real.mekipack")))}
     for name, (check, damage) in cases.items():
         bad = tmp_path / name
         shutil.copytree(out / "meki", bad)

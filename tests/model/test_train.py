@@ -15,6 +15,7 @@ from training.data import META_FORMAT, TOKEN_DTYPE
 from contract.atomic import OutputExistsError
 from pipeline.model import MekiModel
 from pipeline.checkpoint import load_checkpoint
+from pipeline.safe_load import safe_torch_load
 from training.train import TrainConfig, lr_at, param_groups, train
 
 VOCAB = 128
@@ -127,7 +128,7 @@ def test_ddp_two_ranks_gloo(data_dir, tmp_path):
     assert full[6] < full[1]
     for step in full:
         assert split[step] == pytest.approx(full[step], abs=1e-5, rel=0), step
-    state = torch.load(tmp_path / "full" / "last" / "state.pt", weights_only=False)
+    state = safe_torch_load(tmp_path / "full" / "last" / "state.pt")  # what resume reads: no pickled code
     assert state["world"] == 2 and len(state["rng"]) == 2 and state["tokens"] == 6 * 4 * 32 * 2
     # the two ranks sampled different windows (rank-aware data streams)
     assert state["rng"][0]["data"] != state["rng"][1]["data"]
