@@ -41,8 +41,8 @@ test: setup
 	bash mobile_runtime/native/sanitize_test.sh
 	$(PYTEST) tests
 
-# Tests not marked slow (contract, bench engine, apps, training, model unit tests): about a minute.
+# Tests not marked slow (contract, bench engine, apps, training, model unit tests), on both cores.
 test-fast: setup
-	$(PYTEST) -m "not slow" tests
+	$(PYTEST) -n 2 -m "not slow" tests
 
 check: system-deps test

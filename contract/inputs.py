@@ -3,9 +3,12 @@ is refused by name (opening a FIFO for reading would block forever)."""
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import stat
 from pathlib import Path
+from typing import Callable
 
 
 class InputError(ValueError):
@@ -78,9 +81,6 @@ def read_text(path: Path, what: str = "file", limit: int = 64 << 20) -> str:
 
 # argparse `type=` checks: a bad number is a usage error (exit 2, one line) before any work starts
 def _number(kind: type, text: str) -> int | float:
-    import argparse
-    import math
-
     try:
         value = kind(text)
     except ValueError:
@@ -90,66 +90,26 @@ def _number(kind: type, text: str) -> int | float:
     return value
 
 
-def positive_int(text: str) -> int:
-    import argparse
-
-    value = _number(int, text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
-
-
-def nonneg_int(text: str) -> int:
-    import argparse
-
-    value = _number(int, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+def _bounded(kind: type, ok: Callable[[float], bool], must: str) -> Callable[[str], int | float]:
+    """An argparse `type=`: a number of `kind` for which ok(value) holds, else '<value> must <must>'."""
+    def parse(text: str) -> int | float:
+        value = _number(kind, text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{value} must {must}")
+        return value
+    return parse
 
 
-def positive_float(text: str) -> float:
-    import argparse
-
-    value = _number(float, text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    import argparse
-
-    value = _number(float, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number in the open interval (0, 1)."""
-    import argparse
-
-    value = _number(float, text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1 (exclusive)")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    """A number in (0, 1] (top-p)."""
-    import argparse
-
-    value = _number(float, text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} must be in (0, 1]")
-    return value
+positive_int = _bounded(int, lambda v: v > 0, "be a positive integer")
+nonneg_int = _bounded(int, lambda v: v >= 0, "be 0 or more")
+positive_float = _bounded(float, lambda v: v > 0, "be positive")
+nonneg_float = _bounded(float, lambda v: v >= 0, "be 0 or more")
+fraction = _bounded(float, lambda v: 0 < v < 1, "be between 0 and 1 (exclusive)")  # open interval (0, 1)
+unit_interval = _bounded(float, lambda v: 0 < v <= 1, "be in (0, 1]")  # top-p
 
 
 def output_file(text: str) -> Path:
     """An output file path: refuse one that is an existing directory, FIFO or device up front."""
-    import argparse
-
     path = Path(text)
     if path.exists() or path.is_symlink():
         try:
