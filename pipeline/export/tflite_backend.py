@@ -1,8 +1,8 @@
 """LiteRT targets: one .tflite with `prefill` and `decode` signatures; the KV cache is passed in and out.
 
 tflite            CPU (the interpreter's XNNPACK delegate); runs here through ai-edge-litert.
-tflite-qnn        the same model compiled ahead of time for a Qualcomm NPU (QNN HTP, SM8650).
-tflite-mediatek   the same, for a MediaTek NPU (NeuroPilot, MT6989).
+tflite-mediatek   the same model compiled ahead of time for a MediaTek NPU (NeuroPilot, MT6989).
+(tflite-qnn, Qualcomm HTP, lives in qnn_backend.py: it compiles npu_graph's split-cache graph instead.)
 
 Signatures (names are the tensors' names in the .tflite):
   prefill: tokens [1, P] i32, input_pos [P] i32, meki_rows [1, P, L, m] f32 (MeKi only), last_index [1] i32,
@@ -139,15 +139,24 @@ def quant_config(quant: str) -> Any:
     return recipes[quant]()
 
 
-def convert_in_process(model: MekiModel, path: Path, settings: ExportSettings) -> None:
-    """litert-torch: both signatures over one wrapped copy of the model -> one .tflite at `path`."""
+def convert_in_process(model: MekiModel, path: Path, settings: ExportSettings, graph: str = "cpu") -> None:
+    """litert-torch: both signatures over one wrapped copy of the model -> one .tflite at `path`.
+
+    graph: cpu (LiteRTStep, the cache written in the graph) | npu (npu_graph.NpuStep, new k/v out)."""
     import litert_torch
 
-    step = LiteRTStep(copy.deepcopy(model).eval(), settings.max_seq_len).eval()
     cfg = model.cfg
+    if graph == "npu":
+        from pipeline.export.npu_graph import NpuStep, npu_sample_kwargs
+
+        step = NpuStep(copy.deepcopy(model).eval(), settings.max_seq_len).eval()
+        feeds = {s: npu_sample_kwargs(cfg, settings.max_seq_len, settings.prefill_len, s) for s in ("prefill", "decode")}
+    else:
+        step = LiteRTStep(copy.deepcopy(model).eval(), settings.max_seq_len).eval()
+        feeds = {s: sample_kwargs(cfg, settings, s) for s in ("prefill", "decode")}
     with torch.no_grad():
-        edge = (litert_torch.signature("prefill", step, sample_kwargs=sample_kwargs(cfg, settings, "prefill"))
-                .signature("decode", step, sample_kwargs=sample_kwargs(cfg, settings, "decode"))
+        edge = (litert_torch.signature("prefill", step, sample_kwargs=feeds["prefill"])
+                .signature("decode", step, sample_kwargs=feeds["decode"])
                 .convert(quant_config=quant_config(settings.quant)))
     tmp = path.with_name(f".{path.name}.partial")
     edge.export(str(tmp))
@@ -170,18 +179,18 @@ def converter_missing() -> str | None:
             f"pip install -e '.[litert]'), or point ${LITERT_PYTHON_ENV} at a Python that has it")
 
 
-def convert(model: MekiModel, path: Path, settings: ExportSettings) -> None:
+def convert(model: MekiModel, path: Path, settings: ExportSettings, graph: str = "cpu") -> None:
     """Convert here if litert-torch imports, else in the LiteRT venv (the model travels as a torch file)."""
     py = litert_python()
     if py is None:
-        convert_in_process(model, path, settings)
+        convert_in_process(model, path, settings, graph)
         return
     with tempfile.TemporaryDirectory(prefix="meki-litert-") as work:
         src = Path(work) / "model.pt"
         torch.save({"config": model.cfg.to_dict(), "state": model.state_dict()}, src)
         cmd = [py, "-m", "pipeline.export.tflite_backend", "--model", str(src), "--out", str(path),
                "--quant", settings.quant, "--max-seq-len", str(settings.max_seq_len),
-               "--prefill-len", str(settings.prefill_len)]
+               "--prefill-len", str(settings.prefill_len), "--graph", graph]
         try:
             subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO_ROOT)
         except subprocess.CalledProcessError as exc:
@@ -240,8 +249,6 @@ def export_cpu(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Bac
 
 # NPU ahead-of-time compilation: the CPU .tflite through ai_edge_litert.aot and the vendor's compiler plugin
 NPU = {  # target -> (vendor, SoC, SDK package module, the shared libraries its compiler plugin loads)
-    "tflite-qnn": ("qualcomm", "SM8650", "ai_edge_litert_sdk_qualcomm",
-                   ("libQnnHtp.so", "libQnnIr.so", "libQnnLpai.so", "libQnnSaver.so", "libQnnSystem.so")),
     "tflite-mediatek": ("mediatek", "MT6989", "ai_edge_litert_sdk_mediatek",
                         ("libneuron_adapter.so", "libneuron_sys_util.mtk.so")),
 }
@@ -326,12 +333,6 @@ def export_npu(model: MekiModel, out_dir: Path, settings: ExportSettings, target
     return cpu
 
 
-@register_target("tflite-qnn", "LiteRT, AOT-compiled for a Qualcomm NPU (QNN HTP, SM8650)", "litert-runtime",
-                 ("ai_edge_litert",), TFLITE_QUANTS, sdk_check=lambda: npu_sdk_missing("tflite-qnn"))
-def export_qnn(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
-    return export_npu(model, out_dir, settings, "tflite-qnn")
-
-
 @register_target("tflite-mediatek", "LiteRT, AOT-compiled for a MediaTek NPU (NeuroPilot, MT6989)", "litert-runtime",
                  ("ai_edge_litert",), TFLITE_QUANTS, sdk_check=lambda: npu_sdk_missing("tflite-mediatek"))
 def export_mediatek(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
@@ -346,11 +347,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quant", default="none", choices=TFLITE_QUANTS)
     ap.add_argument("--max-seq-len", type=int, required=True)
     ap.add_argument("--prefill-len", type=int, required=True)
+    ap.add_argument("--graph", default="cpu", choices=("cpu", "npu"))
     args = ap.parse_args(argv)
     saved = torch.load(args.model, weights_only=True)
     model = MekiModel(ModelConfig.from_dict(saved["config"]))
     model.load_state_dict(saved["state"], strict=True)
-    convert_in_process(model.eval(), args.out, ExportSettings(args.quant, args.max_seq_len, args.prefill_len))
+    convert_in_process(model.eval(), args.out, ExportSettings(args.quant, args.max_seq_len, args.prefill_len),
+                       args.graph)
 
 
 if __name__ == "__main__":
