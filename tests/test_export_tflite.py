@@ -110,9 +110,7 @@ def test_table_detector_sees_a_table_shaped_tensor(bundles):
     assert found and all(f"({cfg.vocab_size}, {cfg.dim})" in f for f in found)
 
 
-@pytest.mark.parametrize("target,libs,package", [
-    ("tflite-qnn", "libQnnHtp.so, libQnnIr.so, libQnnLpai.so, libQnnSaver.so, libQnnSystem.so cannot be loaded",
-     "ai-edge-litert-sdk-qualcomm"),
+@pytest.mark.parametrize("target,libs,package", [  # tflite-qnn: tests/test_export_qnn.py
     ("tflite-mediatek", "libneuron_adapter.so, libneuron_sys_util.mtk.so cannot be loaded",
      "ai-edge-litert-sdk-mediatek")])
 def test_npu_targets_name_the_missing_sdk(target, libs, package, tmp_path):
