@@ -73,6 +73,14 @@ class TfliteModel:
         t = self.fb.Subgraphs(sub).Tensors(idx)
         return t.Name().decode(), [int(x) for x in t.ShapeAsNumpy()], np.dtype(_NP[t.Type()])
 
+    def quant(self, sub: int, idx: int) -> tuple[float, int] | None:
+        """(scale, zero_point) of a per-tensor quantised integer tensor, else None."""
+        t = self.fb.Subgraphs(sub).Tensors(idx)
+        q = t.Quantization()
+        if np.dtype(_NP[t.Type()]).kind == "f" or q is None or q.ScaleLength() != 1:
+            return None
+        return float(q.Scale(0)), int(q.ZeroPoint(0)) if q.ZeroPointLength() else 0
+
 
 def read_model(path: Path) -> TfliteModel:
     return TfliteModel(Path(path).read_bytes())
@@ -128,7 +136,7 @@ def qnn_session(onnx_bytes: bytes) -> Any:
     return ort.InferenceSession(onnx_bytes, opts)
 
 
-class _Signature:
+class SimSignature:
     """One signature: its single DISPATCH_OP as a simulator session, fed and read by signature names."""
 
     def __init__(self, model: TfliteModel, sig: str) -> None:
@@ -142,13 +150,24 @@ class _Signature:
         self.feed_names = {name: model.tensor(sub, idx)[0] for name, idx in ins.items()}
         self.dtypes = {name: model.tensor(sub, idx)[2] for name, idx in ins.items()}
         self.out_names = {model.tensor(sub, idx)[0]: name for name, idx in outs.items()}
+        # w8a16/w4a16 graphs take and give int16 (scale, zero point): the runner speaks float
+        self.in_quant = {name: model.quant(sub, idx) for name, idx in ins.items()}
+        self.out_quant = {name: model.quant(sub, idx) for name, idx in outs.items()}
         self.session = qnn_session(epcontext_model(model, sub, ops[0]))
         self._outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-        got = self.session.run(None, {self.feed_names[k]: np.ascontiguousarray(v, self.dtypes[k])
-                                      for k, v in feeds.items()})
-        return {self.out_names[name]: value for name, value in zip(self._outputs, got)}
+        got = self.session.run(None, {self.feed_names[k]: self._encode(k, v) for k, v in feeds.items()})
+        out = {self.out_names[name]: value for name, value in zip(self._outputs, got)}
+        return {k: v if self.out_quant[k] is None else
+                ((v.astype(np.float32) - self.out_quant[k][1]) * self.out_quant[k][0]) for k, v in out.items()}
+
+    def _encode(self, name: str, value: np.ndarray) -> np.ndarray:
+        q, dtype = self.in_quant[name], self.dtypes[name]
+        if q is None or np.asarray(value).dtype.kind != "f":
+            return np.ascontiguousarray(value, dtype)
+        info = np.iinfo(dtype)
+        return np.clip(np.round(value / q[0]) + q[1], info.min, info.max).astype(dtype)
 
 
 class QnnSimRunner:
@@ -157,7 +176,7 @@ class QnnSimRunner:
     def __init__(self, bundle: Path, backbone: Backbone) -> None:
         self.backbone = backbone
         model = read_model(Path(bundle) / backbone.file)
-        self._sigs = {step: _Signature(model, spec.entry or step) for step, spec in backbone.methods.items()}
+        self._sigs = {step: SimSignature(model, spec.entry or step) for step, spec in backbone.methods.items()}
         self._kv = [t for t in backbone.methods["decode"].inputs if t.name in backbone.extra["kv_cache_tensors"]]
         self.reset()
 

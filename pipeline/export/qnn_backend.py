@@ -28,8 +28,9 @@ from typing import Any
 
 from mobile_runtime.manifest import Backbone
 from pipeline.export.npu_graph import npu_signature_specs
+from pipeline.export.qnn_quant import QNN_QUANTS, CalibConfig, Feeds, calibration_tokens, layer_snr, step_feeds
 from pipeline.export.registry import ExportError, ExportSettings, register_target
-from pipeline.export.tflite_backend import TFLITE_QUANTS, convert, converter_missing, tflite_facts
+from pipeline.export.tflite_backend import convert, converter_missing, litert_python, tflite_facts
 from pipeline.model import MekiModel
 
 QNN_PACKAGE = "onnxruntime-qnn"  # the PyPI wheel that carries the QAIRT host libraries
@@ -37,6 +38,9 @@ QNN_HOST_LIBS = ("libQnnHtp.so", "libHtpPrepare.so", "libQnnIr.so", "libQnnSaver
 STUB_LIB = "libQnnLpai.so"  # linked by the plugin, in no wheel: an empty one from scripts/setup_qnn.sh
 STUB_DIR_ENV = "MEKI_QNN_STUB_DIR"
 DEFAULT_SOCS = ("SM8750",)
+QUANT_KINDS = {"none": "fp16 (fp32 graph, the HTP computes in fp16)",
+               "w8a16": "int8 per-channel weights, int16 static activations (ai-edge-quantizer)",
+               "w4a16": "int4 per-channel weights, int16 static activations (ai-edge-quantizer)"}
 _PARTITIONED = re.compile(r"Partitioned subgraph<(\d+)>, selected (\d+) ops, from a total of (\d+) ops\. "
                           r"resulted in (\d+) partitions")
 _UNSUPPORTED = re.compile(r"LiteRT Op #\d+ '(\w+)' \(code=\d+\) is not supported")
@@ -131,7 +135,10 @@ def compiled_facts(path: Path) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     for sig, sub in model.signatures.items():
         ops = dispatch_ops(model, sub)
-        facts[sig] = {"subgraph": sub, "dispatch_ops": [{"name": d.name, "offset": d.offset, "bytes": d.size} for d in ops],
+        ins, outs = model.signature_io(sig)
+        io_quant = {name: [model.tensor(sub, idx)[2].name, *q] for name, idx in (ins | outs).items()
+                    if (q := model.quant(sub, idx)) is not None}
+        facts[sig] = {"subgraph": sub, "io_quant": io_quant, "dispatch_ops": [{"name": d.name, "offset": d.offset, "bytes": d.size} for d in ops],
                       "cpu_ops": dict(Counter(model.op_name(sub, i) for i in range(model.num_ops(sub))
                                               if model.op_name(sub, i) != "DISPATCH_OP"))}
     return facts
@@ -153,14 +160,59 @@ def _coverage(cpu_facts: dict[str, Any], report: dict[str, Any], facts: dict[str
     return out
 
 
+def _text_feeds(model: MekiModel, out_dir: Path, settings: ExportSettings, cfg: CalibConfig) -> tuple[Feeds, Feeds]:
+    """Feeds (and eager outputs) over real text; rows from the bundle's pack, ids via its tokenizer."""
+    tok = out_dir / "tokenizer.json"
+    try:
+        ids = calibration_tokens(settings.calibration and Path(settings.calibration),
+                                 tok if tok.is_file() else None, model.cfg.vocab_size)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"tflite-qnn: calibration data: {exc}") from exc
+    lookup = lambda t: None  # noqa: E731
+    if model.cfg.has_meki:
+        from mobile_runtime.pack import MemoryPack
+
+        pack = MemoryPack.open(out_dir / "tables.mpk")
+        lookup = lambda t: pack.lookup(t.reshape(-1))[None]  # noqa: E731
+    return step_feeds(model, settings.max_seq_len, settings.prefill_len, ids, lookup, cfg)
+
+
+def quantize(src: Path, dst: Path, quant: str, feeds: Feeds, work: Path) -> None:
+    """ai-edge-quantizer over the float graph: here if it imports, else in .venv-litert."""
+    py = litert_python()
+    if py is None:
+        from pipeline.export.qnn_quant import quantize_tflite
+
+        quantize_tflite(src, dst, quant, feeds)
+        return
+    from pipeline.export.qnn_quant import save_feeds
+
+    save_feeds(feeds, work / "feeds.npz")
+    cmd = [py, "-m", "pipeline.export.qnn_quant", "--src", str(src), "--out", str(dst), "--quant", quant,
+           "--feeds", str(work / "feeds.npz")]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    except subprocess.CalledProcessError as exc:
+        tail = "\n".join((exc.stdout + exc.stderr).strip().splitlines()[-15:])
+        raise ExportError(f"tflite-qnn: {quant} quantisation failed in {py} (exit {exc.returncode}):\n{tail}") from exc
+
+
 def export_qnn(model: MekiModel, out_dir: Path, settings: ExportSettings) -> list[Backbone]:
     """One compiled .tflite per SoC from one conversion; every op must land on the NPU."""
+    from dataclasses import replace
+
     socs = check_socs(settings.socs)
     cfg = model.cfg
     t0 = time.perf_counter()
+    calib = CalibConfig()
+    held_out = _text_feeds(model, out_dir, settings, replace(calib, windows=1,
+                           skip_tokens=calib.windows * (calib.prefill_chunks * settings.prefill_len + calib.decode_steps)))
     with tempfile.TemporaryDirectory(prefix="meki-qnn-") as work:
         src = Path(work) / "model_npu_graph.tflite"
-        convert(model, src, settings, graph="npu")
+        convert(model, src, replace(settings, quant="none"), graph="npu")
+        if settings.quant != "none":
+            float_src, src = src, Path(work) / f"model_npu_graph_{settings.quant}.tflite"
+            quantize(float_src, src, settings.quant, _text_feeds(model, out_dir, settings, calib)[0], Path(work))
         cpu = tflite_facts(src, cfg)
         if cpu["tables"]:
             raise ExportError(f"tflite-qnn: the graph holds MeKi-table-shaped tensors: {', '.join(cpu['tables'])}")
@@ -174,8 +226,20 @@ def export_qnn(model: MekiModel, out_dir: Path, settings: ExportSettings) -> lis
             report = compile_for_soc(src, out, soc)
             facts = compiled_facts(out)
             delegated = _coverage(cpu, report, facts, soc)
-            backbones.append(_backbone(out, settings, cfg, soc, report, facts, delegated, convert_s))
+            backbone = _backbone(out, settings, cfg, soc, report, facts, delegated, convert_s)
+            backbone.extra["layer_snr_db"] = simulator_snr(out, held_out)
+            backbones.append(backbone)
     return backbones
+
+
+def simulator_snr(path: Path, held_out: tuple[Feeds, Feeds]) -> dict[str, float]:
+    """Each output of the compiled model on the HTP simulator vs eager NpuStep, on held-out text."""
+    from mobile_runtime.qnn_sim import SimSignature, read_model
+
+    model = read_model(path)
+    sigs = {sig: SimSignature(model, sig) for sig in model.signatures}
+    feeds, outs = held_out
+    return layer_snr(outs, lambda sig, feed: sigs[sig](**feed), feeds)
 
 
 def _backbone(out: Path, settings: ExportSettings, cfg: Any, soc: str, report: dict[str, Any],
@@ -190,12 +254,14 @@ def _backbone(out: Path, settings: ExportSettings, cfg: Any, soc: str, report: d
         prefill_len=settings.prefill_len, kv_cache="io", methods=npu_signature_specs(cfg, settings.max_seq_len,
                                                                                     settings.prefill_len),
         delegated=delegated,
-        extra={"soc": soc, "vendor": "qualcomm", "qnn_backend": "htp", "precision": "fp16 (HTP, fp32 graph)",
+        extra={"soc": soc, "vendor": "qualcomm", "qnn_backend": "htp", "precision": QUANT_KINDS[settings.quant],
                "qairt": report["qairt"], "qnn_libraries": f"{QNN_PACKAGE}=={_version(QNN_PACKAGE)}",
                "litert_plugin": f"ai-edge-litert=={_version('ai-edge-litert')}",
                "version_skew": report["version_skew"],
                "context_binaries": list(binaries.values()),
                "dispatch": {sig: [d["name"] for d in f["dispatch_ops"]] for sig, f in facts.items()},
+               # quantised graphs: tensors the app feeds/reads as integers, [dtype, scale, zero_point]
+               "io_quant": {sig: f["io_quant"] for sig, f in facts.items() if f["io_quant"]},
                "prefill_padded": True, "prefill_last_index": "last_index",
                "kv_cache_tensors": [f"kv_{k}_{i}" for i in range(cfg.num_layers) for k in ("k", "v")],
                "kv_new_tensors": [f"{k}_new_{i}" for i in range(cfg.num_layers) for k in ("k", "v")],
@@ -213,6 +279,6 @@ def _version(dist: str) -> str:
 
 @register_target("tflite-qnn", "LiteRT, AOT-compiled for Qualcomm HTP (QNN context binaries; --soc, "
                  "default SM8750); runs here on the HTP simulator", "qnn", ("ai_edge_litert", "onnxruntime_qnn"),
-                 TFLITE_QUANTS[:1], sdk_check=qnn_sdk_missing, socs=known_socs)
+                 QNN_QUANTS, sdk_check=qnn_sdk_missing, socs=known_socs)
 def export_tflite_qnn(model: MekiModel, out_dir: Path, settings: ExportSettings) -> list[Backbone]:
     return export_qnn(model, out_dir, settings)

@@ -28,6 +28,7 @@ class ExportSettings:
     max_seq_len: int = 512  # KV cache positions (the paper benchmarks at 10K)
     prefill_len: int = 32  # tokens per prefill call
     socs: tuple[str, ...] = ()  # NPU targets: the SoCs to compile for (empty: the target's default)
+    calibration: str | None = None  # static activation quant: a `meki data` folder or a text file
 
 
 ExportFn = Callable[[MekiModel, Path, ExportSettings], Backbone | list[Backbone]]  # a list: one per SoC
