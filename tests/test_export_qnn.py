@@ -103,3 +103,30 @@ def test_ops_left_on_the_cpu_are_named():
     with pytest.raises(ExportError, match=r"SM8750: not every op runs on the NPU; left on the CPU: "
                                           r"prefill: \{'DYNAMIC_UPDATE_SLICE': 8\}.*DynamicUpdateSlice"):
         qnn_backend._coverage({}, report, facts, "SM8750")
+
+
+def test_calibration_tokens_sources(tmp_path):
+    from pipeline.export.qnn_quant import calibration_tokens
+
+    np.arange(300, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    (tmp_path / "meta.json").write_text(json.dumps({"dtype": "uint16"}))
+    assert calibration_tokens(tmp_path, None, 512).tolist() == list(range(300))
+    with pytest.raises(ValueError, match="do not fit vocab 128"):
+        calibration_tokens(tmp_path, None, 128)
+    (tmp_path / "t.txt").write_text("real text")
+    assert calibration_tokens(tmp_path / "t.txt", None, 128).tolist() == [b % 128 for b in b"real text"]
+
+
+def test_calibration_feeds_carry_the_cache_and_round_trip(tmp_path):
+    from pipeline.export.qnn_quant import CalibConfig, load_feeds, save_feeds, step_feeds
+
+    cfg = CalibConfig(windows=2, prefill_chunks=2, decode_steps=3)
+    feeds, outs = step_feeds(trained_like_model(), 32, 4, np.arange(1, 200) % 128, lambda t: None, cfg)
+    assert len(feeds["prefill"]) == 4 and len(feeds["decode"]) == 6
+    first_decode = feeds["decode"][0]  # position 8: the cache holds both prefill chunks' k, v
+    assert first_decode["input_pos"].tolist() == [8]
+    np.testing.assert_array_equal(first_decode["kv_k_0"][:, :, 4:8], outs["prefill"][1]["k_new_0"])
+    assert not first_decode["kv_k_0"][:, :, 8:].any()
+    save_feeds(feeds, tmp_path / "f.npz")
+    again = load_feeds(tmp_path / "f.npz")
+    np.testing.assert_array_equal(again["decode"][2]["kv_v_1"], feeds["decode"][2]["kv_v_1"])
