@@ -130,3 +130,15 @@ def test_calibration_feeds_carry_the_cache_and_round_trip(tmp_path):
     save_feeds(feeds, tmp_path / "f.npz")
     again = load_feeds(tmp_path / "f.npz")
     np.testing.assert_array_equal(again["decode"][2]["kv_v_1"], feeds["decode"][2]["kv_v_1"])
+
+
+@pytest.mark.parametrize("target,why", [
+    ("tflite-samsung", r"Samsung Exynos NPU: .*in no PyPI package .*ai-edge-litert-sdk-samsung-nightly"),
+    ("tflite-google-tensor", r"Google Tensor TPU: .*liblitert_plugin_compiler.so cannot be loaded .*ai-edge-litert-sdk-google-tensor")])
+def test_other_vendors_are_refused_naming_what_is_missing(target, why, tmp_path):
+    with pytest.raises(ExportError, match=f"target {target}: {why}"):
+        get_target(target).ensure_available(ExportSettings())
+    save_checkpoint(trained_like_model(), tmp_path / "ck")
+    with pytest.raises(ExportError, match=f"target {target}"):
+        export_bundles(tmp_path / "ck", tmp_path / "out", [target], ExportSettings())
+    assert not (tmp_path / "out").exists()

@@ -133,7 +133,7 @@ def test_missing_converter_names_the_venv_and_extra(monkeypatch):
 
 
 def test_registry_lists_litert_targets():
-    with pytest.raises(ExportError, match="unknown target 'tfl'.*tflite, tflite-mediatek, tflite-qnn"):
+    with pytest.raises(ExportError, match="unknown target 'tfl'.*tflite, tflite-google-tensor, tflite-mediatek, tflite-qnn, tflite-samsung"):
         get_target("tfl")
     with pytest.raises(ExportError, match="quant 'int4' not supported.*none, int8, int8wo"):
         get_target("tflite").ensure_available(ExportSettings(quant="int4"))

@@ -15,7 +15,8 @@ from typing import Callable
 from mobile_runtime.manifest import Backbone
 from pipeline.model import MekiModel
 
-BACKEND_MODULES = ("executorch_backends", "tflite_backend", "coreml_backend", "executorch_npu", "qnn_backend")
+BACKEND_MODULES = ("executorch_backends", "tflite_backend", "coreml_backend", "executorch_npu", "qnn_backend",
+                   "npu_refusals")
 
 
 class ExportError(RuntimeError):
