@@ -79,7 +79,10 @@ def main() -> int:
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--prefill-len", type=int, default=32)
     args = ap.parse_args()
-    results = [run_one(kind, args) for kind in ("meki", "dense")]
+    results = []
+    for kind in ("meki", "dense"):
+        results.append(run_one(kind, args))
+        (args.workdir / "bench_npu.json").write_text(json.dumps({"results": results}, indent=1))
     for r in results:
         cov = r["coverage"]
         print(f"{r['kind']:5s} layers {r['layers']}: convert {r['convert_s']} s, compile {r['compile_s']} s, "

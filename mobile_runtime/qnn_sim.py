@@ -13,6 +13,7 @@ The runner owns the KV cache: the graph reads it and returns each chunk's new k/
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -101,8 +102,9 @@ def dispatch_ops(model: TfliteModel, sub: int) -> list[DispatchOp]:
     return found
 
 
-def epcontext_model(model: TfliteModel, sub: int, op: DispatchOp) -> bytes:
-    """An ONNX model of one EPContext node that embeds the context binary and names its graph."""
+def epcontext_model(model: TfliteModel, sub: int, op: DispatchOp, context_file: str | None = None) -> bytes:
+    """An ONNX model of one EPContext node naming its graph; the context binary embedded, or (large
+    models: no second in-memory copy) in `context_file` beside the model (embed_mode 0)."""
     from onnx import helper
 
     def value(idx: int):
@@ -111,15 +113,16 @@ def epcontext_model(model: TfliteModel, sub: int, op: DispatchOp) -> bytes:
 
     ins, outs = [value(i) for i in op.inputs], [value(i) for i in op.outputs]
     node = helper.make_node("EPContext", [v.name for v in ins], [v.name for v in outs], name=op.name,
-                            domain="com.microsoft", main_context=1, embed_mode=1, source="QNN",
-                            partition_name=op.name, ep_cache_context=model.buf[op.offset:op.offset + op.size])
+                            domain="com.microsoft", main_context=1, embed_mode=0 if context_file else 1, source="QNN",
+                            partition_name=op.name,
+                            ep_cache_context=context_file or model.buf[op.offset:op.offset + op.size])
     graph = helper.make_graph([node], op.name, ins, outs)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                          helper.make_opsetid("com.microsoft", 1)])
     return onnx_model.SerializeToString()
 
 
-def qnn_session(onnx_bytes: bytes) -> Any:
+def qnn_session(onnx_model: bytes | str) -> Any:
     """An ONNX Runtime session on the QNN EP (HTP backend = the simulator on x86_64); no CPU fallback."""
     try:
         import onnxruntime as ort
@@ -133,13 +136,13 @@ def qnn_session(onnx_bytes: bytes) -> Any:
     opts.add_provider_for_devices([d for d in ort.get_ep_devices() if d.ep_name == QNN_EP],
                                   {"backend_path": onnxruntime_qnn.get_qnn_htp_path()})
     opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    return ort.InferenceSession(onnx_bytes, opts)
+    return ort.InferenceSession(onnx_model, opts)
 
 
 class SimSignature:
     """One signature: its single DISPATCH_OP as a simulator session, fed and read by signature names."""
 
-    def __init__(self, model: TfliteModel, sig: str) -> None:
+    def __init__(self, model: TfliteModel, sig: str, workdir: Path) -> None:
         sub = model.signatures[sig]
         ops = dispatch_ops(model, sub)
         others = [model.op_name(sub, i) for i in range(model.num_ops(sub)) if model.op_name(sub, i) != "DISPATCH_OP"]
@@ -153,7 +156,13 @@ class SimSignature:
         # w8a16/w4a16 graphs take and give int16 (scale, zero point): the runner speaks float
         self.in_quant = {name: model.quant(sub, idx) for name, idx in ins.items()}
         self.out_quant = {name: model.quant(sub, idx) for name, idx in outs.items()}
-        self.session = qnn_session(epcontext_model(model, sub, ops[0]))
+        op = ops[0]
+        ctx = Path(workdir) / f"context_{op.offset}_{op.size}.bin"  # signatures share one context binary
+        if not ctx.exists():
+            ctx.write_bytes(memoryview(model.buf)[op.offset:op.offset + op.size])
+        onnx_path = Path(workdir) / f"{sig}.onnx"
+        onnx_path.write_bytes(epcontext_model(model, sub, op, ctx.name))
+        self.session = qnn_session(str(onnx_path))
         self._outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -176,7 +185,9 @@ class QnnSimRunner:
     def __init__(self, bundle: Path, backbone: Backbone) -> None:
         self.backbone = backbone
         model = read_model(Path(bundle) / backbone.file)
-        self._sigs = {step: SimSignature(model, spec.entry or step) for step, spec in backbone.methods.items()}
+        with tempfile.TemporaryDirectory(prefix="meki-qnn-sim-") as work:  # read once by each session
+            self._sigs = {step: SimSignature(model, spec.entry or step, Path(work))
+                          for step, spec in backbone.methods.items()}
         self._kv = [t for t in backbone.methods["decode"].inputs if t.name in backbone.extra["kv_cache_tensors"]]
         self.reset()
 

@@ -237,7 +237,9 @@ def simulator_snr(path: Path, held_out: tuple[Feeds, Feeds]) -> dict[str, float]
     from mobile_runtime.qnn_sim import SimSignature, read_model
 
     model = read_model(path)
-    sigs = {sig: SimSignature(model, sig) for sig in model.signatures}
+    with tempfile.TemporaryDirectory(prefix="meki-qnn-sim-") as work:
+        sigs = {sig: SimSignature(model, sig, Path(work)) for sig in model.signatures}
+    del model
     feeds, outs = held_out
     return layer_snr(outs, lambda sig, feed: sigs[sig](**feed), feeds)
 
