@@ -14,7 +14,8 @@ setup: $(STAMP) $(LITERT_STAMP)
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[hf,executorch,coreml,litert-runtime,test]'
+	$(VENV)/bin/pip install -q -e '.[hf,executorch,coreml,litert-runtime,qnn,test]'
+	bash scripts/setup_qnn.sh $(VENV)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

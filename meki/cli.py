@@ -128,6 +128,10 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pack-dtype", default="int8", help="memory pack values: fp16 | bf16 | int8 | int4")
     p.add_argument("--max-seq-len", type=positive_int, default=512, help="KV cache length")
     p.add_argument("--prefill-len", type=positive_int, default=32, help="tokens per prefill call")
+    p.add_argument("--calibration", help="tflite-qnn w8a16/w4a16: a `meki data` folder (val.bin) or a text "
+                   "file to calibrate activations on (default: the repo's docs)")
+    p.add_argument("--soc", action="append", default=[], help="NPU targets: SoC to compile for (repeatable; "
+                   "see `meki targets`)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the checkpoint's, if any)")
     p.add_argument("--baseline", type=Path, help="dense checkpoint for the baseline bundle (default: strip MeKi)")
     p.add_argument("--overwrite", action="store_true")
@@ -141,7 +145,8 @@ def _run_export(a: argparse.Namespace) -> int:
         from contract.inputs import require_file
 
         require_file(a.tokenizer, "tokenizer.json")
-    settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
+    settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len,
+                              socs=tuple(a.soc), calibration=a.calibration)
     bundles = export_bundles(a.ckpt, a.out, a.target, settings, a.pack_dtype, a.tokenizer, a.baseline, a.overwrite)
     for kind, m in bundles.items():
         delegated = {b.target: b.delegated for b in m.backbones}
@@ -158,6 +163,8 @@ def _run_targets(a: argparse.Namespace) -> int:
 
     for t in load_backends().values():
         console.print(f"{t.name:24s} quants: {', '.join(t.quants):22s} extra: {t.extra:11s} {t.summary}")
+        if t.socs is not None:
+            console.print(f"{'':24s} SoCs: {', '.join(t.socs()) or '(ai-edge-litert not installed)'}")
     return 0
 
 

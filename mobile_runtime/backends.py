@@ -90,7 +90,14 @@ class LiteRTRunner:
         return tokens, input_pos, None if rows is None else np.pad(rows, ((0, 0), (0, pad), (0, 0), (0, 0)))
 
 
-RUNNERS: dict[str, Callable[[Path, Backbone], Runner]] = {"executorch-xnnpack": ExecuTorchRunner, "tflite": LiteRTRunner}
+def _qnn_sim(bundle: Path, backbone: Backbone) -> Runner:
+    from mobile_runtime.qnn_sim import QnnSimRunner  # onnxruntime-qnn: the HTP simulator
+
+    return QnnSimRunner(bundle, backbone)
+
+
+RUNNERS: dict[str, Callable[[Path, Backbone], Runner]] = {"executorch-xnnpack": ExecuTorchRunner, "tflite": LiteRTRunner,
+                                                          "tflite-qnn": _qnn_sim}
 
 
 def open_runner(bundle: Path, backbone: Backbone) -> Runner:

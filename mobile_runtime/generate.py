@@ -20,7 +20,7 @@ from mobile_runtime.memory import memory_snapshot
 from mobile_runtime.sampling import SamplingConfig, sample
 from mobile_runtime.stats import RunStats
 
-BACKENDS = {"executorch": "executorch-xnnpack", "litert": "tflite"}
+BACKENDS = {"executorch": "executorch-xnnpack", "litert": "tflite", "qnn-sim": "tflite-qnn"}
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ("contract", "pipeline", "training", "meki", "mobile_runtime", "device_tests")
-BACKENDS = ("executorch_xnnpack", "executorch_npu", "coreml_backend", "tflite_backend")
+BACKENDS = ("executorch_xnnpack", "executorch_npu", "coreml_backend", "tflite_backend", "qnn_backend", "npu_refusals")
 NUMPY_ONLY_TESTS = ("contract", "bench_engine", "apps", "training")
 
 

@@ -69,8 +69,10 @@ def write_bundle(model: MekiModel, out: Path, targets: list[str], settings: Expo
             shutil.copyfile(pack, tmp / "tables.mekipack")
             with MemoryPack.open(tmp / "tables.mekipack", expected_fingerprint=fingerprint) as p:
                 pack_ref = PackRef("tables.mekipack", p.dtype, p.layout, p.vocab_size, p.num_layers, p.d_mem, p.fingerprint)
-        backbones = [get_target(t).export(model, tmp, settings)
-                     for t in tqdm(targets, desc=f"export {out.name}", unit="target")]
+        backbones = []
+        for t in tqdm(targets, desc=f"export {out.name}", unit="target"):
+            made = get_target(t).export(model, tmp, settings)
+            backbones += made if isinstance(made, list) else [made]  # NPU targets: one per SoC
         manifest = Manifest(name=cfg.name, fingerprint=fingerprint, memory=cfg.memory, config=cfg.to_dict(),
                             tokenizer=tok, memory_pack=pack_ref, backbones=backbones,
                             export={"settings": settings.__dict__, "targets": targets, "source": {"name": source},

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import mmap
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,13 @@ from pipeline.model import MekiModel
 log = logging.getLogger(__name__)
 QNN_SDK_VERSION = "2.37.0.250724"  # the QAIRT release ExecuTorch 1.5.1's QNN backend is built against
 QNN_LIBCXX = ("libc++.so.1.0", "libc++abi.so.1.0", "libunwind.so.1")  # LLVM 14 runtime the QNN libs link
+# Checked 2026-12-01 (issue 11): PyPI's onnxruntime-qnn 2.3.0-2.7.0 carry QAIRT 2.47-2.51; laid out as
+# QNN_SDK_ROOT, ExecuTorch 1.5.1 (the newest release; older ones expect older QAIRT) fails in libQnnHtp.so.
+QNN_SKEW = ("no PyPI wheel carries QAIRT 2.37: onnxruntime-qnn 2.3.0-2.7.0 carry 2.47-2.51, and with those "
+            "libraries ExecuTorch 1.5.1's lowering fails in libQnnHtp.so (`Failed to set scatter gather parameters: "
+            "unknown custom config socModel 0`, device creation error 14001); target tflite-qnn compiles for the "
+            "HTP offline instead")
+_QAIRT = re.compile(rb"v(2\.\d+\.\d+\.\d+)")
 MEDIATEK_MODULES = ("mtk_converter", "mtk_neuron")  # NeuroPilot Express SDK wheels (not on PyPI)
 QNN_SOC = "SM8650"  # Snapdragon 8 Gen 3 (HTP v75)
 MEDIATEK_PLATFORM = b"mt6989"  # Dimensity 9300
@@ -53,11 +62,24 @@ def qnn_sdk_missing() -> str | None:
     absent = [lib for lib in QNN_LIBCXX if not any((d / lib).exists() for d in _ld_dirs())]
     if absent:
         missing.append(f"LLVM 14 libc++ not on LD_LIBRARY_PATH ({', '.join(absent)})")
+    found = _qairt_version(lib_dir / "libQnnHtp.so") if lib_dir is not None else None
+    if found and not QNN_SDK_VERSION.startswith(found.rsplit(".", 1)[0]):
+        missing.append(f"{lib_dir}/libQnnHtp.so is QAIRT {found}, not {QNN_SDK_VERSION}")
     if not missing:
         return None
     return (f"needs the Qualcomm QNN SDK (QAIRT {QNN_SDK_VERSION}, Qualcomm Software Center): "
             + "; ".join(missing) + ". Set QNN_SDK_ROOT=<sdk> and "
-            "LD_LIBRARY_PATH=$QNN_SDK_ROOT/lib/x86_64-linux-clang:<dir with LLVM 14 libc++>:$LD_LIBRARY_PATH")
+            "LD_LIBRARY_PATH=$QNN_SDK_ROOT/lib/x86_64-linux-clang:<dir with LLVM 14 libc++>:$LD_LIBRARY_PATH. "
+            f"Offline, {QNN_SKEW}")
+
+
+def _qairt_version(lib: Path) -> str | None:
+    """The QAIRT build a libQnnHtp.so names (e.g. 2.51.0.260929181845), or None."""
+    if not lib.is_file() or lib.stat().st_size == 0:
+        return None
+    with open(lib, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        m = _QAIRT.search(data)
+        return bytes(m.group(1)).decode() if m else None
 
 
 def mediatek_sdk_missing() -> str | None:

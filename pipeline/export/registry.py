@@ -15,7 +15,8 @@ from typing import Callable
 from contract.manifest import Backbone
 from pipeline.model import MekiModel
 
-BACKEND_MODULES = ("executorch_xnnpack", "tflite_backend", "coreml_backend", "executorch_npu")
+BACKEND_MODULES = ("executorch_xnnpack", "tflite_backend", "coreml_backend", "executorch_npu", "qnn_backend",
+                   "npu_refusals")
 
 
 class ExportError(RuntimeError):
@@ -27,9 +28,11 @@ class ExportSettings:
     quant: str = "none"  # weight quantisation; each target lists what it supports
     max_seq_len: int = 512  # KV cache positions (the paper benchmarks at 10K)
     prefill_len: int = 32  # tokens per prefill call
+    socs: tuple[str, ...] = ()  # NPU targets: the SoCs to compile for (empty: the target's default)
+    calibration: str | None = None  # static activation quant: a `meki data` folder or a text file
 
 
-ExportFn = Callable[[MekiModel, Path, ExportSettings], Backbone]
+ExportFn = Callable[[MekiModel, Path, ExportSettings], Backbone | list[Backbone]]  # a list: one per SoC
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Target:
     quants: tuple[str, ...]
     export: ExportFn
     sdk_check: Callable[[], str | None] = field(default=lambda: None)  # what vendor SDK is missing, if any
+    socs: Callable[[], tuple[str, ...]] | None = None  # NPU targets: the SoCs the compiler knows
 
     def ensure_available(self, settings: ExportSettings) -> None:
         missing = [m for m in self.modules if importlib.util.find_spec(m.split(".")[0]) is None]
@@ -50,6 +54,13 @@ class Target:
         if settings.quant not in self.quants:
             raise ExportError(f"target {self.name}: quant {settings.quant!r} not supported "
                               f"(valid: {', '.join(self.quants)})")
+        if settings.socs and self.socs is None:
+            raise ExportError(f"target {self.name}: --soc applies to NPU targets only")
+        if settings.socs:
+            valid = self.socs()
+            bad = [s for s in settings.socs if s.upper() not in valid]
+            if bad:
+                raise ExportError(f"target {self.name}: unknown SoC {', '.join(bad)} (valid: {', '.join(valid)})")
         sdk = self.sdk_check()
         if sdk:
             raise ExportError(f"target {self.name}: {sdk}")
@@ -59,9 +70,10 @@ TARGETS: dict[str, Target] = {}
 
 
 def register_target(name: str, summary: str, extra: str, modules: tuple[str, ...], quants: tuple[str, ...],
-                    sdk_check: Callable[[], str | None] | None = None) -> Callable[[ExportFn], ExportFn]:
+                    sdk_check: Callable[[], str | None] | None = None,
+                    socs: Callable[[], tuple[str, ...]] | None = None) -> Callable[[ExportFn], ExportFn]:
     def wrap(fn: ExportFn) -> ExportFn:
-        TARGETS[name] = Target(name, summary, extra, modules, quants, fn, sdk_check or (lambda: None))
+        TARGETS[name] = Target(name, summary, extra, modules, quants, fn, sdk_check or (lambda: None), socs)
         return fn
     return wrap
 

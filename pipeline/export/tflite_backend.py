@@ -1,236 +1,23 @@
-"""LiteRT targets: one .tflite with `prefill` and `decode` signatures; the KV cache is passed in and out.
+"""LiteRT targets (recipes over litert.py):
 
 tflite            CPU (the interpreter's XNNPACK delegate); runs here through ai-edge-litert.
-tflite-qnn        the same model compiled ahead of time for a Qualcomm NPU (QNN HTP, SM8650).
-tflite-mediatek   the same, for a MediaTek NPU (NeuroPilot, MT6989).
-
-Signatures (names are the tensors' names in the .tflite):
-  prefill: tokens [1, P] i32, input_pos [P] i32, meki_rows [1, P, L, m] f32 (MeKi only), last_index [1] i32,
-           kv_k_i / kv_v_i [1, Hkv, S, hd] f32 -> logits [1, V] (of position last_index), kv_* updated.
-  decode:  the same with T = 1 and no last_index.
-P is fixed: a shorter chunk is padded (token 0, zero rows, positions continuing) and last_index names
-its last real token. The cache is written with DYNAMIC_UPDATE_SLICE at input_pos[0] (positions are
-contiguous), which clamps a slice that would run past S: so input_pos[0] + P <= S.
-
-The torch -> tflite conversion needs litert-torch, whose xdsl pins typing_extensions<4.13 (the main
-venv's pydantic and cattrs need newer): when it is not importable here, the conversion runs in
-.venv-litert (`make setup`) as `python -m pipeline.export.tflite_backend`; everything else runs here.
+tflite-mediatek   the same model compiled ahead of time for a MediaTek NPU (NeuroPilot, MT6989).
+(tflite-qnn, Qualcomm HTP, is qnn_backend.py: it compiles npu_graph's split-cache graph instead.)
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
 import ctypes
 import importlib.util
-import logging
-import os
 import re
-import subprocess
-import sys
 import tempfile
-import time
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
-import torch
-from torch import nn
-
-from contract.atomic import atomic_write_bytes, commit_file, temp_sibling
-from contract.manifest import Backbone, MethodSpec, TensorSpec
-from pipeline.config import ModelConfig
-from pipeline.export.common import method_spec, refuse_tables, table_shapes
+from contract.atomic import atomic_write_bytes
+from contract.manifest import Backbone
+from pipeline.export.litert import TFLITE_QUANTS, converter_missing, export_tflite
 from pipeline.export.registry import ExportError, ExportSettings, register_target
 from pipeline.model import MekiModel
-
-log = logging.getLogger(__name__)
-TFLITE_QUANTS = ("none", "int8", "int8wo")  # int8: dynamic-range (int8 weights and activations); int8wo: weights only
-LITERT_PYTHON_ENV = "MEKI_LITERT_PYTHON"  # a Python that has litert-torch (default: .venv-litert beside the code)
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class _IOCache(nn.Module):
-    """Stands in for KVCache: writes k, v into caches that arrive as inputs and keeps the results as outputs."""
-
-    k: torch.Tensor | None = None
-    v: torch.Tensor | None = None
-
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # k, v: [1, Hkv, T, hd] written at input_pos[0] of [1, Hkv, S, hd]; lowers to DYNAMIC_UPDATE_SLICE
-        # (index_copy would lower to STABLEHLO_SCATTER)
-        from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
-
-        z = torch.zeros([], dtype=torch.int32)
-        at = [z, z, input_pos.to(torch.int32)[0].reshape([]), z]
-        self.k, self.v = dynamic_update_slice(self.k, k, at), dynamic_update_slice(self.v, v, at)
-        return self.k, self.v
-
-
-class _NormAt(nn.Module):
-    """The final norm at one position ([1] int32 index) only: prefill's logits for its last real token."""
-
-    def __init__(self, norm: nn.Module) -> None:
-        super().__init__()
-        self.norm = norm
-        self.index: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x if self.index is None else x.index_select(1, self.index))
-
-
-class LiteRTStep(nn.Module):
-    """Keyword inputs and a dict output, so the signatures' tensors carry these names (see the module doc)."""
-
-    def __init__(self, model: MekiModel, max_seq_len: int) -> None:
-        super().__init__()
-        model.setup_cache(max_seq_len)  # rope tables and cache_len; the cache buffers are replaced next
-        for layer in model.layers:
-            layer.attn.cache = _IOCache()
-        model.norm = _NormAt(model.norm)
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, meki_rows: torch.Tensor | None = None,
-                last_index: torch.Tensor | None = None, **kv: torch.Tensor) -> dict[str, torch.Tensor]:
-        m = self.model
-        for i, layer in enumerate(m.layers):
-            layer.attn.cache.k, layer.attn.cache.v = kv[f"kv_k_{i}"], kv[f"kv_v_{i}"]
-        m.norm.index = last_index
-        logits = m(tokens, input_pos, meki_rows, last_only=last_index is None)[:, 0]  # [1, V]
-        out = {"logits": logits}
-        for i, layer in enumerate(m.layers):
-            out[f"kv_k_{i}"], out[f"kv_v_{i}"] = layer.attn.cache.k, layer.attn.cache.v
-        return out
-
-
-def kv_specs(cfg: ModelConfig, max_seq_len: int) -> list[TensorSpec]:
-    shape = [1, cfg.num_kv_heads, max_seq_len, cfg.head_dim]
-    return [TensorSpec(f"kv_{kind}_{i}", shape, "float32") for i in range(cfg.num_layers) for kind in ("k", "v")]
-
-
-def signature_specs(cfg: ModelConfig, settings: ExportSettings) -> dict[str, MethodSpec]:
-    """The manifest's view of both signatures (inputs in feeding order, outputs by name)."""
-    kv = kv_specs(cfg, settings.max_seq_len)
-    specs = {}
-    for step, seq in (("prefill", settings.prefill_len), ("decode", 1)):
-        inputs = list(method_spec(cfg, seq, step, "int32").inputs)
-        if step == "prefill":
-            inputs.append(TensorSpec("last_index", [1], "int32"))
-        specs[step] = MethodSpec(inputs + kv, [TensorSpec("logits", [1, cfg.vocab_size], "float32")] + kv, step)
-    return specs
-
-
-def sample_kwargs(cfg: ModelConfig, settings: ExportSettings, step: str) -> dict[str, torch.Tensor]:
-    spec = signature_specs(cfg, settings)[step]
-    feeds = {t.name: torch.zeros(t.shape, dtype=getattr(torch, t.dtype)) for t in spec.inputs}
-    feeds["input_pos"] = torch.arange(feeds["input_pos"].shape[0], dtype=torch.int32)
-    if "last_index" in feeds:
-        feeds["last_index"] = torch.tensor([settings.prefill_len - 1], dtype=torch.int32)
-    return feeds
-
-
-def quant_config(quant: str) -> Any:
-    from litert_torch.generative.quantize import quant_recipes
-
-    recipes = {"none": lambda: None, "int8": quant_recipes.full_dynamic_recipe,
-               "int8wo": quant_recipes.full_weight_only_recipe}
-    if quant not in recipes:
-        raise ValueError(f"unknown quant {quant!r} (valid: {', '.join(TFLITE_QUANTS)})")
-    return recipes[quant]()
-
-
-def convert_in_process(model: MekiModel, path: Path, settings: ExportSettings) -> None:
-    """litert-torch: both signatures over one wrapped copy of the model -> one .tflite at `path`."""
-    import litert_torch
-
-    step = LiteRTStep(copy.deepcopy(model).eval(), settings.max_seq_len).eval()
-    cfg = model.cfg
-    with torch.no_grad():
-        edge = (litert_torch.signature("prefill", step, sample_kwargs=sample_kwargs(cfg, settings, "prefill"))
-                .signature("decode", step, sample_kwargs=sample_kwargs(cfg, settings, "decode"))
-                .convert(quant_config=quant_config(settings.quant)))
-    tmp = temp_sibling(path)
-    try:
-        edge.export(str(tmp))
-        commit_file(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def litert_python() -> str | None:
-    """The Python that converts: None when litert-torch imports here, else .venv-litert's (or $MEKI_LITERT_PYTHON)."""
-    if importlib.util.find_spec("litert_torch") is not None:
-        return None
-    return os.environ.get(LITERT_PYTHON_ENV) or str(REPO_ROOT / ".venv-litert" / "bin" / "python")
-
-
-def converter_missing() -> str | None:
-    py = litert_python()
-    if py is None or Path(py).is_file():
-        return None
-    return (f"LiteRT converter not installed (litert_torch not importable here, and no {py}); it needs "
-            f"typing_extensions<4.13, so it lives in its own venv: run `make setup` (creates .venv-litert with "
-            f"pip install -e '.[litert]'), or point ${LITERT_PYTHON_ENV} at a Python that has it")
-
-
-def convert(model: MekiModel, path: Path, settings: ExportSettings) -> None:
-    """Convert here if litert-torch imports, else in the LiteRT venv (the model travels as a torch file)."""
-    py = litert_python()
-    if py is None:
-        convert_in_process(model, path, settings)
-        return
-    with tempfile.TemporaryDirectory(prefix="meki-litert-") as work:
-        src = Path(work) / "model.pt"
-        torch.save({"config": model.cfg.to_dict(), "state": model.state_dict()}, src)
-        cmd = [py, "-m", "pipeline.export.tflite_backend", "--model", str(src), "--out", str(path),
-               "--quant", settings.quant, "--max-seq-len", str(settings.max_seq_len),
-               "--prefill-len", str(settings.prefill_len)]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO_ROOT)
-        except subprocess.CalledProcessError as exc:
-            tail = "\n".join((exc.stdout + exc.stderr).strip().splitlines()[-25:])
-            raise ExportError(f"tflite conversion failed in {py} (exit {exc.returncode}):\n{tail}") from exc
-
-
-def tflite_facts(path: Path, cfg: ModelConfig) -> dict[str, Any]:
-    """What the graph holds: signature input names, table-shaped tensors (must be none) and op counts."""
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path))
-    bad = table_shapes(cfg)
-    tables = [f"{t['name']}{tuple(int(s) for s in t['shape'])}" for t in interp.get_tensor_details()
-              if tuple(int(s) for s in t["shape"]) in bad]
-    inputs = {name: list(sig["inputs"]) for name, sig in interp.get_signature_list().items()}
-    fb = schema.Model.GetRootAsModel(path.read_bytes(), 0)
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    codes = [names[max(fb.OperatorCodes(i).BuiltinCode(), fb.OperatorCodes(i).DeprecatedBuiltinCode())]
-             for i in range(fb.OperatorCodesLength())]
-    ops: Counter[str] = Counter()
-    for g in range(fb.SubgraphsLength()):
-        sub = fb.Subgraphs(g)
-        ops.update(codes[sub.Operators(i).OpcodeIndex()] for i in range(sub.OperatorsLength()))
-    return {"inputs": inputs, "tables": tables, "ops": dict(ops)}
-
-
-def export_tflite(model: MekiModel, path: Path, settings: ExportSettings, target: str) -> Backbone:
-    """Convert, check the graph (no MeKi table, the rows input only in MeKi exports) and describe it."""
-    t0 = time.perf_counter()
-    convert(model, path, settings)
-    cfg = model.cfg
-    facts = tflite_facts(path, cfg)
-    refuse_tables(facts["tables"], target)
-    for sig, names in facts["inputs"].items():
-        if ("meki_rows" in names) != cfg.has_meki:
-            raise ExportError(f"{target}: signature {sig} inputs {names} (meki_rows belongs in MeKi exports only)")
-    log.info("%s: ops %s", path.name, facts["ops"])
-    return Backbone(target=target, file=path.name, quant=settings.quant, max_seq_len=settings.max_seq_len,
-                    prefill_len=settings.prefill_len, kv_cache="io", methods=signature_specs(cfg, settings),
-                    delegated={f"ops.{k}": n for k, n in sorted(facts["ops"].items())},
-                    extra={"prefill_padded": True, "prefill_last_index": "last_index",
-                           "kv_cache_tensors": [t.name for t in kv_specs(cfg, settings.max_seq_len)],
-                           "kv_write": "DYNAMIC_UPDATE_SLICE at input_pos[0]; input_pos[0] + prefill_len <= max_seq_len",
-                           "export_s": round(time.perf_counter() - t0, 1)})
 
 
 @register_target("tflite", "LiteRT .tflite, CPU (runs here through ai-edge-litert)", "litert-runtime",
@@ -241,8 +28,6 @@ def export_cpu(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Bac
 
 # NPU ahead-of-time compilation: the CPU .tflite through ai_edge_litert.aot and the vendor's compiler plugin
 NPU = {  # target -> (vendor, SoC, SDK package module, the shared libraries its compiler plugin loads)
-    "tflite-qnn": ("qualcomm", "SM8650", "ai_edge_litert_sdk_qualcomm",
-                   ("libQnnHtp.so", "libQnnIr.so", "libQnnLpai.so", "libQnnSaver.so", "libQnnSystem.so")),
     "tflite-mediatek": ("mediatek", "MT6989", "ai_edge_litert_sdk_mediatek",
                         ("libneuron_adapter.so", "libneuron_sys_util.mtk.so")),
 }
@@ -325,32 +110,7 @@ def export_npu(model: MekiModel, out_dir: Path, settings: ExportSettings, target
     return cpu
 
 
-@register_target("tflite-qnn", "LiteRT, AOT-compiled for a Qualcomm NPU (QNN HTP, SM8650)", "litert-runtime",
-                 ("ai_edge_litert",), TFLITE_QUANTS, sdk_check=lambda: npu_sdk_missing("tflite-qnn"))
-def export_qnn(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
-    return export_npu(model, out_dir, settings, "tflite-qnn")
-
-
 @register_target("tflite-mediatek", "LiteRT, AOT-compiled for a MediaTek NPU (NeuroPilot, MT6989)", "litert-runtime",
                  ("ai_edge_litert",), TFLITE_QUANTS, sdk_check=lambda: npu_sdk_missing("tflite-mediatek"))
 def export_mediatek(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
     return export_npu(model, out_dir, settings, "tflite-mediatek")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The conversion half, run inside .venv-litert: a torch file (config + state) -> .tflite."""
-    ap = argparse.ArgumentParser(prog="python -m pipeline.export.tflite_backend")
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--quant", default="none", choices=TFLITE_QUANTS)
-    ap.add_argument("--max-seq-len", type=int, required=True)
-    ap.add_argument("--prefill-len", type=int, required=True)
-    args = ap.parse_args(argv)
-    saved = torch.load(args.model, weights_only=True)
-    model = MekiModel(ModelConfig.from_dict(saved["config"]))
-    model.load_state_dict(saved["state"], strict=True)
-    convert_in_process(model.eval(), args.out, ExportSettings(args.quant, args.max_seq_len, args.prefill_len))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -60,7 +60,10 @@ QNN_MISSING = ("target executorch-qnn: needs the Qualcomm QNN SDK (QAIRT 2.37.0.
                "QNN_SDK_ROOT is not set; LD_LIBRARY_PATH does not contain $QNN_SDK_ROOT/lib/x86_64-linux-clang; "
                "LLVM 14 libc++ not on LD_LIBRARY_PATH (libc++.so.1.0, libc++abi.so.1.0, libunwind.so.1). "
                "Set QNN_SDK_ROOT=<sdk> and LD_LIBRARY_PATH=$QNN_SDK_ROOT/lib/x86_64-linux-clang:"
-               "<dir with LLVM 14 libc++>:$LD_LIBRARY_PATH")
+               "<dir with LLVM 14 libc++>:$LD_LIBRARY_PATH. Offline, no PyPI wheel carries QAIRT 2.37: onnxruntime-qnn "
+               "2.3.0-2.7.0 carry 2.47-2.51, and with those libraries ExecuTorch 1.5.1's lowering fails in "
+               "libQnnHtp.so (`Failed to set scatter gather parameters: unknown custom config socModel 0`, device "
+               "creation error 14001); target tflite-qnn compiles for the HTP offline instead")
 MEDIATEK_MISSING = ("target executorch-mediatek: needs MediaTek's NeuroPilot Express SDK Python wheels, not on PyPI: "
                     "mtk_converter, mtk_neuron not importable (install the mtk_converter and mtk_neuron wheels for "
                     "cp311 from MediaTek's NeuroPilot portal)")

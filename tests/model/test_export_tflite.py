@@ -11,7 +11,7 @@ import pytest
 from mobile_runtime.backends import open_runner
 from contract.manifest import verify_bundle
 from pipeline.checkpoint import save_checkpoint
-from pipeline.export import tflite_backend
+from pipeline.export import litert, tflite_backend
 from pipeline.export.bundle import export_bundles
 from pipeline.export.registry import ExportError, ExportSettings, get_target
 from pipeline.export.verify import (PROMPTS, eager_runner, greedy_trace, reference_model,
@@ -25,8 +25,8 @@ SETTINGS = dict(max_seq_len=60, prefill_len=8)
 
 @pytest.fixture(scope="module", params=["none", "int8", "int8wo"])
 def bundles(request, tmp_path_factory):
-    if tflite_backend.converter_missing():
-        pytest.skip(tflite_backend.converter_missing())
+    if litert.converter_missing():
+        pytest.skip(litert.converter_missing())
     root = tmp_path_factory.mktemp(f"tflite-{request.param}")
     save_checkpoint(trained_like_model(), root / "ck")
     export_bundles(root / "ck", root / "out", ["tflite"], ExportSettings(quant=request.param, **SETTINGS),
@@ -80,7 +80,7 @@ def test_graph_and_manifest(bundles):
         [backbone] = manifest["backbones"]
         assert backbone["kv_cache"] == "io" and backbone["extra"]["prefill_last_index"] == "last_index"
         cfg = reference_model(verify_bundle(out / kind), out.parent / "ck").cfg
-        facts = tflite_backend.tflite_facts(out / kind / backbone["file"], cfg.replace(memory="both"))
+        facts = litert.tflite_facts(out / kind / backbone["file"], cfg.replace(memory="both"))
         assert facts["tables"] == []  # checked with the MeKi table shapes, in the dense graph too
         for sig in ("prefill", "decode"):
             assert ("meki_rows" in facts["inputs"][sig]) == (kind == "meki")
@@ -106,13 +106,11 @@ def test_table_detector_sees_a_table_shaped_tensor(bundles):
     out, _ = bundles
     cfg = reference_model(verify_bundle(out / "meki"), out.parent / "ck").cfg
     # pretend d_mem == dim: the tied embedding [V, dim] now has a table's shape and must be reported
-    found = tflite_backend.tflite_facts(out / "meki" / "model_litert.tflite", cfg.replace(d_mem=cfg.dim))["tables"]
+    found = litert.tflite_facts(out / "meki" / "model_litert.tflite", cfg.replace(d_mem=cfg.dim))["tables"]
     assert found and all(f"({cfg.vocab_size}, {cfg.dim})" in f for f in found)
 
 
-@pytest.mark.parametrize("target,libs,package", [
-    ("tflite-qnn", "libQnnHtp.so, libQnnIr.so, libQnnLpai.so, libQnnSaver.so, libQnnSystem.so cannot be loaded",
-     "ai-edge-litert-sdk-qualcomm"),
+@pytest.mark.parametrize("target,libs,package", [  # tflite-qnn: tests/test_export_qnn.py
     ("tflite-mediatek", "libneuron_adapter.so, libneuron_sys_util.mtk.so cannot be loaded",
      "ai-edge-litert-sdk-mediatek")])
 def test_npu_targets_name_the_missing_sdk(target, libs, package, tmp_path):
@@ -129,13 +127,13 @@ def test_npu_targets_name_the_missing_sdk(target, libs, package, tmp_path):
 
 
 def test_missing_converter_names_the_venv_and_extra(monkeypatch):
-    monkeypatch.setattr(tflite_backend, "litert_python", lambda: "/nonexistent/.venv-litert/bin/python")
+    monkeypatch.setattr(litert, "litert_python", lambda: "/nonexistent/.venv-litert/bin/python")
     with pytest.raises(ExportError, match=r"target tflite: LiteRT converter not installed.*make setup.*\.\[litert\]"):
         get_target("tflite").ensure_available(ExportSettings())
 
 
 def test_registry_lists_litert_targets():
-    with pytest.raises(ExportError, match="unknown target 'tfl'.*tflite, tflite-mediatek, tflite-qnn"):
+    with pytest.raises(ExportError, match="unknown target 'tfl'.*tflite, tflite-google-tensor, tflite-mediatek, tflite-qnn, tflite-samsung"):
         get_target("tfl")
     with pytest.raises(ExportError, match="quant 'int4' not supported.*none, int8, int8wo"):
         get_target("tflite").ensure_available(ExportSettings(quant="int4"))

@@ -1,0 +1,168 @@
+"""Static activation quantisation for the Qualcomm HTP (tflite-qnn --quant w8a16 | w4a16), and per-layer SNR.
+
+Why ai-edge-quantizer (Google's, pinned in the litert extra) and not PT2E: it quantises the very
+.tflite that LiteRT's Qualcomm plugin compiles, and the plugin maps its per-channel int8/int4 weights
+and int16 activations onto QNN's quantised types; PT2E's Qualcomm quantizer belongs to ExecuTorch's
+QNN backend, which does not run here (executorch_npu.py). Gathers (token embedding, rope tables,
+last-index pick) stay float: the HTP's GatherNd takes FP16 or INT8 data, not INT16 (validation fails
+and 5 ops fall back to the CPU otherwise).
+
+Calibration is real text fed the way the runtime feeds it: windows of token ids (a `meki data`
+folder's val.bin, a text file, or by default the repo's own docs through the checkpoint's
+tokenizer), prefill chunks then decode steps, each with the KV cache the earlier steps left and the
+MeKi rows read from the bundle's pack; the eager NpuStep produces the caches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pipeline.export.npu_graph import NpuStep
+from pipeline.model import MekiModel
+
+QNN_QUANTS = ("none", "w8a16", "w4a16")
+WEIGHT_BITS = {"w8a16": 8, "w4a16": 4}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TEXTS = ("README.md", "docs/evidence.md", "mobile_runtime/README.md", "device_tests/README.md")
+Feeds = dict[str, list[dict[str, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    windows: int = 4  # text windows, each: prefill_chunks chunks then decode_steps steps
+    prefill_chunks: int = 2
+    decode_steps: int = 6
+    skip_tokens: int = 0  # held-out windows for the SNR report start past the calibration ones
+
+
+def calibration_tokens(source: Path | None, tokenizer: Path | None, vocab_size: int) -> np.ndarray:
+    """Real text as token ids: a `meki data` folder (val.bin), a text file, or the repo's docs."""
+    if source is not None and Path(source).is_dir():
+        meta = json.loads((Path(source) / "meta.json").read_text())
+        ids = np.fromfile(Path(source) / "val.bin", dtype=meta["dtype"]).astype(np.int64)
+        if ids.size and int(ids.max()) >= vocab_size:
+            raise ValueError(f"{source}: token ids up to {int(ids.max())} do not fit vocab {vocab_size}")
+        return ids
+    paths = [Path(source)] if source is not None else [REPO_ROOT / p for p in DEFAULT_TEXTS if (REPO_ROOT / p).is_file()]
+    text = "\n\n".join(p.read_text(errors="replace") for p in paths)
+    if tokenizer is None:  # test models without a tokenizer: UTF-8 bytes folded into the vocabulary
+        return np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64) % vocab_size
+    from tokenizers import Tokenizer
+
+    return np.asarray(Tokenizer.from_file(str(tokenizer)).encode(text).ids, dtype=np.int64)
+
+
+def step_feeds(model: MekiModel, max_seq_len: int, prefill_len: int, tokens: np.ndarray,
+               lookup: Callable[[np.ndarray], np.ndarray | None], cfg: CalibConfig) -> tuple[Feeds, Feeds]:
+    """Signature feeds over text windows (inputs) and what eager NpuStep returns for each (outputs)."""
+    step = NpuStep(copy.deepcopy(model).eval(), max_seq_len).eval()
+    mcfg, p = model.cfg, prefill_len
+    span = cfg.prefill_chunks * p + cfg.decode_steps
+    if span > max_seq_len:
+        raise ValueError(f"calibration window of {span} tokens > max_seq_len {max_seq_len}")
+    need = cfg.skip_tokens + cfg.windows * span
+    if tokens.size < need:
+        raise ValueError(f"calibration text has {tokens.size} tokens, {need} needed")
+    feeds: Feeds = {"prefill": [], "decode": []}
+    outs: Feeds = {"prefill": [], "decode": []}
+    shape = [1, mcfg.num_kv_heads, max_seq_len, mcfg.head_dim]
+    for w in range(cfg.windows):
+        window = tokens[cfg.skip_tokens + w * span: cfg.skip_tokens + (w + 1) * span]
+        cache = {f"kv_{k}_{i}": np.zeros(shape, np.float32) for i in range(mcfg.num_layers) for k in ("k", "v")}
+        for start, n, sig in ([(c * p, p, "prefill") for c in range(cfg.prefill_chunks)]
+                              + [(cfg.prefill_chunks * p + d, 1, "decode") for d in range(cfg.decode_steps)]):
+            chunk = window[None, start:start + n]
+            feed = {"tokens": chunk.astype(np.int32), "input_pos": np.arange(start, start + n, dtype=np.int32)}
+            rows = lookup(chunk)
+            if rows is not None:
+                feed["meki_rows"] = np.ascontiguousarray(rows, np.float32)
+            if sig == "prefill":
+                feed["last_index"] = np.array([n - 1], np.int32)
+            feed |= {k: v.copy() for k, v in cache.items()}
+            with torch.no_grad():
+                got = {k: v.numpy() for k, v in step(**{k: torch.from_numpy(v) for k, v in feed.items()}).items()}
+            for name in cache:
+                kind, layer = name.split("_")[1], name.split("_")[2]
+                cache[name][:, :, start:start + n] = got[f"{kind}_new_{layer}"]
+            feeds[sig].append(feed)
+            outs[sig].append(got)
+    return feeds, outs
+
+
+def save_feeds(feeds: Feeds, path: Path) -> None:
+    np.savez(path, **{f"{sig}/{i}/{name}": v for sig, items in feeds.items()
+                      for i, feed in enumerate(items) for name, v in feed.items()})
+
+
+def load_feeds(path: Path) -> Feeds:
+    feeds: Feeds = {}
+    with np.load(path) as z:
+        for key in z.files:
+            sig, i, name = key.split("/")
+            items = feeds.setdefault(sig, [])
+            while len(items) <= int(i):
+                items.append({})
+            items[int(i)][name] = z[key]
+    return feeds
+
+
+def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    noise = float(((ref - got) ** 2).sum())
+    return math.inf if noise == 0 else 10 * math.log10(float((ref ** 2).sum()) / noise)
+
+
+def layer_snr(outs: Feeds, run: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]], feeds: Feeds) -> dict[str, float]:
+    """Per output (logits, each layer's k_new_i / v_new_i), the worst SNR (dB) of `run` against eager."""
+    worst: dict[str, float] = {}
+    for sig, items in feeds.items():
+        for feed, ref in zip(items, outs[sig]):
+            got = run(sig, feed)
+            for name, value in ref.items():
+                worst[name] = min(worst.get(name, math.inf), round(snr_db(value, got[name]), 1))
+    return dict(sorted(worst.items(), key=lambda kv: (kv[0] != "logits", int(kv[0].split("_")[-1]) if "_" in kv[0] else 0, kv[0])))
+
+
+def quantize_tflite(src: Path, dst: Path, quant: str, feeds: Feeds) -> None:
+    """ai-edge-quantizer: static int16 activations, int8/int4 per-channel weights, gathers left float."""
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe_manager
+
+    ops, algo = qtyping.TFLOperationName, algorithm_manager.AlgorithmName
+    rm = recipe_manager.RecipeManager()
+    rm.add_static_config(regex=".*", operation_name=ops.ALL_SUPPORTED, activation_num_bits=16,
+                         weight_num_bits=WEIGHT_BITS[quant], algorithm_key=algo.MIN_MAX_UNIFORM_QUANT)
+    for op in (ops.GATHER, ops.GATHER_ND, ops.EMBEDDING_LOOKUP):
+        rm.add_quantization_config(regex=".*", operation_name=op, algorithm_key=algo.NO_QUANTIZE)
+    # RMSNorm's square/mean/rsqrt in int16 (one scale per tensor, outlier-driven) fell to 13 dB on its own
+    rm.add_quantization_config(regex=".*RMSNorm.*", operation_name=ops.ALL_SUPPORTED, algorithm_key=algo.NO_QUANTIZE)
+    qt = quantizer.Quantizer(str(src))
+    qt.load_quantization_recipe(rm.get_quantization_recipe())
+    result = qt.quantize(qt.calibrate(feeds), enable_progress_report=False)
+    tmp = dst.with_name(f".{dst.name}.partial")
+    tmp.write_bytes(result.quantized_model)
+    tmp.replace(dst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The quantiser half, run inside .venv-litert (ai-edge-quantizer lives there)."""
+    ap = argparse.ArgumentParser(prog="python -m pipeline.export.qnn_quant")
+    ap.add_argument("--src", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quant", choices=tuple(WEIGHT_BITS), required=True)
+    ap.add_argument("--feeds", type=Path, required=True)
+    a = ap.parse_args(argv)
+    quantize_tflite(a.src, a.out, a.quant, load_feeds(a.feeds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
