@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from mobile_runtime.manifest import Backbone
+from pipeline.export.custom_attention import LLAMA_KERNELS, use_custom_attention
 from pipeline.export.registry import ExportError, ExportSettings, register_target
 from pipeline.export.step import example_inputs, make_step, method_spec
 from pipeline.model import MekiModel
@@ -46,12 +47,17 @@ def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -
         raise ValueError(f"unknown quant {quant!r} (valid: {', '.join(EXECUTORCH_QUANTS)})")
 
 
-def export_methods(model: MekiModel, settings: ExportSettings) -> dict[str, Any]:
-    """torch.export of prefill (dynamic T in [1, prefill_len]) and decode (T = 1) over one cached model."""
+def export_methods(model: MekiModel, settings: ExportSettings, llama_ops: bool = False) -> dict[str, Any]:
+    """torch.export of prefill (dynamic T in [1, prefill_len]) and decode (T = 1) over one cached model.
+
+    llama_ops: attention through ExecuTorch's llama::update_cache / custom_sdpa (in-place cache, no
+    head expansion, attends only to filled positions); the runtime then needs those kernels."""
     from torch.export import Dim, export
 
     model = copy.deepcopy(model).eval()
     model.setup_cache(settings.max_seq_len)
+    if llama_ops:
+        use_custom_attention(model)
     quantize_weights(model, settings.quant)
     step = make_step(model)
     cfg = model.cfg
@@ -99,13 +105,13 @@ def delegation_summary(edge: Any) -> dict[str, int]:
 
 
 def lower_to_pte(model: MekiModel, out: Path, settings: ExportSettings, partitioners: list[Any],
-                 target: str) -> Backbone:
+                 target: str, llama_ops: bool = False) -> Backbone:
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
     t0 = time.perf_counter()
-    programs = export_methods(model, settings)
+    programs = export_methods(model, settings, llama_ops)
     refuse_tables(programs, model.cfg, target)
     edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False))
@@ -121,7 +127,8 @@ def lower_to_pte(model: MekiModel, out: Path, settings: ExportSettings, partitio
                     prefill_len=settings.prefill_len, kv_cache="internal",
                     methods={"prefill": method_spec(cfg, settings.prefill_len, "prefill"),
                              "decode": method_spec(cfg, 1, "decode")},
-                    delegated=delegated, extra={"prefill_dynamic": True, "export_s": round(time.perf_counter() - t0, 1)})
+                    delegated=delegated, extra={"prefill_dynamic": True, "export_s": round(time.perf_counter() - t0, 1)}
+                    | ({"kernels": [LLAMA_KERNELS]} if llama_ops else {}))
 
 
 @register_target("executorch-xnnpack", "ExecuTorch, XNNPACK CPU delegate (runs here)", "executorch",
@@ -129,4 +136,5 @@ def lower_to_pte(model: MekiModel, out: Path, settings: ExportSettings, partitio
 def export_xnnpack(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
-    return lower_to_pte(model, out_dir / "model_xnnpack.pte", settings, [XnnpackPartitioner()], "executorch-xnnpack")
+    return lower_to_pte(model, out_dir / "model_xnnpack.pte", settings, [XnnpackPartitioner()], "executorch-xnnpack",
+                       llama_ops=True)
