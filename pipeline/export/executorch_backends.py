@@ -17,6 +17,7 @@ import torch
 
 from mobile_runtime.manifest import Backbone
 from pipeline.export.custom_attention import LLAMA_KERNELS, use_custom_attention
+from pipeline.export.fused_layers import fuse_layers
 from pipeline.export.registry import ExportError, ExportSettings, register_target
 from pipeline.export.step import example_inputs, make_step, method_spec
 from pipeline.model import MekiModel
@@ -61,14 +62,15 @@ def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -
 def export_methods(model: MekiModel, settings: ExportSettings, llama_ops: bool = False) -> dict[str, Any]:
     """torch.export of prefill (dynamic T in [1, prefill_len]) and decode (T = 1) over one cached model.
 
-    llama_ops: attention through ExecuTorch's llama::update_cache / custom_sdpa (in-place cache, no
-    head expansion, attends only to filled positions); the runtime then needs those kernels."""
+    llama_ops (the XNNPACK form): attention through ExecuTorch's llama::update_cache / custom_sdpa
+    (in-place cache, no head expansion, attends only to filled positions; the runtime then needs
+    those kernels), and layers rewritten so XNNPACK takes them whole (fused_layers.py)."""
     from torch.export import Dim, export
 
     model = copy.deepcopy(model).eval()
     model.setup_cache(settings.max_seq_len)
     if llama_ops:
-        use_custom_attention(model)
+        fuse_layers(use_custom_attention(model))
     quantize_weights(model, settings.quant)
     step = make_step(model)
     cfg = model.cfg
