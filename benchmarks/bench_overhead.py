@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-callgrind", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="default: WORK/SHAPE/results.json")
     a = ap.parse_args(argv)
+    if not a.no_callgrind and shutil.which("valgrind") is None:
+        ap.error("valgrind not found (apt-get install valgrind), or pass --no-callgrind")
     tool_dir = build_native()
     work = a.work / a.shape
     src, baseline = source_checkpoints(a.shape, work)
