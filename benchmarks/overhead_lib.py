@@ -53,7 +53,9 @@ def export_et_llm(cfg: dict, out: Path, quant: str, max_seq_len: int, prefill_le
     c.export.output_dir, c.export.output_name = str(out), f"et_{quant}.pte"
     c.backend.xnnpack.enabled = c.backend.xnnpack.extended_ops = True
     if quant != "none":
-        c.quantization.qmode = quant
+        # our 8da4w groups 32 weights per scale; export_llama's default (128) leaves every linear
+        # whose input width is not a multiple of 128 in fp32 (at the demo's d=192: most of them)
+        c.quantization.qmode, c.quantization.group_size = quant, 32
     export_llama(c)
     checkpoint.unlink()
     return out / f"et_{quant}.pte"
