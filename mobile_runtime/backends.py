@@ -30,6 +30,8 @@ class ExecuTorchRunner:
 
         self._torch = torch
         self.backbone = backbone
+        if "llama" in backbone.extra.get("kernels", []):  # llama::custom_sdpa / update_cache kernels
+            from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
         program = Runtime.get().load_program(str(Path(bundle) / backbone.file))
         self._methods = {step: program.load_method(spec.entry or step) for step, spec in backbone.methods.items()}
 

@@ -7,7 +7,8 @@
 set -euo pipefail
 PACKAGES=(adb mksh cmake g++ libxxhash-dev nlohmann-json3-dev
           openjdk-17-jdk-headless junit5 libandroid-json-java
-          aapt zipalign apksigner dexdump android-framework-res)
+          aapt zipalign apksigner dexdump android-framework-res
+          valgrind)  # valgrind: benchmarks/bench_overhead.py counts instructions with callgrind
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 SEQ_AXIS = {"tokens": 1, "input_pos": 0, "meki_rows": 1}  # the axis that is T in a step's inputs
 
 
+def last_logits(logits: torch.Tensor) -> torch.Tensor:
+    """[B, 1, V] -> [B, V] as a view: `[:, 0]` lowers to select_copy, a copy of the whole logits row
+    every step (ExecuTorch: 3% of a demo decode step), while a view costs nothing."""
+    return logits.view(logits.shape[0], logits.shape[-1])
+
+
 class MekiStep(nn.Module):
     """(tokens [1, T] int64, input_pos [T] int64, meki_rows [1, T, L, m] f32) -> logits [1, V] (last position)."""
 
@@ -36,7 +42,7 @@ class MekiStep(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, meki_rows: torch.Tensor) -> torch.Tensor:
-        return self.model(tokens, input_pos, meki_rows, last_only=True)[:, 0]
+        return last_logits(self.model(tokens, input_pos, meki_rows, last_only=True))
 
 
 class DenseStep(nn.Module):
@@ -47,7 +53,7 @@ class DenseStep(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        return self.model(tokens, input_pos, last_only=True)[:, 0]
+        return last_logits(self.model(tokens, input_pos, last_only=True))
 
 
 def make_step(model: MekiModel) -> nn.Module:
@@ -186,15 +192,23 @@ def pte_backbone(target: str, out: Path, settings: ExportSettings, methods: dict
                     extra={"prefill_dynamic": True, "export_s": round(time.perf_counter() - t0, 1), **extra})
 
 
-def export_steps(model: MekiModel, settings: ExportSettings) -> dict[str, Any]:
+def export_steps(model: MekiModel, settings: ExportSettings, llama_ops: bool = False) -> dict[str, Any]:
     """torch.export of prefill (dynamic T in [1, prefill_len]) and decode (T = 1) over ONE cached,
-    quantised copy of the model: both methods see the same weights and KV-cache buffers."""
+    quantised copy of the model: both methods see the same weights and KV-cache buffers.
+
+    llama_ops (the XNNPACK form): attention through ExecuTorch's llama::update_cache / custom_sdpa
+    (in-place cache, no head expansion, attends only to filled positions; the runtime then needs
+    those kernels), and layers rewritten so XNNPACK takes them whole (fused_layers.py)."""
     from torch.export import export
 
+    from pipeline.export.custom_attention import use_custom_attention
+    from pipeline.export.fused_layers import fuse_layers
     from pipeline.export.quantize import quantize_weights
 
     model = copy.deepcopy(model).eval()
     model.setup_cache(settings.max_seq_len)
+    if llama_ops:
+        fuse_layers(use_custom_attention(model))
     quantize_weights(model, settings.quant)
     step, cfg = make_step(model), model.cfg
     with torch.no_grad():
@@ -204,8 +218,12 @@ def export_steps(model: MekiModel, settings: ExportSettings) -> dict[str, Any]:
 
 
 def lower_shared_cache(model: MekiModel, out: Path, settings: ExportSettings, partitioners: list[Any],
-                       target: str) -> Backbone:
+                       target: str, llama_ops: bool = False) -> Backbone:
     """The usual .pte recipe: `prefill` + `decode` methods sharing the in-program KV cache."""
+    from pipeline.export.custom_attention import LLAMA_KERNELS
+
     t0 = time.perf_counter()
-    delegated = lower_to_pte(export_steps(model, settings), model.cfg, out, partitioners, target, shared_cache=True)
-    return pte_backbone(target, out, settings, step_methods(model.cfg, settings), delegated, t0)
+    programs = export_steps(model, settings, llama_ops)
+    delegated = lower_to_pte(programs, model.cfg, out, partitioners, target, shared_cache=True)
+    kernels = {"kernels": [LLAMA_KERNELS]} if llama_ops else {}  # the runtime must register them
+    return pte_backbone(target, out, settings, step_methods(model.cfg, settings), delegated, t0, **kernels)

@@ -1,7 +1,10 @@
 """ExecuTorch + XNNPACK (CPU; runs here): one .pte with `prefill` and `decode` methods sharing the KV cache.
 
 The cache stays inside the program as mutable buffers (share_mutable_buffers makes both methods
-see the same memory); prefill takes 1..prefill_len tokens (dynamic), decode exactly one.
+see the same memory); prefill takes 1..prefill_len tokens (dynamic), decode exactly one. Attention
+goes through ExecuTorch's llama::update_cache / custom_sdpa kernels (in-place cache, GQA without
+head expansion) and the layers are rewritten so XNNPACK takes them whole (custom_attention.py,
+fused_layers.py); the manifest names the kernels the runtime must register.
 """
 
 from __future__ import annotations
@@ -21,4 +24,4 @@ def export_xnnpack(model: MekiModel, out_dir: Path, settings: ExportSettings) ->
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
     return lower_shared_cache(model, out_dir / "model_xnnpack.pte", settings, [XnnpackPartitioner()],
-                              "executorch-xnnpack")
+                              "executorch-xnnpack", llama_ops=True)

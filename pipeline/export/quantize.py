@@ -7,10 +7,21 @@ import torch
 EXECUTORCH_QUANTS = ("none", "8da4w", "int8wo")
 
 
+def untie_lm_head(model: torch.nn.Module) -> None:
+    """A tied head is F.linear over the embedding table, which the Linear-only quantisers skip: the
+    largest matrix of a small model would stay fp32 (0.6B: 155 M of 596 M weights). Give it its own
+    Linear with the same values, as ExecuTorch's own LLM export has (`output`), so it is quantised."""
+    if getattr(model, "lm_head", "absent") is None:
+        weight = model.embed.weight
+        model.lm_head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        model.lm_head.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
+
+
 def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -> None:
     """torchao in place: 8da4w (int8 dynamic activations, int4 grouped weights) or int8 weight-only."""
     if quant == "none":
         return
+    untie_lm_head(model)
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerGroup
 

@@ -1,0 +1,190 @@
+"""MeKi overhead without noise (issue 16): our dense and MeKi bundles vs ExecuTorch's own LLM export.
+
+For each quantisation, three programs of the same shape run the same fixed prompt (PROMPT_LEN tokens)
+and NEW_TOKENS greedy tokens through `step_bench` (mobile_runtime/native):
+  ours-dense, ours-meki   the bundles' model_xnnpack.pte (prefill/decode methods; MeKi rows as input)
+  et-llm                  ExecuTorch's export_llama of a random-weight Qwen3 with the same config
+                          (its custom SDPA and KV-cache ops, XNNPACK; `forward` with input_pos [1])
+and are measured two ways:
+  instructions  inside Method::execute under callgrind, per phase (prefill; decode per step), one
+                thread (see overhead_lib.py): repeatable whatever else the machine does;
+  wall clock    interleaved rounds (--rounds, median), default threads; plus the native runner
+                (meki_runner, with the memory pack and prefetch) on our two bundles.
+The ideal MeKi/dense ratio comes from the config and the quantisation (bytes read per decode step,
+FLOPs per prefill token; MeKi adds 2*d*d_mem weights per layer and one row per token);
+efficiency = measured ratio / ideal ratio (1.0: MeKi costs exactly its bytes/FLOPs).
+
+    python benchmarks/bench_overhead.py                      # demo shape, fp32 and 8da4w
+    nice python benchmarks/bench_overhead.py --shape qwen3-0.6b --quants 8da4w   # heavy: ~1 h here
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from overhead_lib import Program, callgrind_phases, export_et_llm, ideal_costs, wall_clock  # noqa: E402
+
+PACK_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
+
+
+def build_native() -> Path:
+    env = os.environ | {"PYTHON": sys.executable}
+    out = subprocess.run([str(REPO / "mobile_runtime" / "native" / "build.sh")], check=True, capture_output=True,
+                         text=True, env=env)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def source_checkpoints(shape: str, work: Path) -> tuple[Path, Path | None]:
+    """demo: the repo's trained pair; qwen3-0.6b: a random MeKi model (its dense twin is derived)."""
+    if shape == "demo":
+        return REPO / "models" / "demo" / "meki", REPO / "models" / "demo" / "dense"
+    src = work / "ck-qwen3-0.6b"
+    if not (src / "config.json").exists():
+        from pipeline.checkpoint import save_checkpoint
+        from pipeline.config import preset
+        from pipeline.model import MekiModel, init_weights
+
+        save_checkpoint(init_weights(MekiModel(preset("qwen3-0.6b"))), src, overwrite=True)
+    return src, None
+
+
+def export_ours(src: Path, baseline: Path | None, out: Path, quant: str, a: argparse.Namespace) -> None:
+    if (out / "dense" / "manifest.json").exists():
+        return
+    from pipeline.export.bundle import export_bundles
+    from pipeline.export.registry import ExportSettings
+
+    settings = ExportSettings(quant=quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
+    export_bundles(src, out, ["executorch-xnnpack"], settings, baseline=baseline, overwrite=True)
+
+
+def programs(work: Path, cfg: dict, quant: str) -> list[Program]:
+    ours = work / f"ours-{quant}"
+    rows = ["--rows", f"{cfg['num_layers']},{cfg['d_mem']}"]
+    return [Program("ours-dense", ours / "dense" / "model_xnnpack.pte", []),
+            Program("ours-meki", ours / "meki" / "model_xnnpack.pte", rows),
+            Program("et-llm", work / "et" / f"et_{quant}.pte", ["--prefill", "forward", "--decode", "forward",
+                                                                "--start-pos"])]
+
+
+def native_runner(tool_dir: Path, bundle: Path, a: argparse.Namespace) -> dict:
+    prompt = ",".join(str((i * 7 + 3) % 64) for i in range(a.prompt_len))
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        subprocess.run([str(tool_dir / "meki_runner"), str(bundle), "--prompt-ids", prompt, "--max-new-tokens",
+                        str(a.new_tokens), "--ignore-eos", "--warmup", "4", "--quiet", "--stats", f.name],
+                       check=True, capture_output=True)
+        s = json.loads(Path(f.name).read_text())
+    return {"prefill_tok_s": s["prefill_tok_s"], "decode_tok_s": s["decode_tok_s"]}
+
+
+def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype: str, a: argparse.Namespace) -> dict:
+    progs = programs(work, cfg, quant)
+    res: dict = {"programs": {}}
+    for p in progs:
+        res["programs"][p.name] = callgrind_phases(tool_dir / "step_bench", p, a.prompt_len, a.new_tokens) \
+            if not a.no_callgrind else {}
+    runs: dict[str, list[dict]] = {p.name: [] for p in progs} | {"runner-dense": [], "runner-meki": []}
+    for _ in range(a.rounds):  # interleaved: every program once per round
+        for p in progs:
+            runs[p.name].append(wall_clock(tool_dir / "step_bench", p, a.prompt_len, a.new_tokens))
+        for kind in ("dense", "meki"):
+            runs[f"runner-{kind}"].append(native_runner(tool_dir, work / f"ours-{quant}" / kind, a))
+    res["wall"] = {k: {m: statistics.median(r[m] for r in v) for m in ("prefill_tok_s", "decode_tok_s")}
+                   for k, v in runs.items()}
+    ideal = {k: ideal_costs(cfg, quant, PACK_BYTES[pack_dtype], a.prompt_len, a.new_tokens, k == "meki")
+             for k in ("dense", "meki")}
+    res["ideal"] = {"decode_ratio": ideal["dense"]["decode_bytes"] / ideal["meki"]["decode_bytes"],
+                    "prefill_ratio": ideal["dense"]["prefill_flops_per_token"] / ideal["meki"]["prefill_flops_per_token"],
+                    "detail": ideal}
+    res["ratios"] = ratios(res)
+    return res
+
+
+def ratios(res: dict) -> dict:
+    """MeKi/dense speed ratios (dense cost / MeKi cost) and ours vs ExecuTorch's export (ET cost / ours)."""
+    p, w, ideal = res["programs"], res["wall"], res["ideal"]
+    out = {"wall_decode_meki_dense": w["ours-meki"]["decode_tok_s"] / w["ours-dense"]["decode_tok_s"],
+           "wall_prefill_meki_dense": w["ours-meki"]["prefill_tok_s"] / w["ours-dense"]["prefill_tok_s"],
+           "runner_decode_meki_dense": w["runner-meki"]["decode_tok_s"] / w["runner-dense"]["decode_tok_s"],
+           "wall_decode_ours_vs_et": w["ours-dense"]["decode_tok_s"] / w["et-llm"]["decode_tok_s"]}
+    if p.get("ours-dense"):
+        d, m, et = p["ours-dense"], p["ours-meki"], p["et-llm"]
+        out |= {"instr_decode_meki_dense": d["decode_instr"] / m["decode_instr"],
+                "instr_prefill_meki_dense": d["prefill_instr"] / m["prefill_instr"],
+                "instr_decode_et_over_ours": et["decode_instr"] / d["decode_instr"],
+                "instr_prefill_et_over_ours": et["prefill_instr"] / d["prefill_instr"]}
+        out["decode_efficiency"] = out["instr_decode_meki_dense"] / ideal["decode_ratio"]
+        out["prefill_efficiency"] = out["instr_prefill_meki_dense"] / ideal["prefill_ratio"]
+    return out
+
+
+def print_table(shape: str, results: dict, a: argparse.Namespace) -> None:
+    print(f"\n{shape}: prompt {a.prompt_len} + {a.new_tokens} new tokens, max_seq_len {a.max_seq_len}")
+    print(f"{'quant':6} {'program':11} {'prefill Minstr':>14} {'decode Minstr/step':>18} {'prefill tok/s':>13} "
+          f"{'decode tok/s':>12}")
+    for quant, r in results.items():
+        for name, wall in r["wall"].items():
+            cg = r["programs"].get(name) or {}
+            pre = f"{cg['prefill_instr'] / 1e6:14.2f}" if cg else f"{'-':>14}"
+            dec = f"{cg['decode_instr_per_step'] / 1e6:18.3f}" if cg else f"{'-':>18}"
+            print(f"{quant:6} {name:11} {pre} {dec} {wall['prefill_tok_s']:13.1f} {wall['decode_tok_s']:12.1f}")
+    limits = {"instr_decode_et_over_ours": ">= 1.0", "instr_prefill_et_over_ours": ">= 1.0",
+              "wall_decode_ours_vs_et": ">= 1.0", "wall_decode_meki_dense": ">= 0.95 (demo), 0.98 (0.6B)",
+              "runner_decode_meki_dense": ">= 0.95 (demo), 0.98 (0.6B)",
+              "decode_efficiency": ">= 0.995 (0.6B)", "prefill_efficiency": ">= 0.99 (0.6B)"}
+    for quant, r in results.items():
+        print(f"\n{quant}: ideal MeKi/dense decode {r['ideal']['decode_ratio']:.4f}, "
+              f"prefill {r['ideal']['prefill_ratio']:.4f}")
+        for k, v in r["ratios"].items():
+            print(f"  {k:28} {v:8.4f}   limit {limits.get(k, '')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=("demo", "qwen3-0.6b"), default="demo")
+    ap.add_argument("--quants", default="none,8da4w")
+    ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_overhead")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--max-seq-len", type=int, default=256)
+    ap.add_argument("--prefill-len", type=int, default=32)
+    ap.add_argument("--no-callgrind", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="default: WORK/SHAPE/results.json")
+    a = ap.parse_args(argv)
+    if not a.no_callgrind and shutil.which("valgrind") is None:
+        ap.error("valgrind not found (apt-get install valgrind), or pass --no-callgrind")
+    tool_dir = build_native()
+    work = a.work / a.shape
+    src, baseline = source_checkpoints(a.shape, work)
+    cfg = json.loads(((baseline or src) / "config.json").read_text())
+    cfg["d_mem"] = json.loads((src / "config.json").read_text())["d_mem"]
+    results = {}
+    for quant in a.quants.split(","):
+        export_ours(src, baseline, work / f"ours-{quant}", quant, a)
+        if not (work / "et" / f"et_{quant}.pte").exists():
+            export_et_llm(cfg, work / "et", quant, a.max_seq_len, a.prefill_len)
+        pack = json.loads((work / f"ours-{quant}" / "meki" / "manifest.json").read_text())["memory_pack"]["dtype"]
+        results[quant] = measure_quant(tool_dir, work, cfg, quant, pack, a)
+    print_table(a.shape, results, a)
+    out = a.json or work / "results.json"
+    out.write_text(json.dumps({"shape": a.shape, "config": cfg, "prompt_len": a.prompt_len,
+                               "new_tokens": a.new_tokens, "max_seq_len": a.max_seq_len, "results": results}, indent=1))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Pieces of bench_overhead.py: ExecuTorch's own LLM export, callgrind per phase, the ideal cost model.
+
+Instruction counts: `step_bench --single-thread` under `valgrind --tool=callgrind --collect-atstart=no`;
+the runner toggles collection around each Method::execute and dumps once after prefill and once after
+the decode loop, so each dump is the instructions inside execute for that phase (the same for the
+same binary and inputs, whatever else runs on the machine). Single-threaded because callgrind's
+toggle acts on the calling thread only: XNNPACK's worker threads would escape the count.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def et_params(cfg: dict) -> dict:
+    """Our config.json -> ExecuTorch's ModelArgs params (examples/models/llama/model_args.py), Qwen3 form."""
+    return {"dim": cfg["dim"], "hidden_dim": cfg["ffn_dim"], "n_heads": cfg["num_heads"], "head_dim": cfg["head_dim"],
+            "n_kv_heads": cfg["num_kv_heads"], "n_layers": cfg["num_layers"], "norm_eps": cfg["norm_eps"],
+            "rope_theta": cfg["rope_theta"], "use_scaled_rope": False, "vocab_size": cfg["vocab_size"],
+            "use_hf_rope": True, "attention_qkv_bias": False, "use_qk_norm": cfg["qk_norm"], "qk_norm_before_rope": True}
+
+
+def export_et_llm(cfg: dict, out: Path, quant: str, max_seq_len: int, prefill_len: int, seed: int = 0) -> Path:
+    """ExecuTorch's own LLM export (export_llama: custom SDPA + KV-cache ops, XNNPACK) of a random-weight
+    Qwen3-shaped model: `forward(tokens [1, T], input_pos [1])`, T <= prefill_len, cache max_seq_len."""
+    import torch
+    from executorch.examples.models.llama.export_llama_lib import export_llama
+    from executorch.examples.models.llama.llama_transformer import construct_transformer
+    from executorch.examples.models.llama.model_args import ModelArgs
+    from executorch.extension.llm.export.config.llm_config import LlmConfig, ModelType
+
+    out.mkdir(parents=True, exist_ok=True)
+    params = out / "params.json"
+    params.write_text(json.dumps(et_params(cfg)))
+    checkpoint = out / "random.pth"  # without a checkpoint export_llama downloads Qwen3 from the Hub
+    torch.manual_seed(seed)
+    model = construct_transformer(ModelArgs(**et_params(cfg)))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.02)
+    torch.save(model.state_dict(), checkpoint)
+    c = LlmConfig()
+    c.base.model_class, c.base.params, c.base.checkpoint = ModelType.qwen3_0_6b, str(params), str(checkpoint)
+    c.base.metadata = '{"get_bos_id": 0, "get_eos_ids": [1]}'
+    c.model.use_kv_cache = c.model.use_sdpa_with_kv_cache = c.model.enable_dynamic_shape = True
+    c.export.max_seq_length, c.export.max_context_length = prefill_len, max_seq_len
+    c.export.output_dir, c.export.output_name = str(out), f"et_{quant}.pte"
+    c.backend.xnnpack.enabled = c.backend.xnnpack.extended_ops = True
+    if quant != "none":
+        # our 8da4w groups 32 weights per scale; export_llama's default (128) leaves every linear
+        # whose input width is not a multiple of 128 in fp32 (at the demo's d=192: most of them)
+        c.quantization.qmode, c.quantization.group_size = quant, 32
+    export_llama(c)
+    checkpoint.unlink()
+    return out / f"et_{quant}.pte"
+
+
+@dataclass
+class Program:
+    """One .pte as step_bench runs it."""
+    name: str
+    pte: Path
+    args: list[str]  # step_bench flags: methods, --start-pos, --rows
+
+
+def step_bench_cmd(tool: Path, prog: Program, prompt_len: int, new_tokens: int, extra: list[str]) -> list[str]:
+    return [str(tool), str(prog.pte), str(prompt_len), str(new_tokens), *prog.args, *extra]
+
+
+def callgrind_phases(tool: Path, prog: Program, prompt_len: int, new_tokens: int, tries: int = 3) -> dict:
+    """Instructions inside Method::execute: prefill (one call) and decode (new_tokens - 1 calls).
+    Valgrind here now and then ends a run with nothing counted (seen 1 in ~20 on this machine): retried."""
+    for _ in range(tries):
+        res = _callgrind_once(tool, prog, prompt_len, new_tokens)
+        if res["prefill_instr"] > 0 and res["decode_instr"] > 0:
+            return res
+    raise RuntimeError(f"callgrind counted nothing for {prog.name} in {tries} runs")
+
+
+def _callgrind_once(tool: Path, prog: Program, prompt_len: int, new_tokens: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="cg-") as work:
+        cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--callgrind-out-file={work}/cg.%p",
+               *step_bench_cmd(tool, prog, prompt_len, new_tokens, ["--single-thread"])]
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        dumps = {"prefill": 0, "decode": 0, "decode_top": []}
+        for f in Path(work).glob("cg.*"):
+            text = f.read_text(errors="replace")
+            trigger = re.search(r"^desc: Trigger: Client Request: (\w+)", text, re.M)
+            if trigger:
+                dumps[trigger.group(1)] = int(re.search(r"^summary: (\d+)", text, re.M).group(1))
+                if trigger.group(1) == "decode":
+                    dumps["decode_top"] = top_functions(text)
+        run = json.loads(res.stdout.strip().splitlines()[-1])
+    steps = run["decode_steps"]
+    return {"prefill_instr": dumps["prefill"], "decode_instr": dumps["decode"], "decode_steps": steps,
+            "decode_instr_per_step": dumps["decode"] / steps, "tokens": run["tokens"],
+            "decode_top": dumps["decode_top"]}
+
+
+def top_functions(text: str, n: int = 8) -> list[tuple[str, float]]:
+    """Self cost share of the n costliest functions in one callgrind dump (name compression aware)."""
+    names: dict[str, str] = {}
+    cost: dict[str, int] = {}
+    fn, skip = None, False
+    for line in text.splitlines():
+        if line.startswith(("fn=", "cfn=")):
+            m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
+            if m and m.group(2):
+                names[m.group(1)] = m.group(2)
+            if line.startswith("fn=") and m:
+                fn = m.group(1)
+        elif line.startswith("calls="):
+            skip = True  # the next cost line is the call's inclusive cost
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if skip:
+                skip = False
+                continue
+            parts = line.split()
+            if fn is not None and len(parts) >= 2:
+                cost[fn] = cost.get(fn, 0) + int(parts[1])
+    total = sum(cost.values()) or 1
+    top = sorted(cost.items(), key=lambda kv: -kv[1])[:n]
+    return [(re.sub(r"\(.*", "", names.get(k, k))[:80], round(v / total, 4)) for k, v in top]
+
+
+def wall_clock(tool: Path, prog: Program, prompt_len: int, new_tokens: int) -> dict:
+    res = subprocess.run(step_bench_cmd(tool, prog, prompt_len, new_tokens, ["--warmup", "4"]), check=True,
+                         capture_output=True, text=True)
+    run = json.loads(res.stdout.strip().splitlines()[-1])
+    return {"prefill_tok_s": prompt_len / run["prefill_s"], "decode_tok_s": run["decode_steps"] / run["decode_s"]}
+
+
+# ---- the ideal cost (what the bytes and FLOPs alone say)
+
+def bytes_per_weight(quant: str, group: int = 32) -> float:
+    """fp32; 8da4w: int4 + one bf16 scale per group of 32 (XNNPACK qb4w); int8wo: int8 + fp32 per row (~0)."""
+    return {"none": 4.0, "8da4w": 0.5 + 2.0 / group, "int8wo": 1.0}[quant]
+
+
+def linear_weights(cfg: dict, meki: bool) -> int:
+    d, hd = cfg["dim"], cfg["head_dim"]
+    attn = d * cfg["num_heads"] * hd * 2 + d * cfg["num_kv_heads"] * hd * 2
+    layer = attn + 3 * d * cfg["ffn_dim"] + (2 * d * cfg["d_mem"] if meki else 0)
+    return cfg["num_layers"] * layer + cfg["vocab_size"] * d  # + the LM head
+
+
+def ideal_costs(cfg: dict, quant: str, pack_bytes_per_value: float, prompt_len: int, new_tokens: int,
+                meki: bool) -> dict:
+    """Decode: bytes read per step (weights, the embedding row, the KV cache at the mean context, the
+    MeKi row); prefill: FLOPs per prompt token (2 per weight, attention QK^T and PV at the mean context)."""
+    L, hd, hkv, hq = cfg["num_layers"], cfg["head_dim"], cfg["num_kv_heads"], cfg["num_heads"]
+    w = linear_weights(cfg, meki)
+    ctx_decode = prompt_len + new_tokens / 2
+    kv_bytes = 2 * L * hkv * hd * ctx_decode * 4
+    row = L * cfg["d_mem"] * pack_bytes_per_value if meki else 0
+    decode_bytes = w * bytes_per_weight(quant) + cfg["dim"] * 4 + kv_bytes + row
+    attn_flops = 4 * L * hq * hd * (prompt_len + 1) / 2
+    return {"weights": w, "decode_bytes": decode_bytes, "prefill_flops_per_token": 2 * w + attn_flops}
