@@ -119,7 +119,8 @@ def eager_loss(model: torch.nn.Module, windows: list[np.ndarray], rows: Rows | N
     total, n = 0.0, 0
     for w in tqdm(windows, desc=desc, unit="win", disable=not progress, leave=False):
         x = torch.from_numpy(w[None, :-1])
-        r = None if rows is None else torch.from_numpy(rows(w[:-1]))[None]
+        got = None if rows is None else rows(w[:-1])  # a dense bundle's lookup gives None
+        r = None if got is None else torch.from_numpy(got)[None]
         logits = model(x) if r is None else model(x, meki_rows=r)
         total += float(F.cross_entropy(logits[0].float(), torch.from_numpy(w[1:]), reduction="sum"))
         n += len(w) - 1
