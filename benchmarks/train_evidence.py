@@ -106,7 +106,7 @@ def quant_losses(ckpt: Path, data: Path, tcfg: TrainConfig, device: torch.device
     out["folded_fp32"] = evaluate(folded, val, device, tables=torch.from_numpy(tables).to(device))
     for dtype in PACK_DTYPES:
         path = write_pack(work / f"{dtype}.mekipack", tables, fingerprint=info.fingerprint, dtype=dtype,
-                          group_size=min(32, tables.shape[2]), overwrite=True)
+                          group_size=next(g for g in (32, 16, 8, 4, 2) if tables.shape[2] % g == 0), overwrite=True)
         with MemoryPack.open(path, expected_fingerprint=info.fingerprint) as pack:
             deq = pack.lookup(np.arange(pack.vocab_size))  # [V, L, m] float32, as the runtime sees it
         out[f"pack_{dtype}"] = evaluate(folded, val, device, tables=torch.from_numpy(deq).to(device))

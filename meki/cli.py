@@ -313,6 +313,30 @@ def _run_bench(a: argparse.Namespace) -> int:
     return run_bench_cli(a)
 
 
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundles", type=Path, nargs="+", help="bundle folders (from `meki export`)")
+    p.add_argument("--data", type=Path, required=True, help="folder from `meki data` (val.bin, meta.json)")
+    p.add_argument("--windows", type=int, default=32, help="validation windows, spread evenly over val.bin")
+    p.add_argument("--window-len", type=int, default=128, help="tokens scored per window (<= the KV cache)")
+    p.add_argument("--target", action="append", default=[], help="only these backbones (default: all that run here)")
+    p.add_argument("--checkpoint", type=Path, action="append", default=None,
+                   help="the checkpoint the bundles were exported from (one for all, or one per bundle); "
+                   "without it only the artifacts are scored")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
+def _run_eval(a: argparse.Namespace) -> int:
+    from pipeline.evaluate import EvalConfig, evaluate_bundles, render_table, to_json
+
+    cfg = EvalConfig(windows=a.windows, window_len=a.window_len, targets=tuple(a.target))
+    results = evaluate_bundles(a.bundles, a.data, cfg, a.checkpoint)
+    Console().print(render_table(results))
+    if a.json is not None:
+        a.json.write_text(to_json(results, a.data, cfg) + "\n")
+        console.print(f"wrote {a.json}")
+    return 0
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything the demo makes")
     p.add_argument("--prompt", default="The function returns")
@@ -341,6 +365,7 @@ VERBS: list[Verb] = [
     ("bundle", "place a verified bundle into the Android or iOS build", _add_bundle, _run_bundle),
     ("data", "build the training corpus, tokenizer and token files", _add_data, _run_data),
     ("train", "train a model (single GPU, or DDP under torchrun)", _add_train, _run_train),
+    ("eval", "held-out loss/perplexity through exported bundles, step by step", _add_eval, _run_eval),
     ("demo", "the main job on an embedded default, end to end", _add_demo, _run_demo),
 ]
 

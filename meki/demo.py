@@ -1,30 +1,55 @@
-"""`meki demo`: the main job end to end on the embedded demo models, into one output folder.
+"""`meki demo`: the main job end to end on the embedded demo models, ending in one comparison table.
 
-models/demo/meki (a small trained MeKi model) and models/demo/dense (its dense twin) are folded,
-packed (int8), lowered to executorch-xnnpack, verified against eager PyTorch, then run on this
-machine through the device harness's local transport, the same path a phone run takes, and
-compared side by side.
+models/demo/meki (a small trained MeKi model) and models/demo/dense (its dense twin, same backbone)
+are folded, packed (int8), lowered to executorch-xnnpack with 8da4w weights, verified against eager
+PyTorch, scored on held-out text through the exported bundles themselves (`meki eval` on a fixed
+slice of models/demo/heldout), and run on this machine through the device harness's local
+transport, the same path a phone run takes. The last screen: perplexity, prefill/decode speed and
+resident memory of MeKi vs dense with their ratios, then both models' text for the same prompt.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.evaluate import EvalConfig, evaluate_bundle
 from pipeline.export.bundle import export_bundles
 from pipeline.export.registry import ExportSettings
 from pipeline.export.verify import verify_bundle_artifacts
 from contract.atomic import check_free
 
 if TYPE_CHECKING:
-    from device_tests.results import BenchResult, DeviceReport
+    from device_tests.results import BenchResult
 
 console = Console()
 DEMO_MODELS = Path(__file__).resolve().parents[1] / "models" / "demo"
 PROMPT = "The function returns"
+TARGET = "executorch-xnnpack"
+EVAL_SLICE = EvalConfig(windows=16, window_len=128)  # fixed: 2,048 held-out tokens, same for both
+ROWS = (("decode_tok_s", "decode (tok/s)"), ("prefill_tok_s", "prefill (tok/s)"),
+        ("rss_anon_mib", "resident anon (MiB)"), ("rss_file_mib", "resident file (MiB)"))
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters and runtimes warn freely (deprecations, torchao notes); the demo shows results."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        level = logging.root.level
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+            logging.root.setLevel(level)
 
 
 def _stage(title: str) -> None:
@@ -32,7 +57,7 @@ def _stage(title: str) -> None:
 
 
 def run_demo(out: Path, prompt: str = PROMPT, new_tokens: int = 48, reps: int = 3, overwrite: bool = False) -> int:
-    """fold -> pack -> export (MeKi + dense) -> verify -> bench both locally -> side-by-side table."""
+    """export -> verify -> held-out perplexity -> bench both locally -> one table and the two texts."""
     from device_tests.bench import BenchConfig, run_bench
 
     meki, dense = DEMO_MODELS / "meki", DEMO_MODELS / "dense"
@@ -40,42 +65,47 @@ def run_demo(out: Path, prompt: str = PROMPT, new_tokens: int = 48, reps: int = 
         raise FileNotFoundError(f"{meki}: the embedded demo model is missing (run from a clone of the repository)")
     check_free(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    _stage("1/3 fold, pack (int8) and lower MeKi and dense to executorch-xnnpack")
-    settings = ExportSettings(quant="none", max_seq_len=256, prefill_len=32)
-    export_bundles(meki, out / "bundles", ["executorch-xnnpack"], settings, pack_dtype="int8",
-                   tokenizer=meki / "tokenizer.json", baseline=dense, overwrite=True)
-    _stage("2/3 verify every artifact against eager PyTorch")
-    rows = [r for kind, ck in (("meki", meki), ("dense", dense))
-            for r in verify_bundle_artifacts(out / "bundles" / kind, ck, steps=32)]
-    for r in rows:
-        console.print(f"  {r.bundle:6s} {r.target}: {r.status}, max |diff| {r.max_abs_diff:.1e}, "
-                      f"same greedy tokens for 32 steps: {r.greedy_match}")
-    _stage("3/3 run both on this machine through the device harness (local transport)")
-    cfg = BenchConfig(devices=["local"], runner="python", new_tokens=new_tokens, warmup=1, reps=reps)
-    result = run_bench([out / "bundles" / "meki", out / "bundles" / "dense"], cfg, out / "bench")
-    _print_side_by_side(result)
+    os.environ.setdefault("TQDM_MININTERVAL", "1")
+    bundles = out / "bundles"
+    with _quiet():
+        _stage(f"1/4 fold, pack (int8) and lower MeKi and dense to {TARGET} (8da4w weights)")
+        settings = ExportSettings(quant="8da4w", max_seq_len=256, prefill_len=32)
+        export_bundles(meki, bundles, [TARGET], settings, pack_dtype="int8", tokenizer=meki / "tokenizer.json",
+                       baseline=dense, overwrite=True)
+        _stage("2/4 verify every artifact against eager PyTorch")
+        rows = [r for kind, ck in (("meki", meki), ("dense", dense))
+                for r in verify_bundle_artifacts(bundles / kind, ck, steps=32)]
+        for r in rows:
+            console.print(f"  {r.bundle:6s} {r.target}: {r.status} (SNR {r.snr_db:.1f} dB, same greedy tokens "
+                          f"for 32 steps: {r.greedy_match})")
+        _stage(f"3/4 held-out perplexity through the bundles ({EVAL_SLICE.windows} x {EVAL_SLICE.window_len} tokens)")
+        evals = {kind: evaluate_bundle(bundles / kind, DEMO_MODELS / "heldout", EVAL_SLICE, ck)
+                 for kind, ck in (("meki", meki), ("dense", dense))}
+        ppl = {kind: e.stage(TARGET).ppl for kind, e in evals.items()}
+        _stage("4/4 run both on this machine through the device harness (local transport)")
+        cfg = BenchConfig(devices=["local"], runner="python", new_tokens=new_tokens, warmup=1, reps=reps)
+        result = run_bench([bundles / "meki", bundles / "dense"], cfg, out / "bench")
+        texts = {kind: _generate(bundles / kind, prompt, new_tokens) for kind in ("meki", "dense")}
+    console.print(_summary_table(result, ppl))
     for kind in ("meki", "dense"):
-        console.print(f"[bold]{kind}[/bold] on {prompt!r}: {_generate(out / 'bundles' / kind, prompt, new_tokens)!r}")
-    console.print(f"everything is under {out}/ (bundles/, bench/bench.md, bench/bench.json, bench/*.png)")
+        console.print(f"[bold]{kind:5s}[/bold] {texts[kind]!r}")
+    console.print(f"everything is under {out}/ (bundles/, bench/bench.md, bench/bench.json); "
+                  f"every export step's loss: meki eval {bundles}/meki {bundles}/dense --data {DEMO_MODELS / 'heldout'}")
     return 0 if all(r.status == "pass" for r in rows) and all(d.status == "ok" for d in result.devices) else 1
 
 
-def _print_side_by_side(result: "BenchResult") -> None:
-    from device_tests.report import METRICS
-
-    for rep in result.devices:
-        table = Table(title=f"MeKi vs dense on {rep.device} (median of {_measured_runs(rep)} measured runs each)")
-        for col in ("metric", "MeKi", "dense", "MeKi/dense"):
-            table.add_column(col, justify="right")
-        for metric, (label, unit, _) in METRICS.items():
-            meki, dense = rep.summary.get("meki", {}).get(metric), rep.summary.get("dense", {}).get(metric)
-            ratio = rep.ratios.get(metric)
-            table.add_row(f"{label} ({unit})", _median(meki), _median(dense), "-" if ratio is None else f"{ratio:.3f}")
-        console.print(table)
-
-
-def _measured_runs(rep: "DeviceReport") -> int:
-    return rep.summary.get("meki", {}).get("runs", 0)
+def _summary_table(result: "BenchResult", ppl: dict[str, float]) -> Table:
+    rep = result.devices[0]
+    table = Table(title=f"MeKi vs dense, {TARGET} 8da4w + int8 pack, on {rep.device} "
+                        f"(speed and memory: median of {rep.summary.get('meki', {}).get('runs', 0)} runs)")
+    for col in ("", "MeKi", "dense", "MeKi / dense"):
+        table.add_column(col, justify="right")
+    table.add_row("held-out perplexity", f"{ppl['meki']:.2f}", f"{ppl['dense']:.2f}", f"{ppl['meki'] / ppl['dense']:.3f}")
+    for metric, label in ROWS:
+        m, d = rep.summary.get("meki", {}).get(metric), rep.summary.get("dense", {}).get(metric)
+        ratio = rep.ratios.get(metric)
+        table.add_row(label, _median(m), _median(d), "-" if ratio is None else f"{ratio:.3f}")
+    return table
 
 
 def _median(spread: dict | None) -> str:

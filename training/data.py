@@ -36,6 +36,17 @@ DEFAULT_SOURCES: dict[str, str] = {
     "/usr/share/doc/postgresql-doc-15/html": "postgresql-doc-15",
     "/usr/share/perl/5.36.0/pod": "perl-doc",
     "/usr/share/debian-reference": "debian-reference-en",
+    # added for issue 14 (a corpus large enough that MeKi's tables do not just memorise it)
+    "/usr/share/doc/debian-handbook/html/en-US": "debian-handbook",
+    "/usr/share/doc/apache2-doc/manual/en": "apache2-doc",
+    "/usr/share/doc/git-doc": "git-doc",
+    "/usr/share/doc/nodejs/api": "nodejs-doc",
+    "/usr/share/doc/sqlite3": "sqlite3-doc",
+    "/usr/share/doc/sphinx-doc/html": "sphinx-doc",
+    "/usr/share/doc/cmake-data/html": "cmake-doc",
+    "/usr/share/doc/octave/octave.html": "octave-doc",
+    "/usr/share/doc/python-sklearn-doc/html": "python-sklearn-doc",
+    "/usr/share/doc/python-flask-doc/html": "python-flask-doc",
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 # Debian 12 (bookworm); needs root. Versions used for data_out/ are recorded in its meta.json.
 set -euo pipefail
 PACKAGES=(python3.11-doc linux-doc-6.1 python-django-doc postgresql-doc-15 perl-doc
-          debian-reference-en)
+          debian-reference-en debian-handbook apache2-doc git-doc nodejs-doc sqlite3-doc sphinx-doc
+          cmake-doc octave-doc python-sklearn-doc python-flask-doc)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 $SUDO apt-get update
