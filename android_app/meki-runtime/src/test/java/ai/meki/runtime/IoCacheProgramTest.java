@@ -313,6 +313,82 @@ class IoCacheProgramTest {
         }
     }
 
+    /**
+     * Replays tests/apps/test_qnn_split_trace.py's steps (mobile_runtime/qnn_sim.py QnnSimRunner.step
+     * driven with a numpy fake graph): IoCacheProgram must feed the same tokens, positions,
+     * last_index and cache, float and int16 alike.
+     */
+    @Test
+    void feedsWhatTheSimulatorRunnerFeeds() throws Exception {
+        JSONObject trace;
+        try (java.io.InputStream in = IoCacheProgramTest.class.getResourceAsStream("/qnn_split_trace.json")) {
+            trace = new JSONObject(new String(readAll(in), StandardCharsets.UTF_8));
+        }
+        assertEquals(H * S * D, trace.getInt("H") * trace.getInt("S") * trace.getInt("D"));
+        BundleManifest m = qnnManifest();
+        for (String target : new String[] {"tflite-qnn", "tflite-qnn-w8a16"}) {
+            final boolean quant = target.endsWith("w8a16");
+            final float poison = (float) trace.getDouble("poison");
+            final JSONArray got = new JSONArray();
+            SignatureRunner graph = new SignatureRunner() {
+                @Override
+                public Map<String, Object> run(String sig, Map<String, Object> f) {
+                    FakeSplitGraph dec = new FakeSplitGraph(null, quant);
+                    int[] tok = (int[]) f.get("tokens");
+                    int n = f.containsKey("last_index") ? ((int[]) f.get("last_index"))[0] + 1 : 1;
+                    JSONObject c = new JSONObject();
+                    try {
+                        c.put("tokens", new JSONArray(tok)).put("input_pos", new JSONArray((int[]) f.get("input_pos")))
+                                .put("last_index", f.containsKey("last_index") ? (Object) (n - 1) : JSONObject.NULL)
+                                .put("kv_k_0", new JSONArray(dec.in(f, "kv_k_0"))).put("kv_v_0", new JSONArray(dec.in(f, "kv_v_0")));
+                    } catch (org.json.JSONException e) {
+                        throw new AssertionError(e);
+                    }
+                    got.put(c);
+                    Map<String, Object> o = new java.util.LinkedHashMap<>();
+                    o.put("logits", dec.out(new float[V]));
+                    float[][] news = {new float[H * tok.length * D], new float[H * tok.length * D]};
+                    for (int k = 0; k < 2; k++) for (int h = 0; h < H; h++) for (int i = 0; i < tok.length; i++) for (int d = 0; d < D; d++) {
+                        news[k][(h * tok.length + i) * D + d] = i < n ? FakeSplitGraph.cell(tok[i], h, d, k == 1) : poison;
+                    }
+                    o.put("k_new_0", dec.out(news[0]));
+                    o.put("v_new_0", dec.out(news[1]));
+                    return o;
+                }
+
+                @Override public void resetCache() {}
+
+                @Override public void close() {}
+            };
+            IoCacheProgram prog = new IoCacheProgram(SocModels.pick(m, target, "SM8750"), graph);
+            JSONArray steps = trace.getJSONArray("steps");
+            for (int i = 0; i < steps.length(); i++) {
+                JSONArray st = steps.getJSONArray(i), t = st.getJSONArray(1);
+                long[] tok = new long[t.length()], pos = new long[t.length()];
+                for (int j = 0; j < tok.length; j++) {
+                    tok[j] = t.getLong(j);
+                    pos[j] = st.getLong(2) + j;
+                }
+                prog.step(st.getString(0), tok, pos, new float[tok.length * L * M]);
+            }
+            JSONArray want = trace.getJSONArray("calls");
+            assertEquals(want.length(), got.length());
+            for (int i = 0; i < want.length(); i++) {
+                for (String key : new String[] {"tokens", "input_pos", "last_index", "kv_k_0", "kv_v_0"}) {
+                    assertEquals(want.getJSONObject(i).get(key).toString(), got.getJSONObject(i).get(key).toString(),
+                            target + " call " + i + " " + key);
+                }
+            }
+        }
+    }
+
+    static byte[] readAll(java.io.InputStream in) throws java.io.IOException {
+        java.io.ByteArrayOutputStream b = new java.io.ByteArrayOutputStream();
+        byte[] buf = new byte[8192];
+        for (int n; (n = in.read(buf)) > 0; ) b.write(buf, 0, n);
+        return b.toByteArray();
+    }
+
     @Test
     void quantParamsRoundAsNumpy() throws Exception {
         // reference: numpy 2.4.6, np.clip(np.round(x / s) + zp, -32768, 32767).astype(np.int16) and (q - zp) * s in float32
