@@ -56,6 +56,7 @@ public final class IoQuant {
                 for (Iterator<String> t = tensors.keys(); t.hasNext(); ) {
                     String name = t.next();
                     JSONArray q = tensors.getJSONArray(name);
+                    if (!declaredFloat(spec, sig, name)) continue;   // ids pass through as they are (qnn_sim.py too)
                     if (q.length() != 3 || !"int16".equals(q.get(0))) {
                         throw new BundleException(where + "/" + sig + "/" + name + ": " + q
                                 + " (this app takes [\"int16\", scale, zero_point] only)");
@@ -69,6 +70,17 @@ public final class IoQuant {
         } catch (JSONException e) {
             throw new BundleException(where + ": " + e.getMessage());
         }
+    }
+
+    /** Whether the manifest declares tensor name of signature sig float32 (quantised ones only are encoded). */
+    private static boolean declaredFloat(BundleManifest.Backbone spec, String sig, String name) {
+        for (java.util.Map.Entry<String, BundleManifest.MethodSpec> m : spec.methods.entrySet()) {
+            if (!(m.getValue().entry.isEmpty() ? m.getKey() : m.getValue().entry).equals(sig)) continue;
+            for (java.util.List<BundleManifest.TensorSpec> ts : java.util.Arrays.asList(m.getValue().inputs, m.getValue().outputs)) {
+                for (BundleManifest.TensorSpec t : ts) if (t.name.equals(name)) return t.dtype.equals("float32");
+            }
+        }
+        return true;   // a name the manifest does not declare: checked, so a typo is not silently float
     }
 
     /** The tensor's int16 encoding in signature sig, or null when it is float. */

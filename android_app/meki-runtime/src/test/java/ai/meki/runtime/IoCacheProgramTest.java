@@ -69,6 +69,7 @@ class IoCacheProgramTest {
             for (String name : new String[] {"meki_rows", "kv_k_0", "kv_v_0", "logits", "k_new_0", "v_new_0"}) {
                 t.put(name, new JSONArray().put("int16").put((double) Q_SCALE).put(Q_ZERO));
             }
+            t.put("tokens", new JSONArray().put("int32").put(1.0).put(0));   // an id tensor: never encoded
             all.put(sig, t);
         }
         return all;
