@@ -234,6 +234,9 @@ def bundle_cases(out: Path) -> list[dict]:
     root, m = case("ok_mlpackage", "ok", None,
                    "executorch + coreml: the coreml backbone is a folder whose files are listed one by one")
     write_manifest(root, mlpackage(root, m))
+    root, m = case("ok_extra_soc", "ok", None, "an NPU backbone's SoC and cache contract in its free-form extra")
+    m["backbones"][0]["extra"] = {"soc": "SM8750", "kv_new_tensors": ["k_new_0", "v_new_0"], "io_quant": {}}
+    write_manifest(root, m)
     root, m = case("ok_depth_64", "ok", None, f"export nests {MAX_JSON_DEPTH - 2} arrays: depth {MAX_JSON_DEPTH}")
     m["export"]["deep"] = json.loads(nested(MAX_JSON_DEPTH - 2))
     write_manifest(root, m)
@@ -265,6 +268,9 @@ def bundle_cases(out: Path) -> list[dict]:
         ("memory_enum", lambda m: m.update(memory="some"), "memory is not both/static/dynamic/none"),
         ("sha256_short", lambda m: m["files"][0].update(sha256="abc"), "sha256 is not 64 hex chars"),
         ("pack_dims_string", lambda m: m["memory_pack"].update(d_mem="16"), "memory_pack.d_mem is a string"),
+        ("backbone_soc", lambda m: m["backbones"][0].update(soc="SM8750"),
+         "a backbone with a top-level soc (the SoC belongs in extra.soc)"),
+        ("backbone_format", lambda m: m["backbones"][0].update(format="tflite"), "a backbone with a top-level format"),
     ]:
         root, m = case(f"schema_{name}", "refused", "manifest.schema", note)
         mutate(m)

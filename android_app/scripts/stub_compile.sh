@@ -47,6 +47,7 @@ stub com/google/ai/edge/litert/TensorBuffer.java <<'J'
 package com.google.ai.edge.litert;
 public class TensorBuffer implements AutoCloseable {
   public void writeFloat(float[] d) throws LiteRtException {} public void writeInt(int[] d) throws LiteRtException {}
+  public void writeInt8(byte[] d) throws LiteRtException {}
   public float[] readFloat() throws LiteRtException { return null; } @Override public void close() {} }
 J
 stub com/google/ai/edge/litert/CompiledModel.java <<'J'

@@ -98,13 +98,14 @@ public final class BundleManifest {
     /** One exported backbone program. */
     public static final class Backbone {
         public final String target, file, quant, kvCache;
-        public final String format, soc;   // optional: the program's file format, the SoC it was compiled for (NPU)
+        public final String soc;         // extra.soc: the SoC an NPU program was compiled for, or null
+        public final JSONObject extra;   // free-form exporter facts (empty when absent)
         public final int maxSeqLen, prefillLen;
         public final Map<String, MethodSpec> methods;
 
         Backbone(JSONObject o, String where) throws BundleException {
             checkKeys(o, where, new String[] {"target", "file", "quant", "max_seq_len", "prefill_len", "kv_cache", "methods"},
-                    "delegated", "extra", "format", "soc");
+                    "delegated", "extra");
             Map<String, MethodSpec> ms = new LinkedHashMap<>();
             try {
                 target = str(o, "target");
@@ -113,8 +114,10 @@ public final class BundleManifest {
                 maxSeqLen = (int) atLeast(1, integer(o, "max_seq_len", Integer.MAX_VALUE), where + "/max_seq_len");
                 prefillLen = (int) atLeast(1, integer(o, "prefill_len", Integer.MAX_VALUE), where + "/prefill_len");
                 kvCache = oneOf(str(o, "kv_cache"), Arrays.asList("internal", "io"), where + "/kv_cache");
-                format = o.has("format") ? str(o, "format") : null;
-                soc = o.has("soc") ? str(o, "soc") : null;
+                extra = o.has("extra") ? o.getJSONObject("extra") : new JSONObject();
+                // extra is free-form in the schema (every reader accepts any value there): a soc that is
+                // not a string is no SoC, not a manifest error
+                soc = extra.opt("soc") instanceof String ? (String) extra.opt("soc") : null;
                 JSONObject m = o.getJSONObject("methods");
                 for (Iterator<String> it = m.keys(); it.hasNext(); ) {
                     String k = it.next();

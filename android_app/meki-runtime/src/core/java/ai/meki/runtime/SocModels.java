@@ -9,7 +9,7 @@ public final class SocModels {
 
     /**
      * @param soc the phone's SoC model (Android's Build.SOC_MODEL, e.g. "SM8750"), or null when unknown
-     * @return the backbone of target whose "soc" is soc (case-insensitive); a target without socs is returned as is
+     * @return the backbone of target whose extra.soc is soc (case-insensitive); a target without socs is returned as is
      */
     public static BundleManifest.Backbone pick(BundleManifest m, String target, String soc) throws BundleException {
         List<BundleManifest.Backbone> same = new ArrayList<>();
