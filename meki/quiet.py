@@ -20,6 +20,7 @@ LOGGERS = (
 # (category, message regex, why)
 WARNINGS = (
     (FutureWarning, r".*isinstance\(treespec, LeafSpec\).*", "torch's own pytree deprecation, hit when programs are copied"),
+    (FutureWarning, r"_check_is_size will be removed", "ExecuTorch's llama custom ops call the deprecated check"),
     (UserWarning, r"Raw SymInt value", "torch.fx note while ExecuTorch re-traces dynamic-T programs"),
     (UserWarning, r"Mutation on a buffer in the model is detected",
      "the KV cache: shared caches get InitializedMutableBufferPass; a delegate that owns it zero-fills it"),

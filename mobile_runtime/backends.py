@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from contract.manifest import Backbone, BundleError
+from mobile_runtime.native_log import filtered_native_stderr
 
 
 class Runner(Protocol):
@@ -33,7 +34,8 @@ class ExecuTorchRunner:
         if "llama" in backbone.extra.get("kernels", []):  # llama::custom_sdpa / update_cache kernels
             from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
         program = Runtime.get().load_program(str(Path(bundle) / backbone.file))
-        self._methods = {step: program.load_method(spec.entry or step) for step, spec in backbone.methods.items()}
+        with filtered_native_stderr():  # XNNPACK's first start prints cpuinfo chatter on x86 hosts
+            self._methods = {step: program.load_method(spec.entry or step) for step, spec in backbone.methods.items()}
 
     def step(self, method: str, tokens: np.ndarray, input_pos: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         t = self._torch
