@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from contract.manifest import BundleError
-from pipeline import data
+from training import data
 from pipeline.checkpoint import save_checkpoint
 from meki.cli import main
 from pipeline.config import fake
