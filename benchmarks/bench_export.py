@@ -1,0 +1,107 @@
+"""Benchmark: export MeKi + dense bundles at the paper's shapes; wall time and peak RSS per stage.
+
+    python benchmarks/bench_export.py --shape qwen3-0.6b --target executorch-xnnpack --quant 8da4w
+    python benchmarks/bench_export.py --shape qwen3-1.7b --target executorch-xnnpack --quant 8da4w --layers 4
+
+Random weights at the real shapes (bf16 on disk, as Qwen3 ships) are streamed into a train-form
+checkpoint a block of rows at a time, so generating it never holds the model in memory (cached in
+--work between runs). Then `export_bundles` runs under pipeline.profile's StageProfiler: load, fold,
+copies, quantisation, torch.export per method, lowering, serialisation, per bundle. The table goes
+to stdout, the figures to --json. --layers cuts the layer count (same widths) for a quick profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.checkpoint import CheckpointInfo, write_info  # noqa: E402
+from pipeline.config import ModelConfig, preset  # noqa: E402
+from pipeline.model import MekiModel  # noqa: E402
+from pipeline.profile import StageProfiler, release, save_json  # noqa: E402
+from pipeline.tensor_io import SafetensorsReader, SafetensorsWriter, fingerprint  # noqa: E402
+
+SHAPES = ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b")
+
+
+def make_checkpoint(cfg: ModelConfig, out: Path, seed: int = 0, rows: int = 8192) -> Path:
+    """A train-form checkpoint of random bf16 weights, written a block of rows at a time."""
+    if (out / "checkpoint.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in MekiModel(cfg).state_dict().items()}
+    gen = torch.Generator().manual_seed(seed)
+    with SafetensorsWriter(tmp / "model.safetensors", {k: (s, torch.bfloat16) for k, s in shapes.items()}) as w:
+        for name, shape in shapes.items():
+            if len(shape) < 2:  # norms, alpha, beta: ones (their init)
+                w.write(name, torch.ones(shape))
+                continue
+            for start in range(0, shape[0], rows):
+                n = min(rows, shape[0] - start)
+                w.write_rows(name, start, torch.randn((n, *shape[1:]), generator=gen) * 0.02)
+    cfg.save(tmp / "config.json")
+    with SafetensorsReader(tmp / "model.safetensors") as reader:
+        fp = fingerprint(json.dumps(cfg.replace(name="").to_dict(), sort_keys=True), reader)
+    write_info(tmp, CheckpointInfo(fingerprint=fp, tables=None, source="random"))
+    tmp.rename(out)
+    return out
+
+
+def param_counts(cfg: ModelConfig) -> dict[str, int]:
+    with torch.device("meta"):
+        state = MekiModel(cfg).state_dict()
+    tables = sum(v.numel() for k, v in state.items() if k.endswith("memory.table.weight"))
+    return {"params_total": sum(v.numel() for v in state.values()), "params_tables": tables}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=SHAPES, required=True)
+    ap.add_argument("--target", action="append", required=True, help="repeatable (e.g. executorch-xnnpack)")
+    ap.add_argument("--quant", default="8da4w")
+    ap.add_argument("--layers", type=int, help="fewer layers than the preset (quick profile)")
+    ap.add_argument("--max-seq-len", type=int, default=512)
+    ap.add_argument("--prefill-len", type=int, default=32)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/meki-bench-export"))
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--interval", type=float, default=0.1, help="RSS sampling interval, s")
+    a = ap.parse_args()
+
+    from pipeline.export.bundle import export_bundles
+    from pipeline.export.registry import ExportSettings
+
+    cfg = preset(a.shape)
+    if a.layers:
+        cfg = cfg.replace(num_layers=a.layers, name=f"{a.shape}-{a.layers}L")
+    t = time.perf_counter()
+    ckpt = make_checkpoint(cfg, a.work / f"ckpt-{cfg.name}")
+    print(f"checkpoint {ckpt} ready in {time.perf_counter() - t:.1f} s", flush=True)
+    out = a.work / f"out-{cfg.name}"
+    shutil.rmtree(out, ignore_errors=True)
+    release()
+    settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
+    with StageProfiler(a.interval) as prof:
+        export_bundles(ckpt, out, a.target, settings)
+    print(prof.table())
+    sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
+    print(json.dumps(sizes, indent=1))
+    if a.json:
+        save_json(prof, str(a.json), shape=a.shape, layers=cfg.num_layers, targets=a.target, quant=a.quant,
+                  settings=settings.__dict__, config=cfg.to_dict(), **param_counts(cfg), files=sizes)
+    shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
