@@ -33,7 +33,8 @@ SHAPES = ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b")
 
 
 def make_checkpoint(cfg: ModelConfig, out: Path, seed: int = 0, rows: int = 8192) -> Path:
-    """A train-form checkpoint of random bf16 weights, written a block of rows at a time."""
+    """A random bf16 checkpoint, written a block of rows at a time: train form, or folded (cfg.folded)
+    with a random int8 memory pack (skips the fold, which bench_fold.py measures on its own)."""
     if (out / "checkpoint.json").exists():
         return out
     tmp = out.with_name(out.name + ".partial")
@@ -42,7 +43,27 @@ def make_checkpoint(cfg: ModelConfig, out: Path, seed: int = 0, rows: int = 8192
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in MekiModel(cfg).state_dict().items()}
     gen = torch.Generator().manual_seed(seed)
-    with SafetensorsWriter(tmp / "model.safetensors", {k: (s, torch.bfloat16) for k, s in shapes.items()}) as w:
+    _write_weights(tmp / "model.safetensors", shapes, gen, rows)
+    cfg.save(tmp / "config.json")
+    with SafetensorsReader(tmp / "model.safetensors") as reader:
+        fp = fingerprint(json.dumps(cfg.replace(name="").to_dict(), sort_keys=True), reader)
+    tables = None
+    if cfg.folded:
+        from pipeline.pack_writer import PackWriter
+
+        tables = "tables.mekipack"
+        with PackWriter(tmp / tables, vocab_size=cfg.vocab_size, num_layers=cfg.num_layers, d_mem=cfg.d_mem,
+                        dtype="int8", fingerprint=fp, progress=False) as w:
+            for start in range(0, cfg.vocab_size, rows):
+                n = min(rows, cfg.vocab_size - start)
+                w.write(start, torch.randn((n, cfg.num_layers, cfg.d_mem), generator=gen).numpy())
+    write_info(tmp, CheckpointInfo(fingerprint=fp, tables=tables, source="random"))
+    tmp.rename(out)
+    return out
+
+
+def _write_weights(path: Path, shapes: dict[str, tuple[int, ...]], gen: torch.Generator, rows: int) -> None:
+    with SafetensorsWriter(path, {k: (s, torch.bfloat16) for k, s in shapes.items()}) as w:
         for name, shape in shapes.items():
             if len(shape) < 2:  # norms, alpha, beta: ones (their init)
                 w.write(name, torch.ones(shape))
@@ -50,12 +71,6 @@ def make_checkpoint(cfg: ModelConfig, out: Path, seed: int = 0, rows: int = 8192
             for start in range(0, shape[0], rows):
                 n = min(rows, shape[0] - start)
                 w.write_rows(name, start, torch.randn((n, *shape[1:]), generator=gen) * 0.02)
-    cfg.save(tmp / "config.json")
-    with SafetensorsReader(tmp / "model.safetensors") as reader:
-        fp = fingerprint(json.dumps(cfg.replace(name="").to_dict(), sort_keys=True), reader)
-    write_info(tmp, CheckpointInfo(fingerprint=fp, tables=None, source="random"))
-    tmp.rename(out)
-    return out
 
 
 def param_counts(cfg: ModelConfig) -> dict[str, int]:
@@ -63,6 +78,24 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
         state = MekiModel(cfg).state_dict()
     tables = sum(v.numel() for k, v in state.items() if k.endswith("memory.table.weight"))
     return {"params_total": sum(v.numel() for v in state.values()), "params_tables": tables}
+
+
+def load_only(ckpt: Path, targets: list[str], settings: object) -> None:
+    """The stages before lowering, as export_bundles runs them (the checkpoint must be folded)."""
+    from pipeline.checkpoint import load_checkpoint, read_config
+    from pipeline.export.bundle import dense_baseline, eager_quantizer
+    from pipeline.export.memory import check_memory
+    from pipeline.profile import stage
+
+    cfg, _ = read_config(ckpt)
+    prepare = eager_quantizer(targets, settings)
+    print("estimates (GiB):", {k: round(v / 2**30, 2) for k, v in
+                               check_memory(cfg, targets, settings, prepare is not None).items()})
+    with stage("load"):
+        model, _ = load_checkpoint(ckpt, prepare=prepare)
+    with stage("dense baseline"):
+        dense = dense_baseline(model)
+    del model, dense
 
 
 def main() -> int:
@@ -75,7 +108,11 @@ def main() -> int:
     ap.add_argument("--prefill-len", type=int, default=32)
     ap.add_argument("--work", type=Path, default=Path("/tmp/meki-bench-export"))
     ap.add_argument("--json", type=Path, help="write the figures here")
-    ap.add_argument("--interval", type=float, default=0.1, help="RSS sampling interval, s")
+    ap.add_argument("--prefolded", action="store_true",
+                    help="start from a folded checkpoint (random pack): no fold stage (bench_fold.py measures it)")
+    ap.add_argument("--load-only", action="store_true",
+                    help="profile loading (quantised as it loads) and the dense baseline only, no lowering")
+    ap.add_argument("--interval", type=float, default=0.2, help="RSS sampling interval, s")
     a = ap.parse_args()
 
     from pipeline.export.bundle import export_bundles
@@ -84,6 +121,8 @@ def main() -> int:
     cfg = preset(a.shape)
     if a.layers:
         cfg = cfg.replace(num_layers=a.layers, name=f"{a.shape}-{a.layers}L")
+    if a.prefolded:
+        cfg = cfg.replace(folded=True, name=f"{cfg.name}-folded")
     t = time.perf_counter()
     ckpt = make_checkpoint(cfg, a.work / f"ckpt-{cfg.name}")
     print(f"checkpoint {ckpt} ready in {time.perf_counter() - t:.1f} s", flush=True)
@@ -92,7 +131,10 @@ def main() -> int:
     release()
     settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
     with StageProfiler(a.interval) as prof:
-        export_bundles(ckpt, out, a.target, settings)
+        if a.load_only:
+            load_only(ckpt, a.target, settings)
+        else:
+            export_bundles(ckpt, out, a.target, settings)
     print(prof.table())
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     print(json.dumps(sizes, indent=1))

@@ -96,7 +96,7 @@ class StageRecord:
 
 
 class StageProfiler:
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.records: list[StageRecord] = []
         self._stack: list[StageRecord] = []
@@ -124,8 +124,12 @@ class StageProfiler:
         _ACTIVE = self._prev
 
     def _sample(self) -> None:
+        kids: list[int] = []
+        last_scan = 0.0
         while not self._stop.wait(self.interval):
-            mib = tree_rss_kib() / 1024
+            if time.perf_counter() - last_scan > 1.0:  # scanning /proc is the costly part: once a second
+                kids, last_scan = _descendants(os.getpid()), time.perf_counter()
+            mib = (_status_kib("self", "VmRSS") + sum(_status_kib(p, "VmRSS") for p in kids)) / 1024
             with self._lock:
                 self.peak_mib = max(self.peak_mib, mib)
                 for rec in self._stack:
