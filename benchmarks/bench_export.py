@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -126,8 +127,7 @@ def main() -> int:
     t = time.perf_counter()
     ckpt = make_checkpoint(cfg, a.work / f"ckpt-{cfg.name}")
     print(f"checkpoint {ckpt} ready in {time.perf_counter() - t:.1f} s", flush=True)
-    out = a.work / f"out-{cfg.name}"
-    shutil.rmtree(out, ignore_errors=True)
+    out = a.work / f"out-{cfg.name}-{os.getpid()}"  # per run: runs may share --work
     release()
     settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
     with StageProfiler(a.interval) as prof:
