@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -170,6 +172,26 @@ def delegation_summary(edge: Any) -> dict[str, int]:
     return summary
 
 
+def _same(t: torch.Tensor, memo: dict[int, Any]) -> torch.Tensor:
+    return t
+
+
+@contextlib.contextmanager
+def weights_shared_on_deepcopy(programs: dict[str, Any]) -> Iterator[None]:
+    """ExecuTorch's to_edge deep-copies every ExportedProgram, weights included: one full copy of the
+    model per method. The weights are only read from here on, so those copies may share them: each
+    weight answers deepcopy with itself while lowering (an instance attribute, removed afterwards)."""
+    tensors = {id(t): t for ep in programs.values()
+               for t in list(ep.state_dict.values()) + list(ep.constants.values()) if isinstance(t, torch.Tensor)}
+    for t in tensors.values():
+        t.__deepcopy__ = functools.partial(_same, t)
+    try:
+        yield
+    finally:
+        for t in tensors.values():
+            del t.__deepcopy__
+
+
 def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitioners: list[Any], target: str,
                  shared_cache: bool) -> dict[str, int]:
     """Table guard, partition + lower, write the .pte; returns the delegation summary.
@@ -181,9 +203,10 @@ def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitio
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
     refuse_tables(table_shaped_tensors(programs, cfg), target)
-    with stage("to_edge+partition"):
+    with stage("to_edge+partition"), weights_shared_on_deepcopy(programs):
         edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
                                            compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    programs.clear()  # the edge programs replace them
     delegated = delegation_summary(edge)
     with stage("to_executorch"):
         program = edge.to_executorch(ExecutorchBackendConfig(
