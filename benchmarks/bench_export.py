@@ -85,13 +85,13 @@ def load_only(ckpt: Path, targets: list[str], settings: object) -> None:
     """The stages before lowering, as export_bundles runs them (the checkpoint must be folded)."""
     from pipeline.checkpoint import load_checkpoint, read_config
     from pipeline.export.bundle import dense_baseline, eager_quantizer
-    from pipeline.export.memory import check_memory
+    from pipeline.export.memory import stage_estimates
     from pipeline.profile import stage
 
     cfg, _ = read_config(ckpt)
     prepare = eager_quantizer(targets, settings)
-    print("estimates (GiB):", {k: round(v / 2**30, 2) for k, v in
-                               check_memory(cfg, targets, settings, prepare is not None).items()})
+    print("estimated peaks (GiB):", {k: round(v / 2**30, 2) for k, v in
+                                     stage_estimates(cfg, targets, settings, prepare is not None).items()})
     with stage("load"):
         model, _ = load_checkpoint(ckpt, prepare=prepare)
     with stage("dense baseline"):
