@@ -110,3 +110,17 @@ def test_memory_check_refuses_before_running():
     est = stage_estimates(cfg, ["executorch-xnnpack"], ExportSettings(quant="8da4w"), eager_quant=True)
     assert est["load"] < stage_estimates(cfg, ["executorch-xnnpack"], settings, eager_quant=False)["load"] / 2
     assert check_memory(preset("fake"), ["executorch-xnnpack"], settings, False, available=8 << 30)
+
+
+def test_lowering_deepcopies_share_the_weights(folded_ckpt):
+    import copy
+
+    from pipeline.export.common import export_steps, weights_shared_on_deepcopy
+
+    model, _ = load_checkpoint(folded_ckpt)
+    programs = export_steps(model, ExportSettings(quant="8da4w", max_seq_len=32, prefill_len=4))
+    ep = programs["decode"]
+    with weights_shared_on_deepcopy(programs):
+        twin = copy.deepcopy(ep)
+    assert all(twin.state_dict[k] is v for k, v in ep.state_dict.items())
+    assert not any(copy.deepcopy(ep).state_dict[k] is v for k, v in ep.state_dict.items())  # restored
