@@ -33,7 +33,7 @@ from pipeline.tensor_io import SafetensorsReader, SafetensorsWriter, fingerprint
 SHAPES = ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b")
 
 
-def make_checkpoint(cfg: ModelConfig, out: Path, seed: int = 0, rows: int = 8192) -> Path:
+def make_checkpoint(cfg: ModelConfig, out: Path, seed: int = 0, rows: int = 8192, pack: bool = True) -> Path:
     """A random bf16 checkpoint, written a block of rows at a time: train form, or folded (cfg.folded)
     with a random int8 memory pack (skips the fold, which bench_fold.py measures on its own)."""
     if (out / "checkpoint.json").exists():
@@ -49,7 +49,7 @@ def make_checkpoint(cfg: ModelConfig, out: Path, seed: int = 0, rows: int = 8192
     with SafetensorsReader(tmp / "model.safetensors") as reader:
         fp = fingerprint(json.dumps(cfg.replace(name="").to_dict(), sort_keys=True), reader)
     tables = None
-    if cfg.folded:
+    if cfg.folded and pack:  # --load-only never reads the tables
         from pipeline.pack_writer import PackWriter
 
         tables = "tables.mekipack"
@@ -125,7 +125,7 @@ def main() -> int:
     if a.prefolded:
         cfg = cfg.replace(folded=True, name=f"{cfg.name}-folded")
     t = time.perf_counter()
-    ckpt = make_checkpoint(cfg, a.work / f"ckpt-{cfg.name}")
+    ckpt = make_checkpoint(cfg, a.work / f"ckpt-{cfg.name}{'-nopack' if a.load_only else ''}", pack=not a.load_only)
     print(f"checkpoint {ckpt} ready in {time.perf_counter() - t:.1f} s", flush=True)
     out = a.work / f"out-{cfg.name}-{os.getpid()}"  # per run: runs may share --work
     release()
