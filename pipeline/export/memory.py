@@ -54,11 +54,16 @@ def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettin
     held = c.other * FP32 + c.linear * (HELD[settings.quant] if eager_quant else FP32)
     largest = max(cfg.vocab_size * cfg.dim, cfg.dim * cfg.ffn_dim) * FP32  # one tensor in flight while loading
     out = {"load": int(held + largest + SLACK)}
+    head = cfg.vocab_size * cfg.dim if cfg.tie_embeddings and settings.quant != "none" else 0  # untied to quantise
+    fused = 2 * cfg.num_layers * cfg.dim * cfg.ffn_dim * FP32  # FFN gate/up rows concatenated (fused_layers.py)
     for t in targets:
         if t.startswith("executorch"):
-            quantised = 0 if eager_quant or settings.quant == "none" else c.linear * HELD[settings.quant]
-            program = c.other * FP32 + c.linear * PACKED.get(settings.quant, FP32)
-            out[t] = int(held + quantised + c.kv_cache + LOWERING_COPIES * program + SLACK)
+            quant = settings.quant if settings.quant in HELD else "none"
+            quantised = 0 if eager_quant or quant == "none" else (c.linear + head) * HELD[quant]
+            program = c.other * FP32 + (c.linear + head) * PACKED[quant]
+            copying = fused + head * FP32 + quantised  # while the export copy is fused and quantised
+            lowering = quantised + c.kv_cache + LOWERING_COPIES * program
+            out[t] = int(held + max(copying, lowering) + SLACK)
         else:
             out[t] = int(fp32 + OTHER_TARGETS * fp32 + c.kv_cache + SLACK)
     return out
