@@ -135,11 +135,15 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the checkpoint's, if any)")
     p.add_argument("--baseline", type=Path, help="dense checkpoint for the baseline bundle (default: strip MeKi)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--profile", action="store_true", help="print wall time and peak RSS per export stage")
 
 
 def _run_export(a: argparse.Namespace) -> int:
+    import contextlib
+
     from pipeline.export.bundle import export_bundles
     from pipeline.export.registry import ExportSettings
+    from pipeline.profile import StageProfiler
 
     if a.tokenizer is not None:
         from contract.inputs import require_file
@@ -147,7 +151,12 @@ def _run_export(a: argparse.Namespace) -> int:
         require_file(a.tokenizer, "tokenizer.json")
     settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len,
                               socs=tuple(a.soc), calibration=a.calibration)
-    bundles = export_bundles(a.ckpt, a.out, a.target, settings, a.pack_dtype, a.tokenizer, a.baseline, a.overwrite)
+    prof = StageProfiler() if a.profile else None
+    with prof or contextlib.nullcontext():
+        bundles = export_bundles(a.ckpt, a.out, a.target, settings, a.pack_dtype, a.tokenizer, a.baseline,
+                                 a.overwrite)
+    if prof is not None:
+        console.print(prof.table(), markup=False, highlight=False)
     for kind, m in bundles.items():
         delegated = {b.target: b.delegated for b in m.backbones}
         console.print(f"wrote {a.out / kind}: {', '.join(b.target for b in m.backbones)}; delegated {delegated}")

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
+from torch import nn
 from safetensors.torch import save_file
 
 from contract.inputs import InputError, read_text
 from pipeline.config import ConfigError, ModelConfig
 from contract.atomic import atomic_dir
-from pipeline.model import MekiModel
+from pipeline.model import MekiModel, rope_tables
 from pipeline.tensor_io import DictSource, SafetensorsReader, TensorSource, fingerprint
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # every model tensor is a float
@@ -81,11 +82,35 @@ def check_fingerprint(folder: Path, cfg: ModelConfig, info: CheckpointInfo, read
 
 
 def build_model(cfg: ModelConfig, state: Mapping[str, torch.Tensor], origin: str) -> MekiModel:
+    """The model over `state`'s tensors, no second copy: built on the meta device, the tensors assigned
+    (cast to the model's dtype first where they differ: the same values load_state_dict's copy gives)."""
     check_state_dict(cfg, {k: tuple(v.shape) for k, v in state.items()}, origin,
                      {k: v.dtype for k, v in state.items()})
-    model = MekiModel(cfg)
-    model.load_state_dict(dict(state), strict=True)
+    with torch.device("meta"):
+        model = MekiModel(cfg)
+    want = model.state_dict()
+    model.load_state_dict({k: v.detach().to(want[k].dtype).contiguous() for k, v in state.items()},
+                          strict=True, assign=True)
+    return materialize_buffers(model)
+
+
+def materialize_buffers(model: MekiModel) -> MekiModel:
+    """Compute the non-persistent buffers (RoPE tables) a meta-built model lacks; no meta tensor may remain."""
+    model.rope_cos, model.rope_sin = rope_tables(model.cfg, model.cfg.max_seq_len)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"tensors never loaded: {', '.join(left)}")
     return model
+
+
+def read_config(folder: Path) -> tuple[ModelConfig, CheckpointInfo]:
+    """A checkpoint folder's config and info, no weights read."""
+    folder = Path(folder)
+    info = read_info(folder)
+    try:
+        return ModelConfig.load(folder / "config.json"), info
+    except ConfigError as exc:
+        raise CheckpointError(f"{folder / 'config.json'}: {exc}") from exc
 
 
 def save_checkpoint(model: MekiModel, out: Path, source: str = "meki", overwrite: bool = False,
@@ -130,21 +155,34 @@ def read_info(folder: Path) -> CheckpointInfo:
     return CheckpointInfo(fingerprint=fp, tables=tables, source=source)
 
 
-def load_checkpoint(folder: Path, verify: bool = True) -> tuple[MekiModel, CheckpointInfo]:
+def load_checkpoint(folder: Path, verify: bool = True,
+                    prepare: Callable[[nn.Module], None] | None = None) -> tuple[MekiModel, CheckpointInfo]:
     """Load one of our checkpoint folders (train or folded form) into a MekiModel (tables stay on disk).
 
-    verify: recompute a train-form checkpoint's fingerprint and refuse one that does not match."""
-    folder = Path(folder)
-    info = read_info(folder)
-    try:
-        cfg = ModelConfig.load(folder / "config.json")
-    except ConfigError as exc:
-        raise CheckpointError(f"{folder / 'config.json'}: {exc}") from exc
-    with SafetensorsReader(folder / "model.safetensors") as reader:
-        check_state_dict(cfg, {n: reader.shape(n) for n in reader.names()}, str(reader.path),
-                         {n: reader.dtype(n) for n in reader.names()})
-        state = {n: reader.get(n) for n in reader.names()}
+    verify: recompute a train-form checkpoint's fingerprint and refuse one that does not match.
+    The model is built on the meta device and each tensor read (pread, no mmap) and assigned, one
+    decoder layer at a time: peak memory is the model plus one tensor. prepare(module), if given,
+    runs on each layer once it is loaded and then on the whole model (e.g. quantise in place, so the
+    full-precision model never exists at once)."""
+    cfg, info = read_config(folder)
+    path = Path(folder) / "model.safetensors"
+    with SafetensorsReader(path) as reader:
+        names = reader.names()
+        check_state_dict(cfg, {n: reader.shape(n) for n in names}, str(path), {n: reader.dtype(n) for n in names})
         if verify and not cfg.folded:
-            check_fingerprint(folder, cfg, info, reader)
-    model = build_model(cfg, state, str(folder / "model.safetensors"))
+            check_fingerprint(Path(folder), cfg, info, reader)
+        with torch.device("meta"):
+            model = MekiModel(cfg)
+        dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+        read = lambda n: reader.get(n).to(dtypes[n])  # noqa: E731  (same values as load_state_dict's copy)
+        for i, layer in enumerate(model.layers):
+            prefix = f"layers.{i}."
+            layer.load_state_dict({n[len(prefix):]: read(n) for n in names if n.startswith(prefix)},
+                                  strict=True, assign=True)
+            if prepare is not None:
+                prepare(layer)
+        model.load_state_dict({n: read(n) for n in names if not n.startswith("layers.")}, strict=False, assign=True)
+    materialize_buffers(model)
+    if prepare is not None:
+        prepare(model)
     return model, info

@@ -10,16 +10,22 @@ import datetime
 import importlib.metadata
 import shutil
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 from tqdm import tqdm
 
 from contract.manifest import Manifest, PackRef, TokenizerRef, write_manifest
-from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.checkpoint import CheckpointError, load_checkpoint, materialize_buffers, read_config
 from pipeline.config import ModelConfig
 from pipeline.export.registry import ExportSettings, get_target
 from pipeline.fold import fold_checkpoint
 from contract.atomic import atomic_dir, check_free
 from pipeline.model import MekiModel
+from pipeline.export.memory import check_memory
+from pipeline.export.quantize import EAGER_QUANT_TARGETS, quantize_weights, quantized_as
+from pipeline.profile import release, stage
 
 EOS_CANDIDATES = ("<|endoftext|>", "<|im_end|>", "</s>", "<eos>")
 TOOLS = ("torch", "executorch", "torchao", "coremltools", "ai-edge-litert", "litert-torch")
@@ -37,11 +43,25 @@ def tokenizer_ref(path: Path | None, bundle: Path) -> TokenizerRef | None:
 
 
 def dense_baseline(model: MekiModel) -> MekiModel:
-    """The same backbone without the MeKi branch: the graph whose speed MeKi must match."""
+    """The same backbone without the MeKi branch: the graph whose speed MeKi must match.
+
+    It shares the backbone's modules (and so its weights, quantised or not) with `model`: no copy."""
     cfg = model.cfg.replace(memory="none", folded=False, name=f"{model.cfg.name}-dense")
-    dense = MekiModel(cfg)
-    dense.load_state_dict({k: v for k, v in model.state_dict().items() if ".fusion." not in k}, strict=True)
-    return dense.eval()
+    with torch.device("meta"):
+        dense = MekiModel(cfg)
+    dense.embed, dense.norm, dense.lm_head = model.embed, model.norm, model.lm_head
+    for mine, theirs in zip(dense.layers, model.layers):
+        mine.attn_norm, mine.attn, mine.ffn_norm, mine.ffn = theirs.attn_norm, theirs.attn, theirs.ffn_norm, theirs.ffn
+    dense.meki_quant = quantized_as(model)
+    return materialize_buffers(dense).eval()
+
+
+def eager_quantizer(targets: list[str], settings: ExportSettings) -> Callable[[torch.nn.Module], None] | None:
+    """Quantise while loading when every target quantises with quantize_weights: the fp32 model never
+    exists whole and both bundles, both methods, share one set of quantised weights."""
+    if settings.quant == "none" or not all(t in EAGER_QUANT_TARGETS for t in targets):
+        return None
+    return lambda module: quantize_weights(module, settings.quant)
 
 
 def tool_versions() -> dict[str, str]:
@@ -71,8 +91,10 @@ def write_bundle(model: MekiModel, out: Path, targets: list[str], settings: Expo
                 pack_ref = PackRef("tables.mekipack", p.dtype, p.layout, p.vocab_size, p.num_layers, p.d_mem, p.fingerprint)
         backbones = []
         for t in tqdm(targets, desc=f"export {out.name}", unit="target"):
-            made = get_target(t).export(model, tmp, settings)
+            with stage(t):
+                made = get_target(t).export(model, tmp, settings)
             backbones += made if isinstance(made, list) else [made]  # NPU targets: one per SoC
+            release()  # the programs of this target are garbage now; the next one starts low
         manifest = Manifest(name=cfg.name, fingerprint=fingerprint, memory=cfg.memory, config=cfg.to_dict(),
                             tokenizer=tok, memory_pack=pack_ref, backbones=backbones,
                             export={"settings": settings.__dict__, "targets": targets, "source": {"name": source},
@@ -96,24 +118,33 @@ def export_bundles(src: Path, out: Path, targets: list[str], settings: ExportSet
     tokenizer = tokenizer or (src / "tokenizer.json" if (src / "tokenizer.json").exists() else None)
     results = {}
     with atomic_dir(out, overwrite) as tmp:
-        model, info = load_checkpoint(src)
+        cfg, info = read_config(src)
         folded_dir = src
-        if model.cfg.has_meki and not model.cfg.folded:
+        if cfg.has_meki and not cfg.folded:
             folded_dir = tmp / ".folded"
-            fold_checkpoint(src, folded_dir, pack_dtype=pack_dtype)
-            model, info = load_checkpoint(folded_dir)
-        elif model.cfg.has_meki and str(info.tables).endswith(".safetensors"):
+            with stage("fold"):
+                fold_checkpoint(src, folded_dir, pack_dtype=pack_dtype)
+        elif cfg.has_meki and str(info.tables).endswith(".safetensors"):
             raise CheckpointError(f"{src}: folded with safetensors tables; export from the train-form checkpoint "
                                   "or fold with --pack")
+        prepare = eager_quantizer(targets, settings)
+        check_memory(cfg, targets, settings, eager_quant=prepare is not None)  # before a stage runs out of it
+        with stage("load"):
+            model, info = load_checkpoint(folded_dir, prepare=prepare)
         if model.cfg.has_meki:
-            results["meki"] = write_bundle(model.eval(), tmp / "meki", targets, settings, info.fingerprint, tokenizer,
-                                           folded_dir / info.tables, False, src.name)
-        dense, dense_fp = dense_baseline(model), info.fingerprint
+            with stage("bundle meki"):
+                results["meki"] = write_bundle(model.eval(), tmp / "meki", targets, settings, info.fingerprint,
+                                               tokenizer, folded_dir / info.tables, False, src.name)
+        with stage("dense baseline"):
+            dense, dense_fp = dense_baseline(model), info.fingerprint
+        del model
+        release()
         if baseline is not None:
-            dense, dense_info = load_checkpoint(baseline)
+            dense, dense_info = load_checkpoint(baseline, prepare=eager_quantizer(targets, settings))
             dense_fp = dense_info.fingerprint
-        results["dense"] = write_bundle(dense.eval(), tmp / "dense", targets, settings, dense_fp, tokenizer, None,
-                                        False, Path(baseline or src).name)
+        with stage("bundle dense"):
+            results["dense"] = write_bundle(dense.eval(), tmp / "dense", targets, settings, dense_fp, tokenizer,
+                                            None, False, Path(baseline or src).name)
         if folded_dir != src:
             shutil.rmtree(folded_dir)
     return results

@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ from contract.manifest import Backbone, MethodSpec, TensorSpec
 from pipeline.config import ModelConfig
 from pipeline.export.registry import ExportError, ExportSettings
 from pipeline.model import KVCache, MekiModel
+from pipeline.profile import stage
 
 log = logging.getLogger(__name__)
 SEQ_AXIS = {"tokens": 1, "input_pos": 0, "meki_rows": 1}  # the axis that is T in a step's inputs
@@ -135,9 +138,17 @@ class SliceKVCache(KVCache):
         return self.k, self.v
 
 
+def share_weights_copy(model: MekiModel) -> MekiModel:
+    """A copy of the module tree that shares every parameter and buffer with `model` (no weight is
+    copied): export-time changes (a KV cache, quantised weights, which replace the Parameter) go to
+    the copy's modules and leave `model` as it was."""
+    memo: dict[int, Any] = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return copy.deepcopy(model, memo).eval()
+
+
 def with_slice_cache(model: MekiModel, max_seq_len: int) -> MekiModel:
-    """A copy of `model` with a static slice-written KV cache of max_seq_len positions."""
-    model = copy.deepcopy(model).eval()
+    """A copy of `model` (weights shared) with a static slice-written KV cache of max_seq_len positions."""
+    model = share_weights_copy(model)
     model.setup_cache(max_seq_len)
     cfg = model.cfg
     for layer in model.layers:
@@ -161,6 +172,26 @@ def delegation_summary(edge: Any) -> dict[str, int]:
     return summary
 
 
+def _same(t: torch.Tensor, memo: dict[int, Any]) -> torch.Tensor:
+    return t
+
+
+@contextlib.contextmanager
+def weights_shared_on_deepcopy(programs: dict[str, Any]) -> Iterator[None]:
+    """ExecuTorch's to_edge deep-copies every ExportedProgram, weights included: one full copy of the
+    model per method. The weights are only read from here on, so those copies may share them: each
+    weight answers deepcopy with itself while lowering (an instance attribute, removed afterwards)."""
+    tensors = {id(t): t for ep in programs.values()
+               for t in list(ep.state_dict.values()) + list(ep.constants.values()) if isinstance(t, torch.Tensor)}
+    for t in tensors.values():
+        t.__deepcopy__ = functools.partial(_same, t)
+    try:
+        yield
+    finally:
+        for t in tensors.values():
+            del t.__deepcopy__
+
+
 def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitioners: list[Any], target: str,
                  shared_cache: bool) -> dict[str, int]:
     """Table guard, partition + lower, write the .pte; returns the delegation summary.
@@ -172,14 +203,17 @@ def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitio
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
     refuse_tables(table_shaped_tensors(programs, cfg), target)
-    edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
-                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    with stage("to_edge+partition"), weights_shared_on_deepcopy(programs):
+        edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
+                                           compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    programs.clear()  # the edge programs replace them
     delegated = delegation_summary(edge)
-    program = edge.to_executorch(ExecutorchBackendConfig(
-        passes=[InitializedMutableBufferPass(["cache"])] if shared_cache else [],  # the cache starts as zeros
-        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=shared_cache),
-        emit_mutable_buffer_names=True))
-    with open(out, "wb") as fh:
+    with stage("to_executorch"):
+        program = edge.to_executorch(ExecutorchBackendConfig(
+            passes=[InitializedMutableBufferPass(["cache"])] if shared_cache else [],  # the cache starts as zeros
+            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=shared_cache),
+            emit_mutable_buffer_names=True))
+    with stage("serialise"), open(out, "wb") as fh:
         program.write_to_file(fh)
     return delegated
 
@@ -194,7 +228,8 @@ def pte_backbone(target: str, out: Path, settings: ExportSettings, methods: dict
 
 def export_steps(model: MekiModel, settings: ExportSettings, llama_ops: bool = False) -> dict[str, Any]:
     """torch.export of prefill (dynamic T in [1, prefill_len]) and decode (T = 1) over ONE cached,
-    quantised copy of the model: both methods see the same weights and KV-cache buffers.
+    quantised copy of the model: both methods see the same weights and KV-cache buffers. The copy
+    shares the weights; a model already quantised with settings.quant is not quantised again.
 
     llama_ops (the XNNPACK form): attention through ExecuTorch's llama::update_cache / custom_sdpa
     (in-place cache, no head expansion, attends only to filled positions; the runtime then needs
@@ -203,18 +238,28 @@ def export_steps(model: MekiModel, settings: ExportSettings, llama_ops: bool = F
 
     from pipeline.export.custom_attention import use_custom_attention
     from pipeline.export.fused_layers import fuse_layers
-    from pipeline.export.quantize import quantize_weights
+    from pipeline.export.quantize import quantize_weights, quantized_as
 
-    model = copy.deepcopy(model).eval()
-    model.setup_cache(settings.max_seq_len)
-    if llama_ops:
-        fuse_layers(use_custom_attention(model))
-    quantize_weights(model, settings.quant)
+    done = quantized_as(model)
+    if done not in ("none", settings.quant) or (done != "none" and llama_ops):
+        raise ExportError(f"the model was quantised as {done} before export; this export quantises it itself")
+    with stage("copy"):
+        model = share_weights_copy(model)
+        model.setup_cache(settings.max_seq_len)
+        if llama_ops:
+            fuse_layers(use_custom_attention(model))
+    if done == "none":
+        with stage("quantise"):
+            quantize_weights(model, settings.quant)
     step, cfg = make_step(model), model.cfg
+    programs = {}
     with torch.no_grad():
-        return {"prefill": export(step, example_inputs(cfg, settings.prefill_len),
-                                  dynamic_shapes=dynamic_seq(cfg, settings.prefill_len), strict=False),
-                "decode": export(step, example_inputs(cfg, 1, settings.prefill_len), strict=False)}
+        with stage("torch.export prefill"):
+            programs["prefill"] = export(step, example_inputs(cfg, settings.prefill_len),
+                                         dynamic_shapes=dynamic_seq(cfg, settings.prefill_len), strict=False)
+        with stage("torch.export decode"):
+            programs["decode"] = export(step, example_inputs(cfg, 1, settings.prefill_len), strict=False)
+    return programs
 
 
 def lower_shared_cache(model: MekiModel, out: Path, settings: ExportSettings, partitioners: list[Any],

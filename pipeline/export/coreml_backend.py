@@ -23,6 +23,7 @@ from pipeline.export.common import (dynamic_seq, example_inputs, make_step, refu
                                     table_shaped_tensors, with_slice_cache)
 from pipeline.export.registry import ExportSettings, register_target
 from pipeline.model import MekiModel
+from pipeline.profile import release, stage
 
 log = logging.getLogger(__name__)
 COREML_QUANTS = ("none", "int4", "palettize4")
@@ -112,18 +113,26 @@ def save_multifunction(parts: dict[str, Path], out: Path, default: str) -> None:
                  "coreml", ("coremltools",), COREML_QUANTS)
 def export_coreml(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
     t0 = time.perf_counter()
-    programs = export_programs(model, settings)
+    with stage("torch.export"):
+        programs = export_programs(model, settings)
     refuse_tables(table_shaped_tensors(programs, model.cfg), "coreml")
     out = out_dir / "model.mlpackage"
     with tempfile.TemporaryDirectory(prefix="meki-coreml-") as work:
         parts = {}
-        for name, program in programs.items():
-            mlmodel = compress(convert(program), settings.quant)
+        for name in list(programs):
+            with stage(f"ct.convert {name}"):
+                mlmodel = convert(programs.pop(name))  # the program is not needed once converted
+            with stage(f"compress {name}"):
+                mlmodel = compress(mlmodel, settings.quant)
             parts[name] = Path(work) / f"{name}.mlpackage"
-            mlmodel.save(str(parts[name]))
+            with stage(f"save {name}"):
+                mlmodel.save(str(parts[name]))
             log.info("coreml %s: MIL ops %s", name, dict(mil_op_counts(mlmodel.get_spec(), "main")))
+            del mlmodel
+            release()
         shutil.rmtree(out, ignore_errors=True)
-        save_multifunction(parts, out, default="prefill")
+        with stage("save_multifunction"):
+            save_multifunction(parts, out, default="prefill")
     cfg = model.cfg
     return Backbone(target="coreml", file=out.name, quant=settings.quant, max_seq_len=settings.max_seq_len,
                     prefill_len=settings.prefill_len, kv_cache="internal",

@@ -36,9 +36,10 @@ from torch import nn
 from contract.atomic import commit_file, temp_sibling
 from contract.manifest import Backbone, MethodSpec, TensorSpec
 from pipeline.config import ModelConfig
-from pipeline.export.common import method_spec, refuse_tables, table_shapes
+from pipeline.export.common import method_spec, refuse_tables, share_weights_copy, table_shapes
 from pipeline.export.registry import ExportError, ExportSettings
 from pipeline.model import MekiModel
+from pipeline.profile import stage
 
 log = logging.getLogger(__name__)
 TFLITE_QUANTS = ("none", "int8", "int8wo")  # int8: dynamic-range (int8 weights and activations); int8wo: weights only
@@ -148,7 +149,7 @@ def convert_in_process(model: MekiModel, path: Path, settings: ExportSettings, g
         step = NpuStep(copy.deepcopy(model).eval(), settings.max_seq_len).eval()
         feeds = {s: npu_sample_kwargs(cfg, settings.max_seq_len, settings.prefill_len, s) for s in ("prefill", "decode")}
     else:
-        step = LiteRTStep(copy.deepcopy(model).eval(), settings.max_seq_len).eval()
+        step = LiteRTStep(share_weights_copy(model), settings.max_seq_len).eval()
         feeds = {s: sample_kwargs(cfg, settings, s) for s in ("prefill", "decode")}
     with torch.no_grad():
         edge = (litert_torch.signature("prefill", step, sample_kwargs=feeds["prefill"])
@@ -186,12 +187,14 @@ def convert(model: MekiModel, path: Path, settings: ExportSettings, graph: str =
         return
     with tempfile.TemporaryDirectory(prefix="meki-litert-") as work:
         src = Path(work) / "model.pt"
-        torch.save({"config": model.cfg.to_dict(), "state": model.state_dict()}, src)
+        with stage("torch.save for the converter"):
+            torch.save({"config": model.cfg.to_dict(), "state": model.state_dict()}, src)
         cmd = [py, "-m", "pipeline.export.litert", "--model", str(src), "--out", str(path),
                "--quant", settings.quant, "--max-seq-len", str(settings.max_seq_len),
                "--prefill-len", str(settings.prefill_len), "--graph", graph]
         try:
-            subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO_ROOT)
+            with stage("litert convert (subprocess)"):  # its RSS counts: the profiler samples the process tree
+                subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO_ROOT)
         except subprocess.CalledProcessError as exc:
             tail = "\n".join((exc.stdout + exc.stderr).strip().splitlines()[-25:])
             raise ExportError(f"tflite conversion failed in {py} (exit {exc.returncode}):\n{tail}") from exc
@@ -223,7 +226,8 @@ def export_tflite(model: MekiModel, path: Path, settings: ExportSettings, target
     t0 = time.perf_counter()
     convert(model, path, settings)
     cfg = model.cfg
-    facts = tflite_facts(path, cfg)
+    with stage("graph checks"):
+        facts = tflite_facts(path, cfg)
     refuse_tables(facts["tables"], target)
     for sig, names in facts["inputs"].items():
         if ("meki_rows" in names) != cfg.has_meki:

@@ -5,6 +5,21 @@ from __future__ import annotations
 import torch
 
 EXECUTORCH_QUANTS = ("none", "8da4w", "int8wo")
+# targets whose export quantises with quantize_weights and nothing else: a bundle of only these can
+# have its weights quantised once, layer by layer as they load (no full fp32 model in memory).
+# None since the XNNPACK form fuses gate/up (+ MeKi gate) rows before quantising (fused_layers.py):
+# the loader would have to fuse each layer too before quantising it (load_checkpoint's `prepare`).
+EAGER_QUANT_TARGETS: tuple[str, ...] = ()
+
+
+def _float_linear(m: torch.nn.Module) -> bool:
+    """A Linear whose weight is still a plain float tensor (not yet a torchao quantised one)."""
+    return isinstance(m, torch.nn.Linear) and type(m.weight) in (torch.nn.Parameter, torch.Tensor)
+
+
+def quantized_as(model: torch.nn.Module) -> str:
+    """The scheme `model` was already quantised with by quantize_weights ("none" if it was not)."""
+    return getattr(model, "meki_quant", "none")
 
 
 def untie_lm_head(model: torch.nn.Module) -> None:
@@ -18,7 +33,10 @@ def untie_lm_head(model: torch.nn.Module) -> None:
 
 
 def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -> None:
-    """torchao in place: 8da4w (int8 dynamic activations, int4 grouped weights) or int8 weight-only."""
+    """torchao in place: 8da4w (int8 dynamic activations, int4 grouped weights) or int8 weight-only.
+
+    Linear layers already quantised are left alone, so a model quantised a layer at a time and then
+    as a whole gets exactly the weights a single whole-model call gives."""
     if quant == "none":
         return
     untie_lm_head(model)
@@ -27,7 +45,7 @@ def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -
 
     if quant == "8da4w":
         # int4 groups must tile the input dimension; a layer that cannot stays fp32
-        fits = lambda m, _fqn: isinstance(m, torch.nn.Linear) and m.in_features % group_size == 0  # noqa: E731
+        fits = lambda m, _fqn: _float_linear(m) and m.in_features % group_size == 0  # noqa: E731
         quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                                weight_granularity=PerGroup(group_size)), filter_fn=fits)
     elif quant == "int8wo":
@@ -38,3 +56,4 @@ def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -
         WeightOnlyInt8QuantHandler(model).quantized_model()
     else:
         raise ValueError(f"unknown quant {quant!r} (valid: {', '.join(EXECUTORCH_QUANTS)})")
+    model.meki_quant = quant

@@ -1,0 +1,103 @@
+"""Will the export fit? An estimate of each stage's peak from the config, checked before it starts.
+
+The figures are parameter counts times bytes per parameter at each stage, with factors measured by
+benchmarks/bench_export.py (pipeline.profile) on the paper's shapes; they are meant to be a little
+pessimistic. A stage whose estimate exceeds what the machine has free (MemAvailable plus what this
+process already holds and will reuse) raises ExportError naming the stage, the figures and what to
+do instead, rather than letting the kernel kill the process half-way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.export.registry import ExportError, ExportSettings
+from pipeline.model import MekiModel
+
+GIB = 1 << 30
+FP32 = 4
+# bytes per parameter of a Linear weight held quantised by torchao (int8 qdata + fp32 scale and
+# int8 zero point per group of 32) and as serialised by XNNPACK (packed int4 + scales)
+HELD = {"none": 4.0, "8da4w": 1.2, "int8wo": 1.05}
+PACKED = {"none": 4.0, "8da4w": 0.6, "int8wo": 1.05}
+LOWERING_COPIES = 2.5  # the delegate's packed weights, the emitted program and its serialised buffer
+OTHER_TARGETS = 3.0  # Core ML / LiteRT converters: their own graph copies of fp32 weights (measured on tiny)
+SLACK = 0.8 * GIB  # the Python/torch/ExecuTorch runtime itself
+
+
+@dataclass(frozen=True)
+class Counts:
+    linear: int  # quantisable Linear weights
+    other: int  # embedding, norms, non-quantisable linears
+    kv_cache: int  # bytes of the KV cache at the export's max_seq_len
+
+
+def param_counts(cfg: ModelConfig, settings: ExportSettings, group_size: int = 32) -> Counts:
+    with torch.device("meta"):
+        model = MekiModel(cfg.replace(folded=cfg.has_meki))
+    linear = sum(m.weight.numel() for m in model.modules()
+                 if isinstance(m, torch.nn.Linear) and m.in_features % group_size == 0)
+    total = sum(p.numel() for p in model.parameters())
+    kv = 2 * cfg.num_layers * cfg.num_kv_heads * settings.max_seq_len * cfg.head_dim * FP32
+    return Counts(linear, total - linear, kv)
+
+
+def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettings,
+                    eager_quant: bool) -> dict[str, int]:
+    """Peak bytes expected per stage: load, and the lowering of each target (one bundle at a time)."""
+    c = param_counts(cfg, settings)
+    fp32 = (c.linear + c.other) * FP32
+    held = c.other * FP32 + c.linear * (HELD[settings.quant] if eager_quant else FP32)
+    largest = max(cfg.vocab_size * cfg.dim, cfg.dim * cfg.ffn_dim) * FP32  # one tensor in flight while loading
+    out = {"load": int(held + largest + SLACK)}
+    head = cfg.vocab_size * cfg.dim if cfg.tie_embeddings and settings.quant != "none" else 0  # untied to quantise
+    fused = 2 * cfg.num_layers * cfg.dim * cfg.ffn_dim * FP32  # FFN gate/up rows concatenated (fused_layers.py)
+    for t in targets:
+        if t.startswith("executorch"):
+            quant = settings.quant if settings.quant in HELD else "none"
+            quantised = 0 if eager_quant or quant == "none" else (c.linear + head) * HELD[quant]
+            program = c.other * FP32 + (c.linear + head) * PACKED[quant]
+            copying = fused + head * FP32 + quantised  # while the export copy is fused and quantised
+            lowering = quantised + c.kv_cache + LOWERING_COPIES * program
+            out[t] = int(held + max(copying, lowering) + SLACK)
+        else:
+            out[t] = int(fp32 + OTHER_TARGETS * fp32 + c.kv_cache + SLACK)
+    return out
+
+
+def available_bytes() -> int:
+    """MemAvailable plus this process's resident set (what a stage can grow into)."""
+    with open("/proc/meminfo") as fh:
+        avail = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:")) * 1024
+    with open(f"/proc/{os.getpid()}/status") as fh:
+        rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) * 1024
+    return avail + rss
+
+
+def check_memory(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eager_quant: bool,
+                 available: int | None = None) -> dict[str, int]:
+    """Raise ExportError before the first stage whose estimated peak does not fit; returns the estimates."""
+    if os.environ.get("MEKI_SKIP_MEMORY_CHECK") == "1":
+        return {}
+    avail = available_bytes() if available is None else available
+    est = stage_estimates(cfg, targets, settings, eager_quant)
+    for stage, need in est.items():
+        if need > avail:
+            raise ExportError(
+                f"{cfg.name}: stage {stage!r} needs about {need / GIB:.1f} GiB, {avail / GIB:.1f} GiB is available; "
+                f"{_advice(cfg, targets, settings, eager_quant)} (MEKI_SKIP_MEMORY_CHECK=1 tries anyway)")
+    return est
+
+
+def _advice(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eager_quant: bool) -> str:
+    tips = []
+    if settings.quant == "none" and any(t.startswith("executorch") for t in targets):
+        tips.append("export with --quant 8da4w (weights quantised as they load, ~1.2 bytes per weight)")
+    elif not eager_quant and len(targets) > 1:
+        tips.append("export one --target per run (executorch-xnnpack alone quantises while loading)")
+    tips.append("close other programs or use a machine with more memory")
+    return "instead: " + "; or ".join(tips)

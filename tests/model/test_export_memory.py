@@ -1,0 +1,126 @@
+"""Export without copies: meta-device loading, weight-sharing copies, quantising while loading,
+the stage profiler and the out-of-memory check (all on the fake preset; fast)."""
+
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.config import preset
+from pipeline.export.bundle import dense_baseline
+from pipeline.export.common import share_weights_copy
+from pipeline.export.memory import check_memory, stage_estimates
+from pipeline.export.quantize import quantize_weights, quantized_as
+from pipeline.export.registry import ExportError, ExportSettings
+from pipeline.fold import fold_model
+from pipeline.profile import StageProfiler, stage
+from tests.model.helpers import trained_like_model
+
+
+@pytest.fixture(scope="module")
+def folded_ckpt(tmp_path_factory):
+    folded, _ = fold_model(trained_like_model())
+    path = tmp_path_factory.mktemp("mem") / "ck"
+    save_checkpoint(folded, path)
+    return path
+
+
+def _plain(state):
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def test_load_assigns_the_file_tensors(folded_ckpt):
+    model, _ = load_checkpoint(folded_ckpt)
+    want = load_file(str(folded_ckpt / "model.safetensors"))
+    got = model.state_dict()
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def _quantised_tensors(model):
+    # torchao's quantised weights: compare their plain components (qdata, scale, zero point)
+    out = {}
+    for name, t in model.state_dict().items():
+        parts = t.__tensor_flatten__()[0] if hasattr(t, "__tensor_flatten__") else [None]
+        for p in parts:
+            out[f"{name}.{p}"] = getattr(t, p) if p else t
+    return out
+
+
+@pytest.mark.parametrize("quant", ["8da4w", "int8wo"])
+def test_quantise_while_loading_gives_the_same_weights(folded_ckpt, quant):
+    whole, _ = load_checkpoint(folded_ckpt)
+    quantize_weights(whole, quant)
+    eager, _ = load_checkpoint(folded_ckpt, prepare=lambda m: quantize_weights(m, quant))
+    a, b = _quantised_tensors(whole), _quantised_tensors(eager)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert quantized_as(eager) == quant
+
+
+def test_share_weights_copy_leaves_the_original(folded_ckpt):
+    model, _ = load_checkpoint(folded_ckpt)
+    before = _plain(model.state_dict())
+    twin = share_weights_copy(model)
+    assert twin.layers[0].attn.wq.weight is model.layers[0].attn.wq.weight
+    twin.setup_cache(32)
+    quantize_weights(twin, "8da4w")
+    assert model.layers[0].attn.cache is None and quantized_as(model) == "none"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_dense_baseline_shares_the_backbone(folded_ckpt):
+    model, _ = load_checkpoint(folded_ckpt)
+    dense = dense_baseline(model)
+    assert dense.layers[1].ffn is model.layers[1].ffn and dense.embed is model.embed
+    assert dense.layers[0].fusion is None and not dense.cfg.has_meki
+    tokens = torch.tensor([[1, 2, 3]])
+    ref = trained_like_model()  # the same backbone, MeKi branch dropped by hand
+    ref_dense = type(ref)(dense.cfg)
+    ref_dense.load_state_dict({k: v for k, v in model.state_dict().items() if ".fusion." not in k})
+    assert torch.equal(dense(tokens), ref_dense.eval()(tokens))
+
+
+def test_profiler_records_nested_stages():
+    with StageProfiler(interval=0.01) as prof:
+        with stage("outer"):
+            with stage("inner"):
+                block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched
+                time.sleep(0.05)
+                del block
+    names = [r["name"] for r in prof.to_json()["stages"]]
+    assert names == ["outer", "outer/inner"]
+    inner = prof.records[1]
+    assert inner.peak_mib >= inner.rss_start_mib + 60 and prof.records[0].peak_mib >= inner.peak_mib
+    assert "inner" in prof.table()
+
+
+def test_stage_is_a_no_op_without_a_profiler():
+    with stage("nothing"):
+        pass
+
+
+def test_memory_check_refuses_before_running():
+    cfg, settings = preset("qwen3-4b"), ExportSettings(quant="none")
+    with pytest.raises(ExportError, match=r"qwen3-4b: stage 'load' needs about .* GiB.*--quant 8da4w"):
+        check_memory(cfg, ["executorch-xnnpack"], settings, eager_quant=False, available=8 << 30)
+    est = stage_estimates(cfg, ["executorch-xnnpack"], ExportSettings(quant="8da4w"), eager_quant=True)
+    assert est["load"] < stage_estimates(cfg, ["executorch-xnnpack"], settings, eager_quant=False)["load"] / 2
+    assert check_memory(preset("fake"), ["executorch-xnnpack"], settings, False, available=8 << 30)
+
+
+def test_lowering_deepcopies_share_the_weights(folded_ckpt):
+    import copy
+
+    from pipeline.export.common import export_steps, weights_shared_on_deepcopy
+
+    model, _ = load_checkpoint(folded_ckpt)
+    programs = export_steps(model, ExportSettings(quant="8da4w", max_seq_len=32, prefill_len=4))
+    ep = programs["decode"]
+    with weights_shared_on_deepcopy(programs):
+        twin = copy.deepcopy(ep)
+    assert all(twin.state_dict[k] is v for k, v in ep.state_dict.items())
+    assert not any(copy.deepcopy(ep).state_dict[k] is v for k, v in ep.state_dict.items())  # restored
