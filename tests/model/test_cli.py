@@ -19,7 +19,7 @@ def test_init_fold_and_refusals(tmp_path, capsys):
 def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--reps", "1", "--new-tokens", "8"]) == 0
     out = capsys.readouterr().out
-    assert "MeKi/dense" in out and "The function returns" in out
+    assert "MeKi / dense" in out and "held-out perplexity" in out and "The function returns" in out
     assert (tmp_path / "demo" / "bench" / "bench.md").exists()
     assert (tmp_path / "demo" / "bundles" / "meki" / "manifest.json").exists()
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 3  # no silent overwrite (exit 3)

@@ -77,7 +77,7 @@ def test_cli_table_and_json(setup, tmp_path, capsys):
     root, data_dir = setup
     out = tmp_path / "eval.json"
     rc = main(["eval", str(root / "out" / "meki"), "--data", str(data_dir), "--windows", "1",
-               "--window-len", "8", "--json", str(out)])
+               "--window-len", "8", "--checkpoint", str(root / "ck"), "--json", str(out)])
     assert rc == 0
     got = json.loads(out.read_text())
     assert got["bundles"][0]["stages"][-1]["stage"] == "executorch-xnnpack"
