@@ -64,7 +64,7 @@ def test_prefill_runs_to_the_cache_end(bundles):
     manifest = verify_bundle(bundles / "dense")
     [backbone] = manifest.backbones
     prompt = [int(t) for t in np.random.default_rng(0).integers(1, 128, 57)]
-    ref = greedy_trace(eager_runner(reference_model(manifest, None), 60), prompt, 3, 8, lambda t: None)
+    ref = greedy_trace(eager_runner(reference_model(manifest, bundles.parent / "ck"), 60), prompt, 3, 8, lambda t: None)
     got = greedy_trace(open_runner(bundles / "dense", backbone).step, prompt, 3, 8, lambda t: None)
     assert ref[0] == got[0]
     assert min(10 * np.log10((a ** 2).sum() / ((a - b) ** 2).sum()) for a, b in zip(ref[1], got[1])) > 30
