@@ -23,15 +23,20 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def require_file(path: Path, what: str = "file") -> Path:
-    """`path` if it is (a symlink to) a regular file; else InputError saying what it is."""
-    path = Path(path)
+def _stat(path: Path, what: str) -> os.stat_result:
+    """os.stat (following links), a missing or unreadable path turned into InputError naming `what`."""
     try:
-        st = os.stat(path)
+        return os.stat(path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such {what}") from None
     except (NotADirectoryError, PermissionError) as exc:
         raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
+
+
+def require_file(path: Path, what: str = "file") -> Path:
+    """`path` if it is (a symlink to) a regular file; else InputError saying what it is."""
+    path = Path(path)
+    st = _stat(path, what)
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{path} is {_kind(st.st_mode)}; expected a {what} (a regular file)")
     return path
@@ -39,12 +44,7 @@ def require_file(path: Path, what: str = "file") -> Path:
 
 def require_dir(path: Path, what: str = "folder") -> Path:
     path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such {what}") from None
-    except (NotADirectoryError, PermissionError) as exc:
-        raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    st = _stat(path, what)
     if not stat.S_ISDIR(st.st_mode):
         raise InputError(f"{path} is {'a file' if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)}; "
                          f"expected a {what} (a directory)")
