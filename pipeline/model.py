@@ -45,6 +45,17 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+def qkv_heads(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [B, T, d] -> q [B, T, H, hd], k and v [B, T, Hkv, hd], QK-normed where the config has it."""
+    cfg, (bsz, seq, _) = attn.cfg, x.shape
+    q = attn.wq(x).view(bsz, seq, cfg.num_heads, cfg.head_dim)
+    k = attn.wk(x).view(bsz, seq, cfg.num_kv_heads, cfg.head_dim)
+    v = attn.wv(x).view(bsz, seq, cfg.num_kv_heads, cfg.head_dim)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    return q, k, v
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -62,12 +73,7 @@ class Attention(nn.Module):
         # x: [B, T, d]; mask: [T, S] bool (True = attend), None = causal over x alone
         cfg = self.cfg
         bsz, seq, _ = x.shape
-        q = self.wq(x).view(bsz, seq, cfg.num_heads, cfg.head_dim)
-        k = self.wk(x).view(bsz, seq, cfg.num_kv_heads, cfg.head_dim)
-        v = self.wv(x).view(bsz, seq, cfg.num_kv_heads, cfg.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.transpose(1, 2) for t in qkv_heads(self, x))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if mask is None:  # full sequence, no cache (training): fused causal kernel, GQA without copies
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)

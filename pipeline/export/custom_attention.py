@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.model import Attention, MekiModel
+from pipeline.model import Attention, MekiModel, qkv_heads
 
 LLAMA_KERNELS = "llama"  # manifest Backbone.extra["kernels"]: kernel libraries a runner must register
 
@@ -61,11 +61,7 @@ class CustomOpAttention(nn.Module):
         # x: [1, T, d]; input_pos: [T] consecutive positions (the runners always pass them so)
         cfg = self.cfg
         bsz, seq, _ = x.shape
-        q = self.wq(x).view(bsz, seq, cfg.num_heads, cfg.head_dim)
-        k = self.wk(x).view(bsz, seq, cfg.num_kv_heads, cfg.head_dim)
-        v = self.wv(x).view(bsz, seq, cfg.num_kv_heads, cfg.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = qkv_heads(self, x)
         q, k = rope_bthd(q, cos, sin), rope_bthd(k, cos, sin)
         start = input_pos[0].item()
         torch._check(start >= 0)
