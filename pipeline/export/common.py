@@ -37,6 +37,19 @@ def last_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits.view(logits.shape[0], logits.shape[-1])
 
 
+class NormAt(nn.Module):
+    """The final norm at one position ([1] int32 index) only: prefill's logits for its last real token
+    (the LiteRT graphs pad prefill to a fixed chunk and pass last_index)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+        self.index: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x if self.index is None else x.index_select(1, self.index))
+
+
 class MekiStep(nn.Module):
     """(tokens [1, T] int64, input_pos [T] int64, meki_rows [1, T, L, m] f32) -> logits [1, V] (last position)."""
 

@@ -36,7 +36,7 @@ from torch import nn
 from contract.atomic import commit_file, temp_sibling
 from contract.manifest import Backbone, MethodSpec, TensorSpec
 from pipeline.config import ModelConfig
-from pipeline.export.common import method_spec, refuse_tables, share_weights_copy, table_shapes
+from pipeline.export.common import NormAt, method_spec, refuse_tables, share_weights_copy, table_shapes
 from pipeline.export.registry import ExportError, ExportSettings
 from pipeline.model import MekiModel
 from pipeline.profile import stage
@@ -64,18 +64,6 @@ class _IOCache(nn.Module):
         return self.k, self.v
 
 
-class _NormAt(nn.Module):
-    """The final norm at one position ([1] int32 index) only: prefill's logits for its last real token."""
-
-    def __init__(self, norm: nn.Module) -> None:
-        super().__init__()
-        self.norm = norm
-        self.index: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x if self.index is None else x.index_select(1, self.index))
-
-
 class LiteRTStep(nn.Module):
     """Keyword inputs and a dict output, so the signatures' tensors carry these names (see the module doc)."""
 
@@ -84,7 +72,7 @@ class LiteRTStep(nn.Module):
         model.setup_cache(max_seq_len)  # rope tables and cache_len; the cache buffers are replaced next
         for layer in model.layers:
             layer.attn.cache = _IOCache()
-        model.norm = _NormAt(model.norm)
+        model.norm = NormAt(model.norm)
         self.model = model
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, meki_rows: torch.Tensor | None = None,

@@ -22,6 +22,7 @@ from torch import nn
 
 from contract.manifest import MethodSpec, TensorSpec
 from pipeline.config import ModelConfig
+from pipeline.export.common import NormAt
 from pipeline.model import MekiModel, apply_rope
 
 # Additive bias of a masked score: finite in fp16 (the HTP computes in fp16), and small enough that a
@@ -67,18 +68,6 @@ class SplitCacheAttention(nn.Module):
         return a.wo(out)
 
 
-class _NormAt(nn.Module):
-    """The final norm at one position ([1] int32 index) only: prefill's logits for its last real token."""
-
-    def __init__(self, norm: nn.Module) -> None:
-        super().__init__()
-        self.norm = norm
-        self.index: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x if self.index is None else x.index_select(1, self.index))
-
-
 class NpuStep(nn.Module):
     """Keyword inputs and a dict output: the signatures' tensor names (see `npu_signature_specs`)."""
 
@@ -87,7 +76,7 @@ class NpuStep(nn.Module):
         model.setup_cache(max_seq_len)  # rope tables; the cache buffers are not used
         for layer in model.layers:
             layer.attn = SplitCacheAttention(layer.attn)
-        model.norm = _NormAt(model.norm)
+        model.norm = NormAt(model.norm)
         self.model = model
         self.max_seq_len = max_seq_len
 
