@@ -22,8 +22,8 @@ GIB = 1 << 30
 FP32 = 4
 # bytes per parameter of a Linear weight held quantised by torchao (int8 qdata + fp32 scale and
 # int8 zero point per group of 32) and as serialised by XNNPACK (packed int4 + scales)
-HELD = {"none": 4.0, "8da4w": 1.2, "int8wo": 1.05}
-PACKED = {"none": 4.0, "8da4w": 0.6, "int8wo": 1.05}
+HELD = {"none": 4.0, "8da4w": 1.2, "8da4w-h8": 1.2, "int8wo": 1.05}
+PACKED = {"none": 4.0, "8da4w": 0.6, "8da4w-h8": 0.6, "int8wo": 1.05}
 LOWERING_COPIES = 2.5  # the delegate's packed weights, the emitted program and its serialised buffer
 OTHER_TARGETS = 3.0  # Core ML / LiteRT converters: their own graph copies of fp32 weights (measured on tiny)
 SLACK = 0.8 * GIB  # the Python/torch/ExecuTorch runtime itself

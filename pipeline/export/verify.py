@@ -25,7 +25,7 @@ from pipeline.fold import fold_model
 from pipeline.model import MekiModel
 
 FP32_MAX_ABS = 1e-3
-SNR_FLOOR_DB = {"8da4w": 15.0, "int8wo": 25.0, "int8": 15.0, "int4": 10.0, "palettize4": 10.0, "fp16": 30.0,
+SNR_FLOOR_DB = {"8da4w": 15.0, "8da4w-h8": 15.0, "int8wo": 25.0, "int8": 15.0, "int4": 10.0, "palettize4": 10.0, "fp16": 30.0,
                 "w8a16": 20.0, "w4a16": 10.0}
 PROMPTS = ([1, 2, 3, 4, 5, 6, 7, 8], [42, 7, 7, 99, 3])
 FP16_TARGETS = ("tflite-qnn",)  # fp32 graphs the NPU computes in fp16: the fp16 SNR floor, not 1e-3

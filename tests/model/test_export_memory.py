@@ -51,7 +51,7 @@ def _quantised_tensors(model):
     return out
 
 
-@pytest.mark.parametrize("quant", ["8da4w", "int8wo"])
+@pytest.mark.parametrize("quant", ["8da4w", "8da4w-h8", "int8wo"])
 def test_quantise_while_loading_gives_the_same_weights(folded_ckpt, quant):
     whole, _ = load_checkpoint(folded_ckpt)
     quantize_weights(whole, quant)
@@ -124,3 +124,13 @@ def test_lowering_deepcopies_share_the_weights(folded_ckpt):
         twin = copy.deepcopy(ep)
     assert all(twin.state_dict[k] is v for k, v in ep.state_dict.items())
     assert not any(copy.deepcopy(ep).state_dict[k] is v for k, v in ep.state_dict.items())  # restored
+
+
+def test_8da4w_h8_keeps_the_head_at_int8(folded_ckpt):
+    model, _ = load_checkpoint(folded_ckpt)
+    quantize_weights(model, "8da4w-h8")
+    head, body = model.lm_head.weight, model.layers[0].attn.wq.weight
+    assert head.qdata.shape == head.shape and head.scale.numel() == head.shape[0]  # int8, one scale per row
+    assert int(head.qdata.min()) < -8 or int(head.qdata.max()) > 7
+    assert -8 <= int(body.qdata.min()) and int(body.qdata.max()) <= 7  # int4 groups of 32
+    assert body.scale.numel() == body.numel() // 32
