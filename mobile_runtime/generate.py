@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
@@ -84,9 +85,10 @@ class Generator:
         return logits
 
     def decode_n(self, first: int, pos: int, cfg: SamplingConfig, rng: np.random.Generator,
-                 on_token: Callable[[int], None]) -> tuple[list[int], str]:
+                 on_token: Callable[[int], None], prompt_ids: Sequence[int] = ()) -> tuple[list[int], str]:
         """Greedy/sampled decoding from `first` at position `pos`; returns (tokens, stop reason)."""
         out, token = [first], first
+        history = list(prompt_ids) + out  # what the repetition penalty looks back on
         handle = self.pack.prefetch([token]) if self.pack is not None else None
         while True:
             on_token(token)  # bookkeeping overlaps the pack read issued above
@@ -98,9 +100,10 @@ class Generator:
             if handle is not None:
                 rows = self.pack.collect(handle)[None]
                 self.times.exposed_lookup_s.append(handle.waited_s)
-            token = sample(self.decode_one(token, pos, rows), cfg, rng)
+            token = sample(self.decode_one(token, pos, rows), cfg, rng, history)
             pos += 1
             out.append(token)
+            history.append(token)
             handle = self.pack.prefetch([token]) if self.pack is not None else None
 
     def generate(self, prompt_ids: list[int], cfg: SamplingConfig,
@@ -116,11 +119,11 @@ class Generator:
         t0 = time.perf_counter()
         logits = self.prefill(prompt_ids)
         prefill_s = time.perf_counter() - t0
-        first = sample(logits, cfg, rng)
+        first = sample(logits, cfg, rng, prompt_ids)
         ttft = time.perf_counter() - t0
         streamed = _Streamer(self, on_text)
         t1 = time.perf_counter()
-        tokens, reason = self.decode_n(first, len(prompt_ids), cfg, rng, streamed.push)
+        tokens, reason = self.decode_n(first, len(prompt_ids), cfg, rng, streamed.push, prompt_ids)
         decode_s = time.perf_counter() - t1
         times, mem_end = self.times, memory_snapshot(self.pack)
         return RunStats.build(

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 from mobile_runtime.generate import BACKENDS, Generator
-from contract.inputs import require_bundle, nonneg_float, nonneg_int, output_file, positive_int, unit_interval
+from contract.inputs import (nonneg_float, nonneg_int, output_file, positive_float, positive_int, require_bundle,
+                             unit_interval)
 from contract.manifest import BundleError
 from mobile_runtime.sampling import SamplingConfig
 
@@ -27,6 +28,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=nonneg_int, default=0)
     p.add_argument("--top-p", type=unit_interval, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat-penalty", type=positive_float, default=1.0,
+                   help="> 1 makes tokens among the last --repeat-last-n less likely (1 = off)")
+    p.add_argument("--repeat-last-n", type=nonneg_int, default=64)
     p.add_argument("--ignore-eos", action="store_true", help="always decode max-new-tokens (benchmarks)")
     p.add_argument("--pack-mode", choices=["pread", "mmap"], default="pread")
     p.add_argument("--cache-mib", type=nonneg_float, default=8.0, help="LRU cache of hot pack rows")
@@ -67,7 +71,8 @@ def run(a: argparse.Namespace) -> int:
     vocab = int(gen.manifest.config["vocab_size"])
     ids = prompt_token_ids(a.prompt_ids, vocab) if a.prompt_ids is not None else gen.encode(prompt)
     stop = () if a.ignore_eos or gen.manifest.tokenizer is None else tuple(gen.manifest.tokenizer.eos_token_ids)
-    cfg = SamplingConfig(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop)
+    cfg = SamplingConfig(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop, a.repeat_penalty,
+                         a.repeat_last_n)
     echo = None if a.quiet else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     stats = gen.generate(ids, cfg, echo)
     if not a.quiet:

@@ -1,7 +1,9 @@
-"""Next-token choice from logits: greedy, or temperature with top-k / top-p, seeded."""
+"""Next-token choice from logits: greedy, or temperature with top-k / top-p, seeded; optional repetition
+penalty over the last tokens (llama.cpp's --repeat-penalty / --repeat-last-n)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,15 +17,30 @@ class SamplingConfig:
     top_p: float = 1.0  # keep the smallest set whose probability reaches p
     seed: int = 0  # numpy Generator seed: the same seed gives the same text
     stop_ids: tuple[int, ...] = ()  # generation ends after emitting one of these
+    repeat_penalty: float = 1.0  # > 1: tokens among the last repeat_last_n are made less likely (1: off)
+    repeat_last_n: int = 64  # how many of the latest tokens (prompt included) the penalty looks at
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
+        if (self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1
+                or not self.repeat_penalty > 0 or self.repeat_last_n < 0):
             raise ValueError(f"invalid sampling settings: {self}")
 
 
-def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> int:
-    """logits: [1, V] or [V] -> token id."""
-    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+def penalize(logits: np.ndarray, recent: Sequence[int], penalty: float) -> np.ndarray:
+    """CTRL's repetition penalty as llama.cpp applies it: each distinct recent token's logit is divided
+    by `penalty` when positive and multiplied by it when negative."""
+    ids = np.unique(np.asarray(recent, dtype=np.int64))
+    ids = ids[(ids >= 0) & (ids < logits.size)]
+    z = logits[ids]
+    logits[ids] = np.where(z > 0, z / penalty, z * penalty)
+    return logits
+
+
+def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator, recent: Sequence[int] = ()) -> int:
+    """logits: [1, V] or [V] -> token id. recent: the tokens so far (only the last repeat_last_n count)."""
+    logits = np.array(logits, dtype=np.float64).reshape(-1)  # a copy: the penalty writes into it
+    if cfg.repeat_penalty != 1.0 and cfg.repeat_last_n and len(recent):
+        penalize(logits, recent[-cfg.repeat_last_n:], cfg.repeat_penalty)
     if cfg.temperature == 0:
         return int(logits.argmax())
     logits = logits / cfg.temperature

@@ -46,9 +46,25 @@ MemorySnapshot memory_snapshot(const MemoryPack* pack) {
   return s;
 }
 
-int64_t sample(const float* logits, int64_t V, const SamplingConfig& cfg, std::mt19937_64& rng) {
-  if (cfg.temperature == 0.0) return std::max_element(logits, logits + V) - logits;
+// CTRL's repetition penalty as llama.cpp applies it: each distinct recent token's logit is divided by
+// the penalty when positive and multiplied by it when negative.
+static void penalize(std::vector<double>& l, const std::vector<int64_t>& recent, const SamplingConfig& cfg) {
+  const size_t n = std::min<size_t>(recent.size(), size_t(std::max<int64_t>(cfg.repeat_last_n, 0)));
+  std::vector<int64_t> ids(recent.end() - n, recent.end());
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  for (int64_t id : ids) {
+    if (id < 0 || id >= int64_t(l.size())) continue;
+    double& x = l[size_t(id)];
+    x = x > 0 ? x / cfg.repeat_penalty : x * cfg.repeat_penalty;
+  }
+}
+
+int64_t sample(const float* logits, int64_t V, const SamplingConfig& cfg, std::mt19937_64& rng,
+               const std::vector<int64_t>& recent) {
   std::vector<double> l(logits, logits + V);
+  if (cfg.repeat_penalty != 1.0 && cfg.repeat_last_n > 0 && !recent.empty()) penalize(l, recent, cfg);
+  if (cfg.temperature == 0.0) return std::max_element(l.begin(), l.end()) - l.begin();
   for (double& x : l) x /= cfg.temperature;
   if (cfg.top_k > 0 && cfg.top_k < V) {
     std::vector<double> tmp(l);
@@ -161,6 +177,7 @@ void Generator::decode_n(int64_t first, int64_t pos, const SamplingConfig& cfg, 
                          const std::function<void(int64_t)>& on_token, RunResult& r) {
   int64_t token = first;
   r.tokens = {first};
+  history_.push_back(first);  // after the prompt (generate): what the repetition penalty looks back on
   if (prefetcher_) prefetcher_->submit(token);
   for (;;) {
     if (on_token) on_token(token);  // bookkeeping overlaps the pack read issued above
@@ -173,9 +190,10 @@ void Generator::decode_n(int64_t first, int64_t pos, const SamplingConfig& cfg, 
     }
     if (prefetcher_) r.exposed_lookup_s.push_back(prefetcher_->collect(rows_.data()));
     decode_one(token, pos, r);
-    token = sample(logits_.data(), int64_t(logits_.size()), cfg, rng);
+    token = sample(logits_.data(), int64_t(logits_.size()), cfg, rng, history_);
     pos += 1;
     r.tokens.push_back(token);
+    history_.push_back(token);
     if (prefetcher_) prefetcher_->submit(token);
   }
 }
@@ -194,7 +212,8 @@ RunResult Generator::generate(const std::vector<int64_t>& prompt, const Sampling
   const auto t0 = Clock::now();
   prefill(prompt, r);
   r.prefill_s = since(t0);
-  const int64_t first = sample(logits_.data(), int64_t(logits_.size()), cfg, rng);
+  history_ = prompt;
+  const int64_t first = sample(logits_.data(), int64_t(logits_.size()), cfg, rng, history_);
   r.ttft_s = since(t0);
   const auto t1 = Clock::now();
   decode_n(first, int64_t(prompt.size()), cfg, rng, on_token, r);

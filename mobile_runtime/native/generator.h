@@ -31,6 +31,8 @@ struct SamplingConfig {
   double top_p = 1.0;            // keep the smallest set whose probability reaches p
   uint64_t seed = 0;             // std::mt19937_64 seed (not numpy's stream: sampled text differs from Python's)
   std::vector<int64_t> stop_ids;  // generation ends after emitting one of these
+  double repeat_penalty = 1.0;   // > 1: tokens among the last repeat_last_n are made less likely (1: off)
+  int64_t repeat_last_n = 64;    // how many of the latest tokens (prompt included) the penalty looks at
 };
 
 struct MemorySnapshot {
@@ -48,7 +50,9 @@ struct RunResult {
 };
 
 // logits [V] -> token id (greedy: the first maximum, as numpy's argmax).
-int64_t sample(const float* logits, int64_t vocab, const SamplingConfig& cfg, std::mt19937_64& rng);
+// recent: the tokens so far, prompt first (llama.cpp's repetition penalty looks at the last repeat_last_n)
+int64_t sample(const float* logits, int64_t vocab, const SamplingConfig& cfg, std::mt19937_64& rng,
+               const std::vector<int64_t>& recent = {});
 
 class Generator {
  public:
@@ -73,6 +77,7 @@ class Generator {
   std::unique_ptr<MemoryPack> pack_;
   std::unique_ptr<Prefetcher> prefetcher_;
   std::vector<float> logits_, rows_;  // logits [V] of the last call; decode rows [1, 1, L, m]
+  std::vector<int64_t> history_;      // prompt + tokens so far (the repetition penalty's look-back)
   int64_t tok_ = 0, pos_ = 0;         // decode inputs, wrapped once as tensors
   std::vector<executorch::runtime::EValue> decode_in_;
   executorch::extension::TensorPtr tok_t_, pos_t_, rows_t_;

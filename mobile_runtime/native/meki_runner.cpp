@@ -3,6 +3,7 @@
 //
 //   meki_runner BUNDLE --prompt-ids 3,1,4 [--max-new-tokens 64] [--ignore-eos] [--stats out.json]
 //               [--pack-mode pread|mmap] [--cache-mib 8] [--temperature 0 --top-k 0 --top-p 1 --seed 0]
+//               [--repeat-penalty 1 --repeat-last-n 64]
 //               [--backend executorch|TARGET] [--warmup N] [--quiet]
 //
 // Exit status: 0 ok, 2 usage or bundle error, 3 memory pack error, 4 ExecuTorch error.
@@ -21,8 +22,8 @@ namespace {
 struct Args {
   std::string bundle, prompt_ids, backend = "executorch", pack_mode = "pread", stats;
   int64_t max_new_tokens = 64;
-  double temperature = 0.0, top_p = 1.0, cache_mib = 8.0;
-  int64_t top_k = 0, warmup = 0;
+  double temperature = 0.0, top_p = 1.0, cache_mib = 8.0, repeat_penalty = 1.0;
+  int64_t top_k = 0, warmup = 0, repeat_last_n = 64;
   uint64_t seed = 0;
   bool ignore_eos = false, quiet = false;
 };
@@ -30,6 +31,7 @@ struct Args {
 const char* kUsage =
     "usage: meki_runner BUNDLE --prompt-ids IDS [--max-new-tokens N] [--ignore-eos] [--stats PATH]\n"
     "       [--pack-mode pread|mmap] [--cache-mib MIB] [--temperature T] [--top-k K] [--top-p P]\n"
+    "       [--repeat-penalty R] [--repeat-last-n N]\n"
     "       [--seed S] [--backend executorch|TARGET] [--warmup N] [--quiet]\n"
     "  --warmup N: an untimed generate of N tokens first (as ExecuTorch's LLM runner does)\n";
 
@@ -48,6 +50,8 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--top-k") a.top_k = std::stoll(val());
     else if (k == "--top-p") a.top_p = std::stod(val());
     else if (k == "--seed") a.seed = std::stoull(val());
+    else if (k == "--repeat-penalty") a.repeat_penalty = std::stod(val());
+    else if (k == "--repeat-last-n") a.repeat_last_n = std::stoll(val());
     else if (k == "--ignore-eos") a.ignore_eos = true;
     else if (k == "--pack-mode") a.pack_mode = val();
     else if (k == "--cache-mib") a.cache_mib = std::stod(val());
@@ -63,7 +67,8 @@ Args parse_args(int argc, char** argv) {
   if (a.bundle.empty() || a.prompt_ids.empty()) throw std::invalid_argument("BUNDLE and --prompt-ids are required");
   if (a.pack_mode != "pread" && a.pack_mode != "mmap")
     throw std::invalid_argument("--pack-mode must be pread or mmap, got " + a.pack_mode);
-  if (a.warmup < 0 || a.temperature < 0 || a.top_k < 0 || !(a.top_p > 0 && a.top_p <= 1) || a.max_new_tokens < 1 || a.cache_mib < 0)
+  if (a.warmup < 0 || a.temperature < 0 || a.top_k < 0 || !(a.top_p > 0 && a.top_p <= 1) || a.max_new_tokens < 1 || a.cache_mib < 0 ||
+      !(a.repeat_penalty > 0) || a.repeat_last_n < 0)
     throw std::invalid_argument("invalid sampling settings");
   return a;
 }
@@ -151,6 +156,8 @@ int run(const Args& a) {
   cfg.top_k = a.top_k;
   cfg.top_p = a.top_p;
   cfg.seed = a.seed;
+  cfg.repeat_penalty = a.repeat_penalty;
+  cfg.repeat_last_n = a.repeat_last_n;
   if (!a.ignore_eos && gen.manifest().has_tokenizer) cfg.stop_ids = gen.manifest().eos_token_ids;
   if (a.warmup > 0) {  // first-call costs (page faults, caches) out of the timed run; the KV cache
     meki::SamplingConfig w = cfg;  // is rewritten from position 0 by the next prefill

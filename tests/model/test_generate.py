@@ -41,3 +41,20 @@ def test_sampling_is_seeded_and_respects_top_k():
     assert sample(logits, SamplingConfig(), rng) == 3
     with pytest.raises(ValueError):
         SamplingConfig(top_p=0)
+
+
+@pytest.mark.parametrize("penalty,last_n,logits,history,want", [
+    (1.1, 64, [2.0, 1.9, -3.0], [0], 1),  # a positive logit is divided
+    (1.1, 64, [-1.0, -1.05], [0], 1),  # a negative one multiplied
+    (1.0, 64, [2.0, 1.9], [0], 0),  # 1: off
+    (1.1, 1, [2.0, 1.9], [0, 1], 0),  # only the last n count
+    (1.1, 64, [2.0, 1.6], [0, 0, 0], 0),  # each token once, however often it occurred
+    (1.1, 64, [2.0, 1.9], [7, -1], 0),  # ids outside the vocabulary ignored
+])
+def test_repeat_penalty_as_llama_cpp(penalty, last_n, logits, history, want):
+    # the same cases as android_app's SamplerTest.java; the C++ sampler is checked against this one in
+    # tests/model/test_native_runner.py (same tokens with --repeat-penalty)
+    cfg = SamplingConfig(repeat_penalty=penalty, repeat_last_n=last_n)
+    assert sample(np.array(logits), cfg, np.random.default_rng(0), history) == want
+    with pytest.raises(ValueError):
+        SamplingConfig(repeat_penalty=0)

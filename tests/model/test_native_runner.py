@@ -42,16 +42,17 @@ def test_golden_vectors(native):
 
 
 @pytest.mark.parametrize("bundles", ["none"], indirect=True)
-@pytest.mark.parametrize("kind", ["meki", "dense"])
-def test_native_tokens_match_python_loop(native, bundles, kind, tmp_path):
+@pytest.mark.parametrize("kind,penalty", [("meki", 1.0), ("dense", 1.0), ("meki", 1.3)])
+def test_native_tokens_match_python_loop(native, bundles, kind, penalty, tmp_path):
     out, _ = bundles
     stats_path = tmp_path / "stats.json"
     res = run_native(native, out / kind, "--prompt-ids", ",".join(map(str, PROMPT)), "--max-new-tokens", "24",
-                     "--stats", str(stats_path))
+                     "--stats", str(stats_path), "--repeat-penalty", str(penalty), "--repeat-last-n", "8")
     assert res.returncode == 0, res.stderr
     stats = json.loads(stats_path.read_text())
     jsonschema.validate(stats, json.loads(SCHEMA_PATH.read_text()))
-    python = Generator(out / kind).generate(PROMPT, SamplingConfig(max_new_tokens=24))
+    python = Generator(out / kind).generate(PROMPT, SamplingConfig(max_new_tokens=24, repeat_penalty=penalty,
+                                                                    repeat_last_n=8))
     assert stats["tokens"] == python.tokens
     assert (stats["runner"], stats["generated_tokens"], stats["stop_reason"]) == ("native", 24, "max_tokens")
     assert len(stats["exposed_lookup_s"]) == (23 if kind == "meki" else 0)

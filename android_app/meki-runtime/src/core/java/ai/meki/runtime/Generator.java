@@ -1,6 +1,7 @@
 package ai.meki.runtime;
 
 import java.io.IOException;
+import java.util.Arrays;
 
 /**
  * The generation loop over one backbone: prefill (chunks of prefill_len) -> decode one token at
@@ -84,7 +85,9 @@ public final class Generator {
         long t0 = System.nanoTime();
         float[] logits = prefill(prompt, stats);
         stats.prefillS = (System.nanoTime() - t0) / 1e9;  // backbone calls and lookups alone
-        int tok = sampler.sample(logits);
+        int[] history = Arrays.copyOf(prompt, spec.maxSeqLen + 1);  // the penalty's look-back; pos stops at maxSeqLen
+        int seen = prompt.length;
+        int tok = sampler.sample(logits, history, seen);
         long t1 = System.nanoTime();
         stats.ttftS = (t1 - t0) / 1e9;  // prefill + first sample
         int pos = prompt.length;
@@ -92,6 +95,7 @@ public final class Generator {
         while (maxNewTokens > 0) {
             stats.tokens.add(tok);
             stats.newTokens++;
+            history[seen++] = tok;
             boolean go = listener == null || listener.onToken(tok);
             if (contains(eos, tok)) {
                 stats.stopReason = "eos";
@@ -102,7 +106,7 @@ public final class Generator {
                 stats.stopReason = "max_seq_len";
                 break;
             }
-            tok = sampler.sample(decodeOne(tok, pos++, stats));
+            tok = sampler.sample(decodeOne(tok, pos++, stats), history, seen);
         }
         stats.decodeS = (System.nanoTime() - t1) / 1e9;
         return stats;
