@@ -34,16 +34,18 @@ demo: setup
 system-deps:
 	bash scripts/system_deps.sh
 
-# Every test: the Java reader tests, then the whole pytest suite (slow exports included). Installs nothing
-# system-wide; a missing Debian package is named with 'run make system-deps'.
+# Every test: the Java reader tests, then the whole pytest suite (slow exports included) on both cores
+# (pytest-xdist, one test file per worker at a time: module fixtures are built once; the session's
+# export fixtures are shared between the workers). Installs nothing system-wide; a missing Debian
+# package is named with 'run make system-deps'.
 # The C++ readers run under ASan+UBSan over conformance/, plus a 60 s seeded fuzz (sanitize_test.sh).
 test: setup
 	bash android_app/scripts/jvm_test.sh
 	bash mobile_runtime/native/sanitize_test.sh
-	$(PYTEST) tests
+	$(PYTEST) -n 2 --dist loadfile tests
 
 # Tests not marked slow (contract, bench engine, apps, training, model unit tests), on both cores.
 test-fast: setup
-	$(PYTEST) -n 2 -m "not slow" tests
+	$(PYTEST) -n 2 --dist loadfile -m "not slow" tests
 
 check: system-deps test

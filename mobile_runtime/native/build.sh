@@ -26,6 +26,8 @@ if [ ! -f "$ET_ROOT/share/cmake/executorch-config.cmake" ]; then
     exit 1
 fi
 mkdir -p "$BUILD"
+exec 9>"$BUILD/.build.lock"
+flock 9  # parallel test workers (pytest -n 2) may ask for the same build folder at once
 if [ ! -f "$BUILD/CMakeCache.txt" ] || ! grep -q "EXECUTORCH_ROOT:PATH=$ET_ROOT\$" "$BUILD/CMakeCache.txt"; then
     cmake -S "$HERE" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DEXECUTORCH_ROOT="$ET_ROOT" >&2
 fi
