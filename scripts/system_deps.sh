@@ -8,7 +8,8 @@ set -euo pipefail
 PACKAGES=(adb mksh cmake g++ libxxhash-dev nlohmann-json3-dev
           openjdk-17-jdk-headless junit5 libandroid-json-java
           aapt zipalign apksigner dexdump android-framework-res
-          valgrind)  # valgrind: benchmarks/bench_overhead.py counts instructions with callgrind
+          valgrind   # valgrind: benchmarks/bench_overhead.py counts instructions with callgrind
+          gcc g++-aarch64-linux-gnu qemu-user)  # the aarch64 runner: cross_aarch64.sh, qemu-user (+ its plugin)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

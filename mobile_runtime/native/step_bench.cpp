@@ -12,6 +12,8 @@
 //     --single-thread: no threadpool (XNNPACK and kernels run on the calling thread), so that the
 //                  callgrind markers, which toggle collection for the calling thread only, see all work
 //   -> one JSON line {"prefill_s", "decode_s", "decode_steps", "tokens"}
+// The same phases are marked for qemu-user's instruction count (qemu_insn_phases.c): a getpid with a
+// magic first argument beside each callgrind request, outside the callgrind-counted span.
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
 #include <executorch/extension/threadpool/threadpool_guard.h>
@@ -22,6 +24,9 @@
 #define CALLGRIND_TOGGLE_COLLECT
 #define CALLGRIND_DUMP_STATS_AT(x)
 #endif
+
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -49,6 +54,10 @@ struct Result {
   std::vector<int64_t> tokens;
 };
 
+// qemu_insn_phases.c's markers: 1 toggles counting, 2 / 3 close the prefill / decode phase.
+enum PhaseMarker : long { kToggle = 1, kDumpPrefill = 2, kDumpDecode = 3 };
+void phase_marker(PhaseMarker code) { syscall(SYS_getpid, 0x4d454b49L, static_cast<long>(code)); }
+
 int64_t argmax(const executorch::aten::Tensor& t) {
   const int64_t V = t.size(t.dim() - 1);
   const float* p = t.const_data_ptr<float>() + (t.numel() - V);
@@ -70,9 +79,11 @@ class Session {
     auto t_rows = from_blob(rows_.data(), {1, T, std::max(o_.rows_l, 1), std::max(o_.rows_m, 1)}, ScalarType::Float);
     std::vector<EValue> in = {t_tok, t_pos};
     if (o_.rows_l) in.push_back(t_rows);
+    if (count) phase_marker(kToggle);
     if (count) CALLGRIND_TOGGLE_COLLECT;
     auto out = mod_.execute(method, in);
     if (count) CALLGRIND_TOGGLE_COLLECT;
+    if (count) phase_marker(kToggle);
     if (!out.ok()) return false;
     *next = argmax((*out)[0].toTensor());
     return true;
@@ -86,6 +97,7 @@ class Session {
     if (!step(o_.prefill, prompt.data(), o_.prompt_len, 0, count, &next)) return false;
     auto t1 = std::chrono::steady_clock::now();
     if (count) CALLGRIND_DUMP_STATS_AT("prefill");
+    if (count) phase_marker(kDumpPrefill);
     r->tokens = {next};
     for (int s = 1; s < new_tokens; ++s) {
       int64_t tok = next;
@@ -94,6 +106,7 @@ class Session {
     }
     auto t2 = std::chrono::steady_clock::now();
     if (count) CALLGRIND_DUMP_STATS_AT("decode");
+    if (count) phase_marker(kDumpDecode);
     r->prefill_s = std::chrono::duration<double>(t1 - t0).count();
     r->decode_s = std::chrono::duration<double>(t2 - t1).count();
     return true;
