@@ -1,9 +1,11 @@
-# Fresh machine: `make demo` sets up .venv and runs the main job; `make check` sets up, installs the
+# Fresh machine: `make demo` sets up .venv (the ExecuTorch extra only) and runs the main job; `make check` sets up, installs the
 # Debian packages the tests use and runs every test (what .ci/run calls).
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # LiteRT's converter needs typing_extensions<4.13 (see pyproject's litert extra): its own venv.
+# the demo needs only the ExecuTorch extra: a fresh machine's `make demo` installs that alone
+DEMO_STAMP := $(VENV)/.demo-installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 LITERT_VENV := .venv-litert
 LITERT_STAMP := $(LITERT_VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST := $(VENV)/bin/python -m pytest -q -ra -p no:cacheprovider
@@ -27,8 +29,15 @@ $(LITERT_STAMP): pyproject.toml
 	rm -f $(LITERT_VENV)/.installed-*
 	touch $@
 
-demo: setup
-	$(VENV)/bin/meki demo --out demo_out
+$(DEMO_STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[executorch]'
+	rm -f $(VENV)/.demo-installed-*
+	touch $@
+
+demo: $(DEMO_STAMP)
+	$(VENV)/bin/meki demo --out demo_out --overwrite
 
 # Debian packages (apt-get: root, or sudo where available). The only target that installs system packages.
 system-deps:
