@@ -1,5 +1,5 @@
-# Fresh machine: `make demo` sets up .venv (the ExecuTorch extra only) and runs the main job; `make check` sets up, installs the
-# Debian packages the tests use and runs every test (what .ci/run calls).
+# Fresh machine: `make demo` sets up .venv (the ExecuTorch extra only) and runs the main job; `make check`
+# sets up, installs the Debian packages the tests use and runs every test (what .ci/run calls).
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
