@@ -16,6 +16,7 @@ efficiency = measured ratio / ideal ratio (1.0: MeKi costs exactly its bytes/FLO
 
     python benchmarks/bench_overhead.py                      # demo shape, fp32 and 8da4w
     nice python benchmarks/bench_overhead.py --shape qwen3-0.6b --quants 8da4w   # heavy: ~1 h here
+    nice python benchmarks/bench_overhead.py --shape qwen3-0.6b --layers 2 --quants 8da4w  # same widths, 2 layers
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ def build_native() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def source_checkpoints(shape: str, work: Path) -> tuple[Path, Path | None]:
-    """demo: the repo's trained pair; qwen3-0.6b: a random MeKi model (its dense twin is derived)."""
+def source_checkpoints(shape: str, work: Path, layers: int | None = None) -> tuple[Path, Path | None]:
+    """demo: the repo's trained pair; qwen3-0.6b: a random MeKi model (its dense twin is derived),
+    with `layers` layers instead of the preset's where given (same widths, vocabulary and head)."""
     if shape == "demo":
+        if layers:
+            raise ValueError("--layers applies to the qwen3-0.6b shape (the demo pair is trained)")
         return REPO / "models" / "demo" / "meki", REPO / "models" / "demo" / "dense"
     src = work / "ck-qwen3-0.6b"
     if not (src / "config.json").exists():
@@ -56,7 +60,10 @@ def source_checkpoints(shape: str, work: Path) -> tuple[Path, Path | None]:
         from pipeline.config import preset
         from pipeline.model import MekiModel, init_weights
 
-        save_checkpoint(init_weights(MekiModel(preset("qwen3-0.6b"))), src, overwrite=True)
+        cfg = preset("qwen3-0.6b")
+        if layers:
+            cfg = cfg.replace(num_layers=layers, name=f"qwen3-0.6b-{layers}L")
+        save_checkpoint(init_weights(MekiModel(cfg)), src, overwrite=True)
     return src, None
 
 
@@ -154,6 +161,7 @@ def print_table(shape: str, results: dict, a: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=("demo", "qwen3-0.6b"), default="demo")
+    ap.add_argument("--layers", type=int, help="qwen3-0.6b with fewer layers (same widths): a shorter export")
     ap.add_argument("--quants", default="none,8da4w")
     ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_overhead")
     ap.add_argument("--rounds", type=int, default=10)
@@ -167,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_callgrind and shutil.which("valgrind") is None:
         ap.error("valgrind not found (apt-get install valgrind), or pass --no-callgrind")
     tool_dir = build_native()
-    work = a.work / a.shape
-    src, baseline = source_checkpoints(a.shape, work)
+    work = a.work / (f"{a.shape}-{a.layers}L" if a.layers else a.shape)
+    src, baseline = source_checkpoints(a.shape, work, a.layers)
     cfg = json.loads(((baseline or src) / "config.json").read_text())
     cfg["d_mem"] = json.loads((src / "config.json").read_text())["d_mem"]
     results = {}
@@ -178,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             export_et_llm(cfg, work / "et", quant, a.max_seq_len, a.prefill_len)
         pack = json.loads((work / f"ours-{quant}" / "meki" / "manifest.json").read_text())["memory_pack"]["dtype"]
         results[quant] = measure_quant(tool_dir, work, cfg, quant, pack, a)
-    print_table(a.shape, results, a)
+    print_table(work.name, results, a)
     out = a.json or work / "results.json"
-    out.write_text(json.dumps({"shape": a.shape, "config": cfg, "prompt_len": a.prompt_len,
+    out.write_text(json.dumps({"shape": a.shape, "layers": cfg["num_layers"], "config": cfg, "prompt_len": a.prompt_len,
                                "new_tokens": a.new_tokens, "max_seq_len": a.max_seq_len, "results": results}, indent=1))
     print(f"\nwrote {out}")
     return 0

@@ -50,7 +50,8 @@ def export_et_llm(cfg: dict, out: Path, quant: str, max_seq_len: int, prefill_le
     c.base.metadata = '{"get_bos_id": 0, "get_eos_ids": [1]}'
     c.model.use_kv_cache = c.model.use_sdpa_with_kv_cache = c.model.enable_dynamic_shape = True
     c.export.max_seq_length, c.export.max_context_length = prefill_len, max_seq_len
-    c.export.output_dir, c.export.output_name = str(out), f"et_{quant}.pte"
+    # an output_name ending in .pte is used as the path itself (relative to the cwd), not under output_dir
+    c.export.output_dir, c.export.output_name = str(out), str(out / f"et_{quant}.pte")
     c.backend.xnnpack.enabled = c.backend.xnnpack.extended_ops = True
     if quant != "none":
         # our 8da4w groups 32 weights per scale; export_llama's default (128) leaves every linear

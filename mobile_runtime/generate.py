@@ -22,6 +22,11 @@ from mobile_runtime.sampling import SamplingConfig, sample
 from mobile_runtime.stats import RunStats
 
 BACKENDS = {"executorch": "executorch-xnnpack", "litert": "tflite", "qnn-sim": "tflite-qnn"}
+# How a decode step's pack rows are read (benchmarks/bench_prefetch.py compares them):
+#   prefetch  a row not in the pack's cache by a worker thread from the moment its token is sampled; a
+#             cached one on this thread at the step (~14 us here, a third of a thread hand-off's cost)
+#   thread    every row by the worker;   sync  every row on this thread just before the step
+LOOKUPS = ("prefetch", "thread", "sync")
 
 
 @dataclass
@@ -35,8 +40,11 @@ class Generator:
     """One bundle, one backbone, one memory pack; `generate` runs one prompt."""
 
     def __init__(self, bundle: Path, backend: str = "executorch", pack_mode: str = "pread",
-                 cache_bytes: int = 8 << 20, check_hashes: bool = True) -> None:
+                 cache_bytes: int = 8 << 20, check_hashes: bool = True, lookup: str = "prefetch") -> None:
+        if lookup not in LOOKUPS:
+            raise ValueError(f"lookup must be one of {', '.join(LOOKUPS)}, got {lookup!r}")
         self.bundle = Path(bundle)
+        self.lookup_mode = lookup
         target = BACKENDS.get(backend, backend)
         self.manifest = verify_bundle(self.bundle, check_hashes)  # sizes always; sha256 unless told not to
         self.backbone = self.manifest.backbone(target)
@@ -89,22 +97,39 @@ class Generator:
         """Greedy/sampled decoding from `first` at position `pos`; returns (tokens, stop reason)."""
         out, token = [first], first
         history = list(prompt_ids) + out  # what the repetition penalty looks back on
-        handle = self.pack.prefetch([token]) if self.pack is not None else None
+        handle = self._issue(token)
         while True:
             on_token(token)  # bookkeeping overlaps the pack read issued above
             if token in cfg.stop_ids:
                 return out, "eos"
             if len(out) >= cfg.max_new_tokens or pos >= self.backbone.max_seq_len:
                 return out, "max_tokens" if len(out) >= cfg.max_new_tokens else "max_seq_len"
-            rows = None
-            if handle is not None:
-                rows = self.pack.collect(handle)[None]
-                self.times.exposed_lookup_s.append(handle.waited_s)
+            rows = self._rows(token, handle)
             token = sample(self.decode_one(token, pos, rows), cfg, rng, history)
             pos += 1
             out.append(token)
             history.append(token)
-            handle = self.pack.prefetch([token]) if self.pack is not None else None
+            handle = self._issue(token)
+
+    def _issue(self, token: int):
+        """Start the worker's read of token's rows where it pays (see LOOKUPS)."""
+        if self.pack is None or self.lookup_mode == "sync" or \
+                (self.lookup_mode == "prefetch" and self.pack.cached([token])):
+            return None
+        return self.pack.prefetch([token])
+
+    def _rows(self, token: int, handle) -> np.ndarray | None:
+        """The decode rows [1, 1, L, m] of token; the time the loop waited for them is recorded."""
+        if self.pack is None:
+            return None
+        if handle is not None:
+            rows = self.pack.collect(handle)
+            self.times.exposed_lookup_s.append(handle.waited_s)
+            return rows[None]
+        t0 = time.perf_counter()
+        rows = self.pack.lookup([token])
+        self.times.exposed_lookup_s.append(time.perf_counter() - t0)
+        return rows[None]
 
     def generate(self, prompt_ids: list[int], cfg: SamplingConfig,
                  on_text: Callable[[str], None] | None = None) -> RunStats:

@@ -205,6 +205,12 @@ class MemoryPack:
                              f"{list(getattr(out, 'shape', []))}")
         return self._lookup_ids(ids, out)
 
+    def cached(self, token_ids) -> bool:
+        """Whether every token's record is in the LRU cache (a lookup then reads no storage)."""
+        ids = self._check_ids(token_ids)
+        with self._lock:
+            return self.cache_bytes > 0 and all(t in self._cache for t in ids.tolist())
+
     def prefetch(self, token_ids) -> PrefetchHandle:
         """Start the lookup of token_ids in a background thread; collect() it later."""
         ids = self._check_ids(token_ids).copy()

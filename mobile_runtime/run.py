@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mobile_runtime.generate import BACKENDS, Generator
+from mobile_runtime.generate import BACKENDS, LOOKUPS, Generator
 from contract.inputs import (nonneg_float, nonneg_int, output_file, positive_float, positive_int, require_bundle,
                              unit_interval)
 from contract.manifest import BundleError
@@ -36,6 +36,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-mib", type=nonneg_float, default=8.0, help="LRU cache of hot pack rows")
     p.add_argument("--stats", type=output_file, help="write the run's JSON stats here")
     p.add_argument("--quiet", action="store_true", help="do not stream text to stdout")
+    p.add_argument("--lookup", choices=LOOKUPS, default="prefetch",
+                   help="decode rows: prefetched by a worker thread unless cached (prefetch), always by the "
+                        "worker (thread), or on the decode thread (sync); benchmarks/bench_prefetch.py")
     p.add_argument("--skip-hash-check", action="store_true", help="trust file sizes, skip sha256 (large bundles)")
 
 
@@ -67,7 +70,8 @@ def checked_prompt(text: str) -> str:
 def run(a: argparse.Namespace) -> int:
     prompt = checked_prompt(a.prompt) if a.prompt is not None else None
     require_bundle(a.bundle)
-    gen = Generator(a.bundle, a.backend, a.pack_mode, int(a.cache_mib * (1 << 20)), not a.skip_hash_check)
+    gen = Generator(a.bundle, a.backend, a.pack_mode, int(a.cache_mib * (1 << 20)), not a.skip_hash_check,
+                    lookup=a.lookup)
     vocab = int(gen.manifest.config["vocab_size"])
     ids = prompt_token_ids(a.prompt_ids, vocab) if a.prompt_ids is not None else gen.encode(prompt)
     stop = () if a.ignore_eos or gen.manifest.tokenizer is None else tuple(gen.manifest.tokenizer.eos_token_ids)

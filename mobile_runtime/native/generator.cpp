@@ -94,8 +94,9 @@ int64_t sample(const float* logits, int64_t V, const SamplingConfig& cfg, std::m
   return dist(rng);
 }
 
-Generator::Generator(const std::string& bundle, const std::string& target, const PackOptions& pack_opts)
-    : manifest_(load_manifest(bundle)) {
+Generator::Generator(const std::string& bundle, const std::string& target, const PackOptions& pack_opts,
+                     Lookup lookup)
+    : manifest_(load_manifest(bundle)), lookup_(lookup) {
   check_bundle_files(bundle, manifest_);
   backbone_ = &manifest_.backbone(target);
   if (manifest_.has_pack) {
@@ -105,7 +106,7 @@ Generator::Generator(const std::string& bundle, const std::string& target, const
     const auto& h = pack_->header();  // the header must say what the manifest says (bundle.pack_mismatch)
     check_pack_header(manifest_, dtype_name(h.dtype), layout_name(h.layout), h.vocab_size, h.num_layers, h.d_mem);
     if (!backbone_->takes_meki_rows()) throw BundleError("bundle has a memory pack but its decode takes no meki_rows");
-    prefetcher_ = std::make_unique<Prefetcher>(pack_.get());
+    if (lookup != Lookup::kSync) prefetcher_ = std::make_unique<Prefetcher>(pack_.get());
     rows_.resize(pack_->row_floats());
   }
   // share_memory_arenas: prefill and decode must see one KV cache (share_mutable_buffers export)
@@ -173,28 +174,40 @@ void Generator::decode_one(int64_t token, int64_t pos, RunResult& r) {
   r.decode_step_s.push_back(since(t0));
 }
 
+void Generator::issue(int64_t token) {
+  issued_ = prefetcher_ && (lookup_ == Lookup::kThread || !pack_->cached(token));
+  if (issued_) prefetcher_->submit(token);
+}
+
+double Generator::fetch_rows(int64_t token) {
+  if (issued_) return prefetcher_->collect(rows_.data());  // issued when token was sampled
+  const auto t0 = Clock::now();
+  pack_->lookup(&token, 1, rows_.data());
+  return since(t0);
+}
+
 void Generator::decode_n(int64_t first, int64_t pos, const SamplingConfig& cfg, std::mt19937_64& rng,
                          const std::function<void(int64_t)>& on_token, RunResult& r) {
   int64_t token = first;
   r.tokens = {first};
   history_.push_back(first);  // after the prompt (generate): what the repetition penalty looks back on
-  if (prefetcher_) prefetcher_->submit(token);
+  if (pack_) issue(token);
   for (;;) {
     if (on_token) on_token(token);  // bookkeeping overlaps the pack read issued above
     const bool eos = std::find(cfg.stop_ids.begin(), cfg.stop_ids.end(), token) != cfg.stop_ids.end();
     const bool full = int64_t(r.tokens.size()) >= cfg.max_new_tokens;
     if (eos || full || pos >= backbone_->max_seq_len) {
       r.stop_reason = eos ? "eos" : full ? "max_tokens" : "max_seq_len";
-      if (prefetcher_) prefetcher_->collect(rows_.data());  // drain the unused last read
+      if (issued_) prefetcher_->collect(rows_.data());  // drain the unused last read
       return;
     }
-    if (prefetcher_) r.exposed_lookup_s.push_back(prefetcher_->collect(rows_.data()));
+    if (pack_) r.exposed_lookup_s.push_back(fetch_rows(token));
     decode_one(token, pos, r);
     token = sample(logits_.data(), int64_t(logits_.size()), cfg, rng, history_);
     pos += 1;
     r.tokens.push_back(token);
     history_.push_back(token);
-    if (prefetcher_) prefetcher_->submit(token);
+    if (pack_) issue(token);
   }
 }
 

@@ -56,7 +56,14 @@ int64_t sample(const float* logits, int64_t vocab, const SamplingConfig& cfg, st
 
 class Generator {
  public:
-  Generator(const std::string& bundle, const std::string& target, const PackOptions& pack_opts);
+  // How a decode step's pack rows are read (benchmarks/bench_prefetch.py compares them):
+  //   kPrefetch  a row not in the pack's cache is read by the worker thread from the moment its token
+  //              is sampled; a cached one (a copy and a dequantisation, ~1 us) on the decode thread,
+  //              which is cheaper than waking the worker
+  //   kThread    every row by the worker;  kSync  every row on the decode thread, just before the step
+  enum class Lookup { kPrefetch, kThread, kSync };
+  Generator(const std::string& bundle, const std::string& target, const PackOptions& pack_opts,
+            Lookup lookup = Lookup::kPrefetch);
   ~Generator();
   RunResult generate(const std::vector<int64_t>& prompt, const SamplingConfig& cfg,
                      const std::function<void(int64_t)>& on_token);
@@ -69,6 +76,8 @@ class Generator {
   void decode_one(int64_t token, int64_t pos, RunResult& r);           // rows already in rows_
   void decode_n(int64_t first, int64_t pos, const SamplingConfig& cfg, std::mt19937_64& rng,
                 const std::function<void(int64_t)>& on_token, RunResult& r);
+  void issue(int64_t token);         // start the worker's read of token's rows where it pays
+  double fetch_rows(int64_t token);  // the decode rows of token into rows_; seconds the caller waited
   void run_method(const std::string& entry, const std::vector<executorch::runtime::EValue>& in);
 
   Manifest manifest_;
@@ -76,6 +85,8 @@ class Generator {
   std::unique_ptr<executorch::extension::Module> module_;
   std::unique_ptr<MemoryPack> pack_;
   std::unique_ptr<Prefetcher> prefetcher_;
+  Lookup lookup_ = Lookup::kPrefetch;
+  bool issued_ = false;  // the worker is reading the rows of the token to decode next
   std::vector<float> logits_, rows_;  // logits [V] of the last call; decode rows [1, 1, L, m]
   std::vector<int64_t> history_;      // prompt + tokens so far (the repetition penalty's look-back)
   int64_t tok_ = 0, pos_ = 0;         // decode inputs, wrapped once as tensors

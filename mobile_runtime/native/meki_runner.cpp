@@ -4,7 +4,7 @@
 //   meki_runner BUNDLE --prompt-ids 3,1,4 [--max-new-tokens 64] [--ignore-eos] [--stats out.json]
 //               [--pack-mode pread|mmap] [--cache-mib 8] [--temperature 0 --top-k 0 --top-p 1 --seed 0]
 //               [--repeat-penalty 1 --repeat-last-n 64]
-//               [--backend executorch|TARGET] [--warmup N] [--quiet]
+//               [--backend executorch|TARGET] [--warmup N] [--quiet] [--lookup prefetch|thread|sync] [--single-thread]
 //
 // Exit status: 0 ok, 2 usage or bundle error, 3 memory pack error, 4 ExecuTorch error.
 #include <cstdio>
@@ -15,25 +15,32 @@
 #include <string>
 #include <vector>
 
+#include <executorch/extension/threadpool/threadpool_guard.h>
+
 #include "generator.h"
 
 namespace {
 
 struct Args {
-  std::string bundle, prompt_ids, backend = "executorch", pack_mode = "pread", stats;
+  std::string bundle, prompt_ids, backend = "executorch", pack_mode = "pread", stats, lookup = "prefetch";
   int64_t max_new_tokens = 64;
   double temperature = 0.0, top_p = 1.0, cache_mib = 8.0, repeat_penalty = 1.0;
   int64_t top_k = 0, warmup = 0, repeat_last_n = 64;
   uint64_t seed = 0;
-  bool ignore_eos = false, quiet = false;
+  bool ignore_eos = false, quiet = false, single_thread = false;
 };
 
 const char* kUsage =
     "usage: meki_runner BUNDLE --prompt-ids IDS [--max-new-tokens N] [--ignore-eos] [--stats PATH]\n"
     "       [--pack-mode pread|mmap] [--cache-mib MIB] [--temperature T] [--top-k K] [--top-p P]\n"
     "       [--repeat-penalty R] [--repeat-last-n N]\n"
-    "       [--seed S] [--backend executorch|TARGET] [--warmup N] [--quiet]\n"
-    "  --warmup N: an untimed generate of N tokens first (as ExecuTorch's LLM runner does)\n";
+    "       [--seed S] [--backend executorch|TARGET] [--warmup N] [--quiet] [--lookup prefetch|thread|sync]\n"
+    "       [--single-thread]\n"
+    "  --warmup N: an untimed generate of N tokens first (as ExecuTorch's LLM runner does)\n"
+    "  --lookup: prefetch (default): rows not in the pack cache read by a worker thread from the moment\n"
+    "            the token is sampled, cached rows on the decode thread; thread: every row by the worker;\n"
+    "            sync: every row on the decode thread (benchmarks/bench_prefetch.py compares them)\n"
+    "  --single-thread: no XNNPACK threadpool (everything on the calling thread: callgrind counts)\n";
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -59,6 +66,8 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--backend") a.backend = val();
     else if (k == "--quiet") a.quiet = true;
     else if (k == "--warmup") a.warmup = std::stoll(val());
+    else if (k == "--lookup") a.lookup = val();
+    else if (k == "--single-thread") a.single_thread = true;
     else if (k == "-h" || k == "--help") { std::fputs(kUsage, stdout); std::exit(0); }
     else if (!k.empty() && k[0] == '-') throw std::invalid_argument("unknown option " + k);
     else if (a.bundle.empty()) a.bundle = k;
@@ -67,6 +76,8 @@ Args parse_args(int argc, char** argv) {
   if (a.bundle.empty() || a.prompt_ids.empty()) throw std::invalid_argument("BUNDLE and --prompt-ids are required");
   if (a.pack_mode != "pread" && a.pack_mode != "mmap")
     throw std::invalid_argument("--pack-mode must be pread or mmap, got " + a.pack_mode);
+  if (a.lookup != "prefetch" && a.lookup != "thread" && a.lookup != "sync")
+    throw std::invalid_argument("--lookup must be prefetch, thread or sync, got " + a.lookup);
   if (a.warmup < 0 || a.temperature < 0 || a.top_k < 0 || !(a.top_p > 0 && a.top_p <= 1) || a.max_new_tokens < 1 || a.cache_mib < 0 ||
       !(a.repeat_penalty > 0) || a.repeat_last_n < 0)
     throw std::invalid_argument("invalid sampling settings");
@@ -148,7 +159,11 @@ int run(const Args& a) {
   po.mode = a.pack_mode == "mmap" ? meki::PackMode::kMmap : meki::PackMode::kPread;
   po.cache_bytes = size_t(a.cache_mib * (1 << 20));
   const std::string target = a.backend == "executorch" ? "executorch-xnnpack" : a.backend;
-  meki::Generator gen(a.bundle, target, po);
+  // before load: XNNPACK takes its threadpool when the delegate is initialised
+  if (a.single_thread) executorch::extension::threadpool::NoThreadPoolGuard::set_enabled(true);
+  using L = meki::Generator::Lookup;
+  meki::Generator gen(a.bundle, target, po,
+                      a.lookup == "sync" ? L::kSync : a.lookup == "thread" ? L::kThread : L::kPrefetch);
   const std::vector<int64_t> ids = parse_ids(a.prompt_ids);
   meki::SamplingConfig cfg;
   cfg.max_new_tokens = a.max_new_tokens;

@@ -433,6 +433,12 @@ void MemoryPack::verify() {
   }
 }
 
+bool MemoryPack::cached(int64_t tok) const {
+  if (opts_.cache_bytes == 0) return false;
+  std::lock_guard<std::mutex> g(mu_);
+  return index_.count(tok) != 0;
+}
+
 bool MemoryPack::cache_get(int64_t tok, uint8_t* dst) {
   std::lock_guard<std::mutex> g(mu_);
   auto it = index_.find(tok);

@@ -97,6 +97,7 @@ class MemoryPack {
   size_t row_floats() const { return size_t(h_.num_layers) * h_.d_mem; }  // floats per token
   // ids [n] -> out [n, L, m] float32. Thread-safe.
   void lookup(const int64_t* ids, size_t n, float* out);
+  bool cached(int64_t tok) const;  // its record is in the LRU cache (a lookup reads no storage)
   void verify();                 // every data block against its checksum (check 10, full)
   int64_t resident_bytes() const;  // cache + table + verified map (+ mapped pages resident)
   size_t cache_used() const;

@@ -44,6 +44,17 @@ def test_prefetch_collect(packed):
             np.testing.assert_array_equal(out, ref[[40 * i, 40 * i + 1]].astype(np.float16))
 
 
+def test_cached_says_whether_a_lookup_reads_storage(packed):
+    path, _ = packed
+    with MemoryPack.open(path, cache_bytes=50_000) as pack:
+        assert not pack.cached([7])
+        pack.lookup([7])
+        assert pack.cached([7]) and not pack.cached([7, 8])
+    with MemoryPack.open(path, cache_bytes=0) as pack:
+        pack.lookup([7])
+        assert not pack.cached([7])  # no cache: every lookup reads
+
+
 def test_concurrent_lookups_agree(packed):
     path, ref = packed
     errors = []

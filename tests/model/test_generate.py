@@ -30,6 +30,17 @@ def test_loop_matches_eager_greedy_and_writes_valid_stats(bundles, kind, tmp_pat
     assert data["rss_peak_bytes"] >= data["rss_end_bytes"] > 0
 
 
+@pytest.mark.parametrize("bundles", ["none"], indirect=True)
+def test_lookup_modes_give_the_same_tokens(bundles):
+    out, _ = bundles
+    prompt, cfg = [3, 1, 4, 1, 5, 9, 2, 6], SamplingConfig(max_new_tokens=16)
+    runs = {mode: Generator(out / "meki", lookup=mode).generate(prompt, cfg) for mode in ("prefetch", "thread", "sync")}
+    assert runs["prefetch"].tokens == runs["thread"].tokens == runs["sync"].tokens
+    assert all(len(r.exposed_lookup_s) == 15 for r in runs.values())
+    with pytest.raises(ValueError, match="lookup"):
+        Generator(out / "meki", lookup="eager")
+
+
 def test_sampling_is_seeded_and_respects_top_k():
     logits = np.log(np.array([[0.1, 0.2, 0.3, 0.4]]))
     cfg = SamplingConfig(temperature=1.0, top_k=2, seed=0)

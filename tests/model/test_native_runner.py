@@ -61,16 +61,19 @@ def test_native_tokens_match_python_loop(native, bundles, kind, penalty, tmp_pat
 
 
 @pytest.mark.parametrize("bundles", ["none"], indirect=True)
-def test_pack_modes_and_warmup_agree(native, bundles, tmp_path):
+def test_pack_lookup_modes_and_warmup_agree(native, bundles, tmp_path):
     out, _ = bundles
     tokens = []
-    for mode, cache, warmup in (("pread", "8", "0"), ("pread", "0", "0"), ("mmap", "0", "0"), ("pread", "8", "5")):
-        path = tmp_path / f"{mode}-{cache}-{warmup}.json"
-        res = run_native(native, out / "meki", "--prompt-ids", "7,8,9", "--max-new-tokens", "12",
-                         "--pack-mode", mode, "--cache-mib", cache, "--warmup", warmup, "--stats", str(path))
+    runs = (("pread", "8", "0", "prefetch"), ("pread", "0", "0", "prefetch"), ("mmap", "0", "0", "prefetch"),
+            ("pread", "8", "5", "prefetch"), ("pread", "8", "0", "thread"), ("pread", "8", "0", "sync"),
+            ("pread", "8", "0", "sync", "--single-thread"))
+    for mode, cache, warmup, lookup, *extra in runs:
+        path = tmp_path / f"{mode}-{cache}-{warmup}-{lookup}-{len(extra)}.json"
+        res = run_native(native, out / "meki", "--prompt-ids", "7,8,9", "--max-new-tokens", "12", "--pack-mode", mode,
+                         "--cache-mib", cache, "--warmup", warmup, "--lookup", lookup, *extra, "--stats", str(path))
         assert res.returncode == 0, res.stderr
         tokens.append(json.loads(path.read_text())["tokens"])
-    assert tokens[0] == tokens[1] == tokens[2] == tokens[3]  # a warm-up run leaves no trace in the next
+    assert all(t == tokens[0] for t in tokens)  # a warm-up run leaves no trace in the next
 
 
 @pytest.mark.parametrize("bundles", ["none"], indirect=True)
