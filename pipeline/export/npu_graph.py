@@ -8,7 +8,8 @@ partitions and 8 ops on the CPU. This graph instead
     < input_pos[0], an additive bias) and over the chunk's own k, v (causal, a constant bias);
   - returns only the chunk's new k, v (`k_new_i`, `v_new_i` [1, Hkv, T, hd]); the runner writes them
     into its cache at input_pos (so the cache is read once per step and never copied back out);
-  - groups the query heads per KV head (a reshape) instead of repeat_interleave over the cache.
+  - attends one KV head at a time (3-D matmuls; see SplitCacheAttention._attend), its query heads
+    grouped by a reshape instead of repeat_interleave over the cache.
 Same weights, same maths as pipeline.model.Attention; `verify` checks it against eager PyTorch.
 """
 
@@ -47,7 +48,7 @@ class SplitCacheAttention(nn.Module):
                 _input_pos: torch.Tensor | None) -> torch.Tensor:
         a, cfg = self.attn, self.attn.cfg
         bsz, seq, _ = x.shape
-        hkv, groups, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+        hkv, hd = cfg.num_kv_heads, cfg.head_dim
         q = a.wq(x).view(bsz, seq, cfg.num_heads, hd)
         k = a.wk(x).view(bsz, seq, hkv, hd)
         v = a.wv(x).view(bsz, seq, hkv, hd)
@@ -56,16 +57,30 @@ class SplitCacheAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         self.new_k, self.new_v = k, v
-        # head h uses KV head h // groups (repeat_interleave's order): [1, Hkv, groups * T, hd]
-        qg = (q * (1.0 / math.sqrt(hd))).reshape(bsz, hkv, groups * seq, hd)
-        causal = torch.triu(torch.full((seq, seq), MASKED), diagonal=1).repeat(groups, 1)  # a constant
-        scores = torch.cat([qg @ self.cache_k.transpose(-1, -2) + self.cache_bias,
-                            qg @ k.transpose(-1, -2) + causal], dim=-1)
-        p = F.softmax(scores, dim=-1)
+        return a.wo(self._attend(q * (1.0 / math.sqrt(hd)), k, v))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """One KV head at a time, 3-D: q [1, H, T, hd] (scaled), k, v [1, Hkv, T, hd] -> [1, T, H * hd].
+
+        The batched 4-D form (all KV heads as one [1, Hkv, groups * T, hd] batch matmul, then a
+        reshape/transpose back) is miscomputed by QAIRT 2.51's HTP (simulator) with 8 KV heads and
+        more than one layer: Qwen3-0.6B's width gave 2.9 dB logits and 0.8 dB layer-1 k; 2 or 4 KV
+        heads were right. Per head, the same maths is right at every width measured."""
+        cfg = self.attn.cfg
+        bsz, _, seq, hd = q.shape
+        hkv, groups = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
         s = self.cache_k.shape[2]
-        out = p[..., :s] @ self.cache_v + p[..., s:] @ v  # [1, Hkv, groups * T, hd]
-        out = out.reshape(bsz, cfg.num_heads, seq, hd).transpose(1, 2).reshape(bsz, seq, cfg.num_heads * hd)
-        return a.wo(out)
+        causal = torch.triu(torch.full((seq, seq), MASKED), diagonal=1).repeat(groups, 1)  # a constant
+        bias = self.cache_bias.reshape(1, 1, s)
+        heads = []
+        for h in range(hkv):  # query head h * groups + g reads KV head h (repeat_interleave's order)
+            qh = q[:, h * groups:(h + 1) * groups].reshape(bsz, groups * seq, hd)
+            ck, cv, kh, vh = self.cache_k[:, h], self.cache_v[:, h], k[:, h], v[:, h]  # [1, S or T, hd]
+            scores = torch.cat([qh @ ck.transpose(-1, -2) + bias, qh @ kh.transpose(-1, -2) + causal], dim=-1)
+            p = F.softmax(scores, dim=-1)
+            o = p[..., :s] @ cv + p[..., s:] @ vh  # [1, groups * T, hd]
+            heads += [o[:, g * seq:(g + 1) * seq] for g in range(groups)]
+        return torch.cat(heads, dim=-1)
 
 
 class NpuStep(nn.Module):
