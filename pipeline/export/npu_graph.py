@@ -8,8 +8,8 @@ partitions and 8 ops on the CPU. This graph instead
     < input_pos[0], an additive bias) and over the chunk's own k, v (causal, a constant bias);
   - returns only the chunk's new k, v (`k_new_i`, `v_new_i` [1, Hkv, T, hd]); the runner writes them
     into its cache at input_pos (so the cache is read once per step and never copied back out);
-  - attends one KV head at a time (3-D matmuls; see SplitCacheAttention._attend), its query heads
-    grouped by a reshape instead of repeat_interleave over the cache.
+  - groups the query heads per KV head (a reshape) instead of repeat_interleave over the cache, in
+    blocks of at most KV_BLOCK KV heads (see SplitCacheAttention._attend).
 Same weights, same maths as pipeline.model.Attention; `verify` checks it against eager PyTorch.
 """
 
@@ -30,6 +30,8 @@ from pipeline.model import MekiModel, apply_rope
 # w8a16 graph's int16 scores (one scale per tensor, masked and real alike) keep ~0.004 resolution; with
 # -30000 the scale was 0.46 and w8a16 logits fell to 10 dB SNR. exp(-200) is 0 in fp16 and fp32.
 MASKED = -200.0
+# KV heads per batched attention block (see SplitCacheAttention._attend): 4 measured right, 8 wrong
+KV_BLOCK = 4
 
 
 class SplitCacheAttention(nn.Module):
@@ -60,27 +62,35 @@ class SplitCacheAttention(nn.Module):
         return a.wo(self._attend(q * (1.0 / math.sqrt(hd)), k, v))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """One KV head at a time, 3-D: q [1, H, T, hd] (scaled), k, v [1, Hkv, T, hd] -> [1, T, H * hd].
+        """q [1, H, T, hd] (scaled), k, v [1, Hkv, T, hd] -> [1, T, H * hd], in blocks of <= KV_BLOCK KV heads.
 
-        The batched 4-D form (all KV heads as one [1, Hkv, groups * T, hd] batch matmul, then a
-        reshape/transpose back) is miscomputed by QAIRT 2.51's HTP (simulator) with 8 KV heads and
-        more than one layer: Qwen3-0.6B's width gave 2.9 dB logits and 0.8 dB layer-1 k; 2 or 4 KV
-        heads were right. Per head, the same maths is right at every width measured."""
+        One batched 4-D block over all KV heads is miscomputed by QAIRT 2.51's HTP (simulator) with 8
+        KV heads and more than one layer (Qwen3-0.6B's width: 2.9 dB logits, 0.8 dB layer-1 k; 2 or 4
+        KV heads were right). One KV head at a time (3-D) is right but lowers the score matmuls to
+        FULLY_CONNECTED ops with the cache as weights, which the HTP leaves on the CPU at S=512."""
         cfg = self.attn.cfg
-        bsz, _, seq, hd = q.shape
         hkv, groups = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
-        s = self.cache_k.shape[2]
+        outs = []
+        for h0 in range(0, hkv, KV_BLOCK):
+            h1 = min(h0 + KV_BLOCK, hkv)
+            outs.append(self._attend_block(q[:, h0 * groups:h1 * groups], k[:, h0:h1], v[:, h0:h1],
+                                           self.cache_k[:, h0:h1], self.cache_v[:, h0:h1]))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+    def _attend_block(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache_k: torch.Tensor,
+                      cache_v: torch.Tensor) -> torch.Tensor:
+        bsz, heads, seq, hd = q.shape
+        hkv = k.shape[1]
+        groups = heads // hkv
+        # head h uses KV head h // groups (repeat_interleave's order): [1, hkv, groups * T, hd]
+        qg = q.reshape(bsz, hkv, groups * seq, hd)
         causal = torch.triu(torch.full((seq, seq), MASKED), diagonal=1).repeat(groups, 1)  # a constant
-        bias = self.cache_bias.reshape(1, 1, s)
-        heads = []
-        for h in range(hkv):  # query head h * groups + g reads KV head h (repeat_interleave's order)
-            qh = q[:, h * groups:(h + 1) * groups].reshape(bsz, groups * seq, hd)
-            ck, cv, kh, vh = self.cache_k[:, h], self.cache_v[:, h], k[:, h], v[:, h]  # [1, S or T, hd]
-            scores = torch.cat([qh @ ck.transpose(-1, -2) + bias, qh @ kh.transpose(-1, -2) + causal], dim=-1)
-            p = F.softmax(scores, dim=-1)
-            o = p[..., :s] @ cv + p[..., s:] @ vh  # [1, groups * T, hd]
-            heads += [o[:, g * seq:(g + 1) * seq] for g in range(groups)]
-        return torch.cat(heads, dim=-1)
+        scores = torch.cat([qg @ cache_k.transpose(-1, -2) + self.cache_bias,
+                            qg @ k.transpose(-1, -2) + causal], dim=-1)
+        p = F.softmax(scores, dim=-1)
+        s = cache_k.shape[2]
+        out = p[..., :s] @ cache_v + p[..., s:] @ v  # [1, hkv, groups * T, hd]
+        return out.reshape(bsz, heads, seq, hd).transpose(1, 2).reshape(bsz, seq, heads * hd)
 
 
 class NpuStep(nn.Module):

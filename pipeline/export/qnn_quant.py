@@ -144,12 +144,34 @@ def quantize_tflite(src: Path, dst: Path, quant: str, feeds: Feeds) -> None:
         rm.add_quantization_config(regex=".*", operation_name=op, algorithm_key=algo.NO_QUANTIZE)
     # RMSNorm's square/mean/rsqrt in int16 (one scale per tensor, outlier-driven) fell to 13 dB on its own
     rm.add_quantization_config(regex=".*RMSNorm.*", operation_name=ops.ALL_SUPPORTED, algorithm_key=algo.NO_QUANTIZE)
+    # the attention core (rope, scores over the cache, the -200 mask bias, softmax, p @ v) stays float
+    # (fp16 on the HTP): one int16 scale per tensor cannot hold a masked score and a real one, nor the
+    # cache-as-weights matmuls; the linears keep int8/int4 weights and int16 inputs
+    rm.add_quantization_config(regex=".*SplitCacheAttention_attn;.*", operation_name=ops.ALL_SUPPORTED,
+                               algorithm_key=algo.NO_QUANTIZE)
     qt = quantizer.Quantizer(str(src))
     qt.load_quantization_recipe(rm.get_quantization_recipe())
     result = qt.quantize(qt.calibrate(feeds), enable_progress_report=False)
     tmp = dst.with_name(f".{dst.name}.partial")
-    tmp.write_bytes(result.quantized_model)
+    tmp.write_bytes(_signature_names_back(result.quantized_model))
     tmp.replace(dst)
+
+
+def _signature_names_back(buf: bytes) -> bytes:
+    """A float output behind a DEQUANTIZE comes back named `<sig>_<name>_output_dequant`: name it `<name>`
+    again (the manifest and the runners read the signature names)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(buf), 0)
+    renamed = False
+    for sd in model.signatureDefs:
+        key = sd.signatureKey.decode()
+        for t in sd.outputs:
+            name = t.name.decode()
+            if name.startswith(f"{key}_") and name.endswith("_output_dequant"):
+                t.name, renamed = name[len(key) + 1:-len("_output_dequant")].encode(), True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if renamed else buf
 
 
 def main(argv: list[str] | None = None) -> int:

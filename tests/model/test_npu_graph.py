@@ -1,9 +1,9 @@
 """npu_graph.NpuStep (the graph tflite-qnn compiles) against the eager model, and on the HTP simulator.
 
-The fast test checks the per-KV-head attention in PyTorch (GQA order, cache + chunk split, masks).
-The slow one compiles the smallest model found that reproduced the 0.6B-width failure of the batched
-attention form (8 KV heads, head_dim 64, 2 layers, S=128, P=32: logits 9.2 dB, layer-1 k 5.1 dB on
-QAIRT 2.51's HTP simulator) and checks every output against eager.
+The fast test checks the blocked attention in PyTorch (GQA order, KV-head blocks, cache + chunk
+split, masks). The slow one compiles the smallest model found that reproduced the 0.6B-width failure
+of one batched block over 8 KV heads (head_dim 64, 2 layers, S=128, P=32: logits 9.2 dB, layer-1 k
+5.1 dB on QAIRT 2.51's HTP simulator) and checks every output against eager.
 """
 
 import copy
