@@ -153,33 +153,9 @@ def quantize_tflite(src: Path, dst: Path, quant: str, feeds: Feeds) -> None:
     qt.load_quantization_recipe(rm.get_quantization_recipe())
     result = qt.quantize(qt.calibrate(feeds), enable_progress_report=False)
     tmp = dst.with_name(f".{dst.name}.partial")
-    tmp.write_bytes(_signature_names_back(result.quantized_model))
+    tmp.write_bytes(result.quantized_model)
     tmp.replace(dst)
 
-
-def _signature_names_back(buf: bytes) -> bytes:
-    """A float output behind a DEQUANTIZE comes back named `<sig>_<name>_output_dequant` (signature and
-    tensor; the Qualcomm plugin names the compiled signature's outputs after the tensors): name both as
-    before (the manifest and the runners read the signature names); the int16 tensor becomes `..._int16`."""
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(buf), 0)
-    renamed = False
-    for sd in model.signatureDefs:
-        key, tensors = sd.signatureKey.decode(), model.subgraphs[sd.subgraphIndex].tensors if model.subgraphs else []
-        by_name = {t.name: t for t in tensors}
-        for out in sd.outputs:
-            name = out.name.decode()
-            if not (name.startswith(f"{key}_") and name.endswith("_output_dequant")):
-                continue
-            plain = name[:-len("_dequant")].encode()
-            if plain in by_name:
-                by_name[plain].name = plain + b"_int16"
-            if tensors:
-                tensors[out.tensorIndex].name = plain
-            out.name, renamed = name[len(key) + 1:-len("_output_dequant")].encode(), True
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if renamed else buf
 
 def main(argv: list[str] | None = None) -> int:
     """The quantiser half, run inside .venv-litert (ai-edge-quantizer lives there)."""
