@@ -139,6 +139,14 @@ def qnn_session(onnx_model: bytes | str) -> Any:
     return ort.InferenceSession(onnx_model, opts)
 
 
+def _plain_output_name(sig: str, name: str) -> str:
+    """`<sig>_<name>_output_dequant` -> `<name>`: a quantised graph's float output behind a DEQUANTIZE
+    (ai-edge-quantizer renames it, and the Qualcomm plugin keeps that name in the compiled signature)."""
+    if name.startswith(f"{sig}_") and name.endswith("_output_dequant"):
+        return name[len(sig) + 1:-len("_output_dequant")]
+    return name
+
+
 class SimSignature:
     """One signature: its single DISPATCH_OP as a simulator session, fed and read by signature names."""
 
@@ -152,6 +160,7 @@ class SimSignature:
         ins, outs = model.signature_io(sig)
         self.feed_names = {name: model.tensor(sub, idx)[0] for name, idx in ins.items()}
         self.dtypes = {name: model.tensor(sub, idx)[2] for name, idx in ins.items()}
+        outs = {_plain_output_name(sig, name): idx for name, idx in outs.items()}
         self.out_names = {model.tensor(sub, idx)[0]: name for name, idx in outs.items()}
         # w8a16/w4a16 graphs take and give int16 (scale, zero point): the runner speaks float
         self.in_quant = {name: model.quant(sub, idx) for name, idx in ins.items()}

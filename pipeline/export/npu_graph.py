@@ -8,7 +8,8 @@ partitions and 8 ops on the CPU. This graph instead
     < input_pos[0], an additive bias) and over the chunk's own k, v (causal, a constant bias);
   - returns only the chunk's new k, v (`k_new_i`, `v_new_i` [1, Hkv, T, hd]); the runner writes them
     into its cache at input_pos (so the cache is read once per step and never copied back out);
-  - groups the query heads per KV head (a reshape) instead of repeat_interleave over the cache.
+  - groups the query heads per KV head (a reshape) instead of repeat_interleave over the cache, in
+    blocks of at most KV_BLOCK KV heads (see SplitCacheAttention._attend).
 Same weights, same maths as pipeline.model.Attention; `verify` checks it against eager PyTorch.
 """
 
@@ -29,6 +30,8 @@ from pipeline.model import MekiModel, apply_rope
 # w8a16 graph's int16 scores (one scale per tensor, masked and real alike) keep ~0.004 resolution; with
 # -30000 the scale was 0.46 and w8a16 logits fell to 10 dB SNR. exp(-200) is 0 in fp16 and fp32.
 MASKED = -200.0
+# KV heads per batched attention block (see SplitCacheAttention._attend): 4 measured right, 8 wrong
+KV_BLOCK = 4
 
 
 class SplitCacheAttention(nn.Module):
@@ -47,7 +50,7 @@ class SplitCacheAttention(nn.Module):
                 _input_pos: torch.Tensor | None) -> torch.Tensor:
         a, cfg = self.attn, self.attn.cfg
         bsz, seq, _ = x.shape
-        hkv, groups, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+        hkv, hd = cfg.num_kv_heads, cfg.head_dim
         q = a.wq(x).view(bsz, seq, cfg.num_heads, hd)
         k = a.wk(x).view(bsz, seq, hkv, hd)
         v = a.wv(x).view(bsz, seq, hkv, hd)
@@ -56,16 +59,38 @@ class SplitCacheAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         self.new_k, self.new_v = k, v
-        # head h uses KV head h // groups (repeat_interleave's order): [1, Hkv, groups * T, hd]
-        qg = (q * (1.0 / math.sqrt(hd))).reshape(bsz, hkv, groups * seq, hd)
+        return a.wo(self._attend(q * (1.0 / math.sqrt(hd)), k, v))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [1, H, T, hd] (scaled), k, v [1, Hkv, T, hd] -> [1, T, H * hd], in blocks of <= KV_BLOCK KV heads.
+
+        One batched 4-D block over all KV heads is miscomputed by QAIRT 2.51's HTP (simulator) with 8
+        KV heads and more than one layer (Qwen3-0.6B's width: 2.9 dB logits, 0.8 dB layer-1 k; 2 or 4
+        KV heads were right). One KV head at a time (3-D) is right but lowers the score matmuls to
+        FULLY_CONNECTED ops with the cache as weights, which the HTP leaves on the CPU at S=512."""
+        cfg = self.attn.cfg
+        hkv, groups = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
+        outs = []
+        for h0 in range(0, hkv, KV_BLOCK):
+            h1 = min(h0 + KV_BLOCK, hkv)
+            outs.append(self._attend_block(q[:, h0 * groups:h1 * groups], k[:, h0:h1], v[:, h0:h1],
+                                           self.cache_k[:, h0:h1], self.cache_v[:, h0:h1]))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+    def _attend_block(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache_k: torch.Tensor,
+                      cache_v: torch.Tensor) -> torch.Tensor:
+        bsz, heads, seq, hd = q.shape
+        hkv = k.shape[1]
+        groups = heads // hkv
+        # head h uses KV head h // groups (repeat_interleave's order): [1, hkv, groups * T, hd]
+        qg = q.reshape(bsz, hkv, groups * seq, hd)
         causal = torch.triu(torch.full((seq, seq), MASKED), diagonal=1).repeat(groups, 1)  # a constant
-        scores = torch.cat([qg @ self.cache_k.transpose(-1, -2) + self.cache_bias,
+        scores = torch.cat([qg @ cache_k.transpose(-1, -2) + self.cache_bias,
                             qg @ k.transpose(-1, -2) + causal], dim=-1)
         p = F.softmax(scores, dim=-1)
-        s = self.cache_k.shape[2]
-        out = p[..., :s] @ self.cache_v + p[..., s:] @ v  # [1, Hkv, groups * T, hd]
-        out = out.reshape(bsz, cfg.num_heads, seq, hd).transpose(1, 2).reshape(bsz, seq, cfg.num_heads * hd)
-        return a.wo(out)
+        s = cache_k.shape[2]
+        out = p[..., :s] @ cache_v + p[..., s:] @ v  # [1, hkv, groups * T, hd]
+        return out.reshape(bsz, heads, seq, hd).transpose(1, 2).reshape(bsz, seq, heads * hd)
 
 
 class NpuStep(nn.Module):

@@ -144,6 +144,11 @@ def quantize_tflite(src: Path, dst: Path, quant: str, feeds: Feeds) -> None:
         rm.add_quantization_config(regex=".*", operation_name=op, algorithm_key=algo.NO_QUANTIZE)
     # RMSNorm's square/mean/rsqrt in int16 (one scale per tensor, outlier-driven) fell to 13 dB on its own
     rm.add_quantization_config(regex=".*RMSNorm.*", operation_name=ops.ALL_SUPPORTED, algorithm_key=algo.NO_QUANTIZE)
+    # the attention core (rope, scores over the cache, the -200 mask bias, softmax, p @ v) stays float
+    # (fp16 on the HTP): one int16 scale per tensor cannot hold a masked score and a real one, nor the
+    # cache-as-weights matmuls; the linears keep int8/int4 weights and int16 inputs
+    rm.add_quantization_config(regex=".*SplitCacheAttention_attn;.*", operation_name=ops.ALL_SUPPORTED,
+                               algorithm_key=algo.NO_QUANTIZE)
     qt = quantizer.Quantizer(str(src))
     qt.load_quantization_recipe(rm.get_quantization_recipe())
     result = qt.quantize(qt.calibrate(feeds), enable_progress_report=False)

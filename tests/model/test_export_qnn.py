@@ -142,3 +142,12 @@ def test_other_vendors_are_refused_naming_what_is_missing(target, why, tmp_path)
     with pytest.raises(ExportError, match=f"target {target}"):
         export_bundles(tmp_path / "ck", tmp_path / "out", [target], ExportSettings())
     assert not (tmp_path / "out").exists()
+
+
+
+def test_dequantized_outputs_keep_their_signature_names():
+    """ai-edge-quantizer renames a float output behind a DEQUANTIZE `<sig>_<name>_output_dequant`."""
+    from mobile_runtime.qnn_sim import _plain_output_name
+
+    assert _plain_output_name("decode", "decode_k_new_0_output_dequant") == "k_new_0"
+    assert _plain_output_name("prefill", "logits") == "logits"
