@@ -14,7 +14,8 @@
    folded into the FFN rows, then the FFN part scaled by r. In fp32 this is the same arithmetic
    reassociated; quantised, the folded rows quantise slightly differently (parity within the
    quantised tolerances).
-The train-form / eager model is untouched: `fuse_layers` swaps modules on the export copy.
+The train-form / eager model is untouched: `fuse_layers` swaps modules on the export copy, or the
+loader fuses each layer as it loads (eager_quant.py); layers already fused are left as they are.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ class DelegatedRMSNorm(nn.Module):
 class FusedDecoderLayer(nn.Module):
     """DecoderLayer.forward with one input projection for FFN (+ MeKi gate) and delegated norms."""
 
-    def __init__(self, layer: DecoderLayer) -> None:
+    def __init__(self, layer: DecoderLayer, meki: bool = True, w_in: torch.Tensor | None = None) -> None:
+        """meki=False: the dense baseline's layer (no MeKi branch) over the same backbone modules.
+        w_in: the fused input weight when the caller has it already (rows gate, up[, MeKi gate])."""
         super().__init__()
         cfg = layer.cfg
         if layer.memory is not None:
@@ -57,17 +60,21 @@ class FusedDecoderLayer(nn.Module):
         self.attn_norm, self.ffn_norm = DelegatedRMSNorm(layer.attn_norm), DelegatedRMSNorm(layer.ffn_norm)
         self.ffn_dim = layer.ffn.w_gate.out_features
         self.w_down = layer.ffn.w_down
-        self.fusion = layer.fusion
-        self.megatron = layer.fusion is not None and cfg.variant == "megatron"
+        self.fusion = layer.fusion if meki else None
+        self.megatron = self.fusion is not None and cfg.variant == "megatron"
+        if self.fusion is not None:
+            self.post_norm = DelegatedRMSNorm(self.fusion.post_norm)
+        weight = self.fused_rows(layer) if w_in is None else w_in
+        self.w_in = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        self.w_in.weight = nn.Parameter(weight, requires_grad=False)
+
+    def fused_rows(self, layer: DecoderLayer) -> torch.Tensor:
         rows = [layer.ffn.w_gate.weight, layer.ffn.w_up.weight]
         if self.megatron:  # fold the FFN norm's weight into the FFN rows: the linear reads A itself
             rows = [w * layer.ffn_norm.weight[None, :] for w in rows]
-        if layer.fusion is not None:
-            rows.append(layer.fusion.gate_proj.weight)
-            self.post_norm = DelegatedRMSNorm(layer.fusion.post_norm)
-        weight = torch.cat([w.detach() for w in rows], dim=0)
-        self.w_in = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        self.w_in.weight = nn.Parameter(weight, requires_grad=False)
+        if self.fusion is not None:
+            rows.append(self.fusion.gate_proj.weight)
+        return torch.cat([w.detach() for w in rows], dim=0)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 input_pos: torch.Tensor | None, tokens: torch.Tensor, emb: torch.Tensor,
@@ -89,7 +96,14 @@ class FusedDecoderLayer(nn.Module):
 
 
 def fuse_layers(model: MekiModel) -> MekiModel:
-    """In place on an export copy (after use_custom_attention, before quantisation)."""
-    model.layers = nn.ModuleList(FusedDecoderLayer(layer) for layer in model.layers)
-    model.norm = DelegatedRMSNorm(model.norm)
+    """In place on an export copy (after use_custom_attention, before quantisation); a model fused
+    as it loaded (eager_quant.py) is left as it is."""
+    model.layers = nn.ModuleList(layer if isinstance(layer, FusedDecoderLayer) else FusedDecoderLayer(layer)
+                                 for layer in model.layers)
+    if not isinstance(model.norm, DelegatedRMSNorm):
+        model.norm = DelegatedRMSNorm(model.norm)
     return model
+
+
+def is_fused(model: MekiModel) -> bool:
+    return isinstance(model.norm, DelegatedRMSNorm) and all(isinstance(m, FusedDecoderLayer) for m in model.layers)

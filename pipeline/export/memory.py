@@ -48,20 +48,26 @@ def param_counts(cfg: ModelConfig, settings: ExportSettings, group_size: int = 3
 
 def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettings,
                     eager_quant: bool) -> dict[str, int]:
-    """Peak bytes expected per stage: load, and the lowering of each target (one bundle at a time)."""
+    """Peak bytes expected per stage: load, and the lowering of each target (one bundle at a time).
+
+    eager_quant: layers fused and quantised as they load (eager_quant.py), the head untied then too;
+    otherwise the model loads fp32 and each export copy is fused and quantised before lowering."""
     c = param_counts(cfg, settings)
     fp32 = (c.linear + c.other) * FP32
-    held = c.other * FP32 + c.linear * (HELD[settings.quant] if eager_quant else FP32)
-    largest = max(cfg.vocab_size * cfg.dim, cfg.dim * cfg.ffn_dim) * FP32  # one tensor in flight while loading
-    out = {"load": int(held + largest + SLACK)}
+    quant = settings.quant if settings.quant in HELD else "none"
     head = cfg.vocab_size * cfg.dim if cfg.tie_embeddings and settings.quant != "none" else 0  # untied to quantise
-    fused = 2 * cfg.num_layers * cfg.dim * cfg.ffn_dim * FP32  # FFN gate/up rows concatenated (fused_layers.py)
+    ffn_rows = 2 * cfg.num_layers * cfg.dim * cfg.ffn_dim  # FFN gate/up rows concatenated (fused_layers.py)
+    # the dense baseline's own gate/up rows: a view of the MeKi rows, except where Megatron folds the norm in
+    twin = ffn_rows if cfg.has_meki and cfg.variant == "megatron" else 0
+    held = c.other * FP32 + ((c.linear + head + twin) * HELD[quant] if eager_quant else c.linear * FP32)
+    largest = max(cfg.vocab_size * cfg.dim, 2 * cfg.dim * cfg.ffn_dim) * FP32  # in flight while loading/fusing
+    out = {"load": int(held + largest + SLACK)}
     for t in targets:
         if t.startswith("executorch"):
-            quant = settings.quant if settings.quant in HELD else "none"
             quantised = 0 if eager_quant or quant == "none" else (c.linear + head) * HELD[quant]
             program = c.other * FP32 + (c.linear + head) * PACKED[quant]
-            copying = fused + head * FP32 + quantised  # while the export copy is fused and quantised
+            # while the export copy is fused and quantised (nothing to do when it was done while loading)
+            copying = 0 if eager_quant else ffn_rows * FP32 + head * FP32 + quantised
             lowering = quantised + c.kv_cache + LOWERING_COPIES * program
             out[t] = int(held + max(copying, lowering) + SLACK)
         else:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 
 EXECUTORCH_QUANTS = ("none", "8da4w", "int8wo")
-# targets whose export quantises with quantize_weights and nothing else: a bundle of only these can
-# have its weights quantised once, layer by layer as they load (no full fp32 model in memory).
-# None since the XNNPACK form fuses gate/up (+ MeKi gate) rows before quantising (fused_layers.py):
-# the loader would have to fuse each layer too before quantising it (load_checkpoint's `prepare`).
-EAGER_QUANT_TARGETS: tuple[str, ...] = ()
+# targets whose export fuses the layers (fused_layers.py) and then quantises with quantize_weights and
+# nothing else: a bundle of only these has its layers fused and quantised once, each as it loads
+# (eager_quant.py: no full fp32 model in memory).
+EAGER_QUANT_TARGETS: tuple[str, ...] = ("executorch-xnnpack",)
 
 
 def _float_linear(m: torch.nn.Module) -> bool:

@@ -61,6 +61,62 @@ def test_quantise_while_loading_gives_the_same_weights(folded_ckpt, quant):
     assert quantized_as(eager) == quant
 
 
+@pytest.fixture(scope="module", params=["paper", "megatron"])
+def variant_ckpt(request, tmp_path_factory):
+    from pipeline.model import MekiModel, init_weights
+
+    model = init_weights(MekiModel(preset("fake").replace(variant=request.param)), seed=1)
+    with torch.no_grad():  # norm weights away from 1, so that Megatron's folded rows differ from the plain ones
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    folded, _ = fold_model(model)
+    path = tmp_path_factory.mktemp(request.param) / "ck"
+    save_checkpoint(folded, path)
+    return path
+
+
+def _export_form(model, quant):
+    """What export_steps lowers for XNNPACK (before the cache and attention swap): fused, then quantised."""
+    from pipeline.export.fused_layers import fuse_layers
+
+    model = fuse_layers(share_weights_copy(model))
+    quantize_weights(model, quant)
+    return model
+
+
+@pytest.mark.parametrize("quant", ["8da4w", "int8wo"])
+def test_fusing_and_quantising_while_loading_gives_the_same_weights(variant_ckpt, quant):
+    from pipeline.export.bundle import eager_quantizer
+    from pipeline.export.fused_layers import is_fused
+
+    whole, _ = load_checkpoint(variant_ckpt)
+    want_meki, want_dense = _export_form(whole, quant), _export_form(dense_baseline(whole), quant)
+    prepare = eager_quantizer(["executorch-xnnpack"], ExportSettings(quant=quant))
+    eager, _ = load_checkpoint(variant_ckpt, prepare=prepare)
+    dense = dense_baseline(eager, prepare.dense_layers)
+    assert is_fused(eager) and is_fused(dense) and quantized_as(dense) == quant
+    for want, got in ((want_meki, eager), (want_dense, dense)):
+        a, b = _quantised_tensors(want), _quantised_tensors(got)
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)  # same names, order, values
+    tokens = torch.tensor([[1, 2, 3]])
+    rows = torch.randn(1, 3, eager.cfg.num_layers, eager.cfg.d_mem)
+    assert torch.equal(want_dense(tokens), dense(tokens))
+    assert torch.equal(want_meki(tokens, meki_rows=rows), eager(tokens, meki_rows=rows))
+    if eager.cfg.variant == "paper" and quant == "8da4w":  # the dense rows are a view of the MeKi rows, not a second copy
+        assert dense.layers[0].w_in.weight.qdata.data_ptr() == eager.layers[0].w_in.weight.qdata.data_ptr()
+    with pytest.raises(ValueError, match="dense layers"):
+        dense_baseline(eager)
+
+
+def test_eager_quant_only_when_every_target_uses_it():
+    from pipeline.export.bundle import eager_quantizer
+
+    assert eager_quantizer(["executorch-xnnpack"], ExportSettings(quant="none")) is None
+    assert eager_quantizer(["executorch-xnnpack", "tflite"], ExportSettings(quant="8da4w")) is None
+    assert eager_quantizer(["executorch-vulkan"], ExportSettings(quant="8da4w")) is None
+
+
 def test_share_weights_copy_leaves_the_original(folded_ckpt):
     model, _ = load_checkpoint(folded_ckpt)
     before = _plain(model.state_dict())
