@@ -96,7 +96,7 @@ def load_only(ckpt: Path, targets: list[str], settings: object) -> None:
     with stage("load"):
         model, _ = load_checkpoint(ckpt, prepare=prepare)
     with stage("dense baseline"):
-        dense = dense_baseline(model, prepare and prepare.dense_layers)
+        dense = dense_baseline(model, None if prepare is None else prepare.dense_layers)
     del model, dense
 
 

@@ -142,11 +142,13 @@ def export_bundles(src: Path, out: Path, targets: list[str], settings: ExportSet
             with stage("bundle meki"):
                 results["meki"] = write_bundle(model.eval(), tmp / "meki", targets, settings, info.fingerprint,
                                                tokenizer, folded_dir / info.tables, False, src.name)
-        with stage("dense baseline"):
-            dense, dense_fp = dense_baseline(model, prepare and prepare.dense_layers), info.fingerprint
+        if baseline is None:
+            with stage("dense baseline"):
+                fused = None if prepare is None else prepare.dense_layers  # made while loading
+                dense, dense_fp = dense_baseline(model, fused), info.fingerprint
         del model, prepare
         release()
-        if baseline is not None:
+        if baseline is not None:  # loaded only once the MeKi model is gone
             dense, dense_info = load_checkpoint(baseline, prepare=eager_quantizer(targets, settings))
             dense_fp = dense_info.fingerprint
         with stage("bundle dense"):

@@ -65,7 +65,8 @@ class FusedDecoderLayer(nn.Module):
         if self.fusion is not None:
             self.post_norm = DelegatedRMSNorm(self.fusion.post_norm)
         weight = self.fused_rows(layer) if w_in is None else w_in
-        self.w_in = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        with torch.device("meta"):  # its own initial weight would be allocated and filled for nothing
+            self.w_in = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
         self.w_in.weight = nn.Parameter(weight, requires_grad=False)
 
     def fused_rows(self, layer: DecoderLayer) -> torch.Tensor:

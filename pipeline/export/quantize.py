@@ -31,6 +31,39 @@ def untie_lm_head(model: torch.nn.Module) -> None:
         model.lm_head.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
 
 
+HEAD_ROWS = 16384  # rows of the output head quantised at a time (Qwen3's vocabulary: 10 blocks)
+
+
+def quantize_head(model: torch.nn.Module, config: object, group_size: int) -> None:
+    """The output head (tied: straight from the embedding, no fp32 clone), quantised a block of rows at
+    a time: rows and their groups quantise independently, so the weights equal one quantize_ call over
+    the whole [V, d] matrix, whose fp32 temporaries (~3x the matrix: 4.7 GB at Qwen3-4B) never exist."""
+    from torchao.quantization import quantize_
+
+    head = getattr(model, "lm_head", "absent")
+    tied = head is None
+    if not (tied or (isinstance(head, torch.nn.Linear) and _float_linear(head))):
+        return
+    weight = (model.embed.weight if tied else head.weight).detach()
+    if weight.shape[1] % group_size:
+        return  # not quantisable: untie_lm_head and quantize_ leave it fp32 as before
+    parts = []
+    for start in range(0, weight.shape[0], HEAD_ROWS):
+        block = weight[start:start + HEAD_ROWS]
+        with torch.device("meta"):
+            linear = torch.nn.Linear(block.shape[1], block.shape[0], bias=False)
+        linear.weight = torch.nn.Parameter(block, requires_grad=False)
+        quantize_(linear, config)
+        parts.append(linear.weight)
+    names, meta = parts[0].__tensor_flatten__()
+    inner = {n: torch.cat([getattr(p, n) for p in parts]) for n in names}
+    del parts
+    with torch.device("meta"):
+        model.lm_head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    whole = type(linear.weight).__tensor_unflatten__(inner, meta, weight.shape, None)
+    model.lm_head.weight = torch.nn.Parameter(whole, requires_grad=False)
+
+
 def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -> None:
     """torchao in place: 8da4w (int8 dynamic activations, int4 grouped weights) or int8 weight-only.
 
@@ -38,16 +71,18 @@ def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -
     as a whole gets exactly the weights a single whole-model call gives."""
     if quant == "none":
         return
-    untie_lm_head(model)
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerGroup
 
     if quant == "8da4w":
+        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size))
+        quantize_head(model, config, group_size)
+        untie_lm_head(model)
         # int4 groups must tile the input dimension; a layer that cannot stays fp32
         fits = lambda m, _fqn: _float_linear(m) and m.in_features % group_size == 0  # noqa: E731
-        quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
-                                                               weight_granularity=PerGroup(group_size)), filter_fn=fits)
+        quantize_(model, config, filter_fn=fits)
     elif quant == "int8wo":
+        untie_lm_head(model)
         # torchao's IntxWeightOnlyConfig lowers through XNNPACK to wrong numbers (~1e3 off, ExecuTorch
         # 1.5.1); ExecuTorch's own int8 weight-only handler swaps Linear layers and computes correctly.
         from executorch.examples.models.llama.source_transformation.quantize import WeightOnlyInt8QuantHandler

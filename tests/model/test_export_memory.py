@@ -109,6 +109,27 @@ def test_fusing_and_quantising_while_loading_gives_the_same_weights(variant_ckpt
         dense_baseline(eager)
 
 
+def test_head_quantised_in_blocks_equals_one_call(folded_ckpt, monkeypatch):
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    import pipeline.export.quantize as q
+
+    model, _ = load_checkpoint(folded_ckpt)
+    assert model.lm_head is None  # tied: the head comes straight from the embedding
+    ref = torch.nn.Linear(model.cfg.dim, model.cfg.vocab_size, bias=False)
+    ref.weight = torch.nn.Parameter(model.embed.weight.detach().clone(), requires_grad=False)
+    quantize_(ref, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32)))
+    monkeypatch.setattr(q, "HEAD_ROWS", 48)  # 128 rows: blocks of 48, 48, 32
+    quantize_weights(model, "8da4w")
+    got = model.lm_head.weight
+    assert type(got) is type(ref.weight) and got.shape == ref.weight.shape
+    assert got.__tensor_flatten__()[1] == ref.weight.__tensor_flatten__()[1]
+    assert all(torch.equal(getattr(got, n), getattr(ref.weight, n)) for n in got.__tensor_flatten__()[0])
+    x = torch.randn(2, model.cfg.dim)
+    assert torch.equal(model.lm_head(x), ref(x))
+
+
 def test_eager_quant_only_when_every_target_uses_it():
     from pipeline.export.bundle import eager_quantizer
 
