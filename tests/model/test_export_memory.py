@@ -61,18 +61,19 @@ def test_quantise_while_loading_gives_the_same_weights(folded_ckpt, quant):
     assert quantized_as(eager) == quant
 
 
-@pytest.fixture(scope="module", params=["paper", "megatron"])
+@pytest.fixture(scope="module", params=["paper", "megatron", "dense"])
 def variant_ckpt(request, tmp_path_factory):
     from pipeline.model import MekiModel, init_weights
 
-    model = init_weights(MekiModel(preset("fake").replace(variant=request.param)), seed=1)
+    fake = preset("fake")
+    cfg = fake.replace(memory="none") if request.param == "dense" else fake.replace(variant=request.param)
+    model = init_weights(MekiModel(cfg), seed=1)
     with torch.no_grad():  # norm weights away from 1, so that Megatron's folded rows differ from the plain ones
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
-    folded, _ = fold_model(model)
     path = tmp_path_factory.mktemp(request.param) / "ck"
-    save_checkpoint(folded, path)
+    save_checkpoint(fold_model(model)[0] if cfg.has_meki else model, path)
     return path
 
 
@@ -100,7 +101,7 @@ def test_fusing_and_quantising_while_loading_gives_the_same_weights(variant_ckpt
         a, b = _quantised_tensors(want), _quantised_tensors(got)
         assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)  # same names, order, values
     tokens = torch.tensor([[1, 2, 3]])
-    rows = torch.randn(1, 3, eager.cfg.num_layers, eager.cfg.d_mem)
+    rows = torch.randn(1, 3, eager.cfg.num_layers, eager.cfg.d_mem) if eager.cfg.has_meki else None
     assert torch.equal(want_dense(tokens), dense(tokens))
     assert torch.equal(want_meki(tokens, meki_rows=rows), eager(tokens, meki_rows=rows))
     if eager.cfg.variant == "paper" and quant == "8da4w":  # the dense rows are a view of the MeKi rows, not a second copy
