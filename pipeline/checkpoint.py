@@ -155,8 +155,8 @@ def read_info(folder: Path) -> CheckpointInfo:
     return CheckpointInfo(fingerprint=fp, tables=tables, source=source)
 
 
-def load_checkpoint(folder: Path, verify: bool = True,
-                    prepare: Callable[[nn.Module], nn.Module | None] | None = None) -> tuple[MekiModel, CheckpointInfo]:
+def load_checkpoint(folder: Path, verify: bool = True, prepare: Callable[[nn.Module], nn.Module | None] | None = None
+                    ) -> tuple[MekiModel, CheckpointInfo]:
     """Load one of our checkpoint folders (train or folded form) into a MekiModel (tables stay on disk).
 
     verify: recompute a train-form checkpoint's fingerprint and refuse one that does not match.

@@ -10,6 +10,7 @@ import datetime
 import importlib.metadata
 import shutil
 from pathlib import Path
+
 import torch
 
 from tqdm import tqdm
@@ -49,7 +50,7 @@ def dense_baseline(model: MekiModel, fused: list[FusedDecoderLayer] | None = Non
     fused: a model fused as it loaded has no plain layers to share; these are its dense layers
     (LayerFuser.dense_layers)."""
     if is_fused(model) != (fused is not None):
-        raise ValueError("a model fused as it loaded needs its dense layers (LayerFuser.dense_layers), only it")
+        raise ValueError("dense layers (LayerFuser.dense_layers) go with a model fused as it loaded, and only with one")
     cfg = model.cfg.replace(memory="none", folded=False, name=f"{model.cfg.name}-dense")
     with torch.device("meta"):
         dense = MekiModel(cfg)
