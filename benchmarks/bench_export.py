@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -95,7 +96,7 @@ def load_only(ckpt: Path, targets: list[str], settings: object) -> None:
     with stage("load"):
         model, _ = load_checkpoint(ckpt, prepare=prepare)
     with stage("dense baseline"):
-        dense = dense_baseline(model)
+        dense = dense_baseline(model, None if prepare is None else prepare.dense_layers)
     del model, dense
 
 
@@ -130,17 +131,30 @@ def main() -> int:
     out = a.work / f"out-{cfg.name}-{os.getpid()}"  # per run: runs may share --work
     release()
     settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
+    load0 = os.getloadavg()
+    stopped: list[str] = []  # SIGTERM (e.g. `timeout`): stop, but still report the stages run so far
+
+    def stop(*_: object) -> None:
+        stopped.append(prof._stack[-1].name if prof._stack else "")
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     with StageProfiler(a.interval) as prof:
-        if a.load_only:
-            load_only(ckpt, a.target, settings)
-        else:
-            export_bundles(ckpt, out, a.target, settings)
+        try:
+            if a.load_only:
+                load_only(ckpt, a.target, settings)
+            else:
+                export_bundles(ckpt, out, a.target, settings)
+        except KeyboardInterrupt:
+            stopped[:] = stopped or ["interrupted"]
+            print(f"stopped during {stopped[0]!r}: the figures below are partial", flush=True)
     print(prof.table())
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     print(json.dumps(sizes, indent=1))
     if a.json:
         save_json(prof, str(a.json), shape=a.shape, layers=cfg.num_layers, targets=a.target, quant=a.quant,
-                  settings=settings.__dict__, config=cfg.to_dict(), **param_counts(cfg), files=sizes)
+                  settings=settings.__dict__, config=cfg.to_dict(), **param_counts(cfg), files=sizes,
+                  stopped_during=stopped[0] if stopped else None, loadavg_start=load0, loadavg_end=os.getloadavg())
     shutil.rmtree(out, ignore_errors=True)
     return 0
 

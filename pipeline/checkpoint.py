@@ -155,15 +155,16 @@ def read_info(folder: Path) -> CheckpointInfo:
     return CheckpointInfo(fingerprint=fp, tables=tables, source=source)
 
 
-def load_checkpoint(folder: Path, verify: bool = True,
-                    prepare: Callable[[nn.Module], None] | None = None) -> tuple[MekiModel, CheckpointInfo]:
+def load_checkpoint(folder: Path, verify: bool = True, prepare: Callable[[nn.Module], nn.Module | None] | None = None
+                    ) -> tuple[MekiModel, CheckpointInfo]:
     """Load one of our checkpoint folders (train or folded form) into a MekiModel (tables stay on disk).
 
     verify: recompute a train-form checkpoint's fingerprint and refuse one that does not match.
     The model is built on the meta device and each tensor read (pread, no mmap) and assigned, one
     decoder layer at a time: peak memory is the model plus one tensor. prepare(module), if given,
     runs on each layer once it is loaded and then on the whole model (e.g. quantise in place, so the
-    full-precision model never exists at once)."""
+    full-precision model never exists at once); a module it returns for a layer replaces the layer
+    (e.g. the export's fused form, pipeline/export/eager_quant.py)."""
     cfg, info = read_config(folder)
     path = Path(folder) / "model.safetensors"
     with SafetensorsReader(path) as reader:
@@ -180,7 +181,7 @@ def load_checkpoint(folder: Path, verify: bool = True,
             layer.load_state_dict({n[len(prefix):]: read(n) for n in names if n.startswith(prefix)},
                                   strict=True, assign=True)
             if prepare is not None:
-                prepare(layer)
+                model.layers[i] = prepare(layer) or layer
         model.load_state_dict({n: read(n) for n in names if not n.startswith("layers.")}, strict=False, assign=True)
     materialize_buffers(model)
     if prepare is not None:

@@ -10,7 +10,6 @@ import datetime
 import importlib.metadata
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -24,7 +23,9 @@ from pipeline.fold import fold_checkpoint
 from contract.atomic import atomic_dir, check_free
 from pipeline.model import MekiModel
 from pipeline.export.memory import check_memory
-from pipeline.export.quantize import EAGER_QUANT_TARGETS, quantize_weights, quantized_as
+from pipeline.export.eager_quant import LayerFuser
+from pipeline.export.fused_layers import FusedDecoderLayer, is_fused
+from pipeline.export.quantize import EAGER_QUANT_TARGETS, quantized_as
 from pipeline.profile import release, stage
 
 EOS_CANDIDATES = ("<|endoftext|>", "<|im_end|>", "</s>", "<eos>")
@@ -42,26 +43,33 @@ def tokenizer_ref(path: Path | None, bundle: Path) -> TokenizerRef | None:
     return TokenizerRef("tokenizer.json", eos)
 
 
-def dense_baseline(model: MekiModel) -> MekiModel:
+def dense_baseline(model: MekiModel, fused: list[FusedDecoderLayer] | None = None) -> MekiModel:
     """The same backbone without the MeKi branch: the graph whose speed MeKi must match.
 
-    It shares the backbone's modules (and so its weights, quantised or not) with `model`: no copy."""
+    It shares the backbone's modules (and so its weights, quantised or not) with `model`: no copy.
+    fused: a model fused as it loaded has no plain layers to share; these are its dense layers
+    (LayerFuser.dense_layers)."""
+    if is_fused(model) != (fused is not None):
+        raise ValueError("dense layers (LayerFuser.dense_layers) go with a model fused as it loaded, and only with one")
     cfg = model.cfg.replace(memory="none", folded=False, name=f"{model.cfg.name}-dense")
     with torch.device("meta"):
         dense = MekiModel(cfg)
     dense.embed, dense.norm, dense.lm_head = model.embed, model.norm, model.lm_head
-    for mine, theirs in zip(dense.layers, model.layers):
+    if fused is not None:
+        dense.layers = torch.nn.ModuleList(fused)
+    for mine, theirs in zip(dense.layers if fused is None else [], model.layers):
         mine.attn_norm, mine.attn, mine.ffn_norm, mine.ffn = theirs.attn_norm, theirs.attn, theirs.ffn_norm, theirs.ffn
     dense.meki_quant = quantized_as(model)
     return materialize_buffers(dense).eval()
 
 
-def eager_quantizer(targets: list[str], settings: ExportSettings) -> Callable[[torch.nn.Module], None] | None:
-    """Quantise while loading when every target quantises with quantize_weights: the fp32 model never
-    exists whole and both bundles, both methods, share one set of quantised weights."""
+def eager_quantizer(targets: list[str], settings: ExportSettings) -> LayerFuser | None:
+    """Fuse and quantise each layer while loading when every target fuses and quantises with
+    quantize_weights (eager_quant.py): the fp32 model never exists whole and both bundles, both
+    methods, share one set of quantised weights."""
     if settings.quant == "none" or not all(t in EAGER_QUANT_TARGETS for t in targets):
         return None
-    return lambda module: quantize_weights(module, settings.quant)
+    return LayerFuser(settings.quant)
 
 
 def tool_versions() -> dict[str, str]:
@@ -135,11 +143,13 @@ def export_bundles(src: Path, out: Path, targets: list[str], settings: ExportSet
             with stage("bundle meki"):
                 results["meki"] = write_bundle(model.eval(), tmp / "meki", targets, settings, info.fingerprint,
                                                tokenizer, folded_dir / info.tables, False, src.name)
-        with stage("dense baseline"):
-            dense, dense_fp = dense_baseline(model), info.fingerprint
-        del model
+        if baseline is None:
+            with stage("dense baseline"):
+                fused = None if prepare is None else prepare.dense_layers  # made while loading
+                dense, dense_fp = dense_baseline(model, fused), info.fingerprint
+        del model, prepare
         release()
-        if baseline is not None:
+        if baseline is not None:  # loaded only once the MeKi model is gone
             dense, dense_info = load_checkpoint(baseline, prepare=eager_quantizer(targets, settings))
             dense_fp = dense_info.fingerprint
         with stage("bundle dense"):

@@ -250,12 +250,15 @@ def export_steps(model: MekiModel, settings: ExportSettings, llama_ops: bool = F
     from torch.export import export
 
     from pipeline.export.custom_attention import use_custom_attention
-    from pipeline.export.fused_layers import fuse_layers
+    from pipeline.export.fused_layers import fuse_layers, is_fused
     from pipeline.export.quantize import quantize_weights, quantized_as
 
-    done = quantized_as(model)
-    if done not in ("none", settings.quant) or (done != "none" and llama_ops):
-        raise ExportError(f"the model was quantised as {done} before export; this export quantises it itself")
+    done, fused = quantized_as(model), is_fused(model)
+    # the XNNPACK form quantises after fusing: only a model fused and quantised as it loaded comes quantised
+    unfused_quantised = done != "none" and llama_ops and not fused
+    if done not in ("none", settings.quant) or unfused_quantised or (fused and not llama_ops):
+        raise ExportError(f"the model was {'fused and ' if fused else ''}quantised as {done} before export; "
+                          "this export fuses and quantises it itself")
     with stage("copy"):
         model = share_weights_copy(model)
         model.setup_cache(settings.max_seq_len)

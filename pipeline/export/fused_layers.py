@@ -20,7 +20,8 @@
    so the int4 values do not change. (Folding the attention/FFN norm weights into their consumers'
    input columns would save two more muls per layer, but it changes the int4 groups: on the demo
    pair it cost 0.2 dB logit SNR and 1 greedy token in 10 at 8da4w, so it is not done.)
-The train-form / eager model is untouched: `fuse_layers` swaps modules on the export copy.
+The train-form / eager model is untouched: `fuse_layers` swaps modules on the export copy, or the
+loader fuses each layer as it loads (eager_quant.py); layers already fused are left as they are.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ def foldable_into_rows(weight: torch.Tensor) -> bool:
 class FusedDecoderLayer(nn.Module):
     """DecoderLayer.forward with one input projection for FFN (+ MeKi gate) and delegated norms."""
 
-    def __init__(self, layer: DecoderLayer) -> None:
+    def __init__(self, layer: DecoderLayer, meki: bool = True, w_in: torch.Tensor | None = None) -> None:
+        """meki=False: the dense baseline's layer (no MeKi branch) over the same backbone modules.
+        w_in: the fused input weight when the caller has it already (rows gate, up[, MeKi gate])."""
         super().__init__()
         cfg = layer.cfg
         if layer.memory is not None:
@@ -84,22 +87,27 @@ class FusedDecoderLayer(nn.Module):
         self.attn_norm = DelegatedRMSNorm(layer.attn_norm)
         self.ffn_dim = layer.ffn.w_gate.out_features
         self.w_down = layer.ffn.w_down
-        self.fusion = layer.fusion
-        self.megatron = layer.fusion is not None and cfg.variant == "megatron"
-        rows = [layer.ffn.w_gate.weight, layer.ffn.w_up.weight]
-        if self.megatron:  # fold the FFN norm's weight into the FFN rows: the linear reads A itself
-            rows = [w * layer.ffn_norm.weight[None, :] for w in rows]
+        self.fusion = layer.fusion if meki else None
+        self.megatron = self.fusion is not None and cfg.variant == "megatron"
         self.ffn_norm = DelegatedRMSNorm(layer.ffn_norm, weighted=not self.megatron)
-        if layer.fusion is not None:
-            rows.append(layer.fusion.gate_proj.weight)
-            post = layer.fusion.post_norm
-            self.out_proj, self.post_norm = layer.fusion.out_proj, DelegatedRMSNorm(post)
+        if self.fusion is not None:
+            post = self.fusion.post_norm
+            self.out_proj, self.post_norm = self.fusion.out_proj, DelegatedRMSNorm(post)
             if foldable_into_rows(post.weight):
                 self.out_proj = scaled_rows(self.out_proj, post.weight)
                 self.post_norm = DelegatedRMSNorm(post, input_scale=post.weight)
-        weight = torch.cat([w.detach() for w in rows], dim=0)
-        self.w_in = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        weight = self.fused_rows(layer) if w_in is None else w_in
+        with torch.device("meta"):  # its own initial weight would be allocated and filled for nothing
+            self.w_in = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
         self.w_in.weight = nn.Parameter(weight, requires_grad=False)
+
+    def fused_rows(self, layer: DecoderLayer) -> torch.Tensor:
+        rows = [layer.ffn.w_gate.weight, layer.ffn.w_up.weight]
+        if self.megatron:  # fold the FFN norm's weight into the FFN rows: the linear reads A itself
+            rows = [w * layer.ffn_norm.weight[None, :] for w in rows]
+        if self.fusion is not None:
+            rows.append(self.fusion.gate_proj.weight)
+        return torch.cat([w.detach() for w in rows], dim=0)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 input_pos: torch.Tensor | None, tokens: torch.Tensor, emb: torch.Tensor,
@@ -121,7 +129,14 @@ class FusedDecoderLayer(nn.Module):
 
 
 def fuse_layers(model: MekiModel) -> MekiModel:
-    """In place on an export copy (after use_custom_attention, before quantisation)."""
-    model.layers = nn.ModuleList(FusedDecoderLayer(layer) for layer in model.layers)
-    model.norm = DelegatedRMSNorm(model.norm)
+    """In place on an export copy (after use_custom_attention, before quantisation); a model fused
+    as it loaded (eager_quant.py) is left as it is."""
+    model.layers = nn.ModuleList(layer if isinstance(layer, FusedDecoderLayer) else FusedDecoderLayer(layer)
+                                 for layer in model.layers)
+    if not isinstance(model.norm, DelegatedRMSNorm):
+        model.norm = DelegatedRMSNorm(model.norm)
     return model
+
+
+def is_fused(model: MekiModel) -> bool:
+    return isinstance(model.norm, DelegatedRMSNorm) and all(isinstance(m, FusedDecoderLayer) for m in model.layers)

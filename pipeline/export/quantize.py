@@ -9,11 +9,10 @@ EXECUTORCH_QUANTS = ("none", "8da4w", "8da4w-h8", "int8wo")
 # 8da4w-h8: the same int4 body with HQQ-chosen scales (same format and kernels, smaller error) and the LM
 # head at int8 per channel, as llama.cpp's Q4_K_M keeps output.weight at 6 bits: the head is the most
 # sensitive matrix (demo pair, 16x128 held-out tokens: MeKi +1.53% perplexity -> +0.17%).
-# targets whose export quantises with quantize_weights and nothing else: a bundle of only these can
-# have its weights quantised once, layer by layer as they load (no full fp32 model in memory).
-# None since the XNNPACK form fuses gate/up (+ MeKi gate) rows before quantising (fused_layers.py):
-# the loader would have to fuse each layer too before quantising it (load_checkpoint's `prepare`).
-EAGER_QUANT_TARGETS: tuple[str, ...] = ()
+# targets whose export fuses the layers (fused_layers.py) and then quantises with quantize_weights and
+# nothing else: a bundle of only these has its layers fused and quantised once, each as it loads
+# (eager_quant.py: no full fp32 model in memory).
+EAGER_QUANT_TARGETS: tuple[str, ...] = ("executorch-xnnpack",)
 
 
 def _float_linear(m: torch.nn.Module) -> bool:
@@ -36,19 +35,49 @@ def untie_lm_head(model: torch.nn.Module) -> None:
         model.lm_head.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
 
 
-def _int4_body(model: torch.nn.Module, group_size: int, head: bool, hqq: bool) -> None:
-    """int4 grouped weights for every float Linear (the LM head only if `head`)."""
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+def _int4_config(group_size: int, hqq: bool) -> object:
+    """int8 dynamic activations, int4 weights in groups of `group_size` (scales min/max or HQQ-chosen)."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
     from torchao.quantization.granularity import PerGroup
     from torchao.quantization.quantize_.workflows.intx.intx_choose_qparams_algorithm import (
         IntxChooseQParamsAlgorithm)
 
     algo = IntxChooseQParamsAlgorithm.HQQ_SCALE_ONLY if hqq else IntxChooseQParamsAlgorithm.AFFINE
-    # int4 groups must tile the input dimension; a layer that cannot stays fp32
-    fits = lambda m, fqn: (_float_linear(m) and m.in_features % group_size == 0  # noqa: E731
-                           and (head or fqn != "lm_head"))
-    quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size),
-                                                           intx_choose_qparams_algorithm=algo), filter_fn=fits)
+    return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size),
+                                                 intx_choose_qparams_algorithm=algo)
+
+
+HEAD_ROWS = 16384  # rows of the output head quantised at a time (Qwen3's vocabulary: 10 blocks)
+
+
+def quantize_head(model: torch.nn.Module, config: object, group_size: int) -> None:
+    """The output head (tied: straight from the embedding, no fp32 clone), quantised a block of rows at
+    a time: rows and their groups quantise independently, so the weights equal one quantize_ call over
+    the whole [V, d] matrix, whose fp32 temporaries (~3x the matrix: 4.7 GB at Qwen3-4B) never exist."""
+    from torchao.quantization import quantize_
+
+    head = getattr(model, "lm_head", "absent")
+    tied = head is None
+    if not (tied or (isinstance(head, torch.nn.Linear) and _float_linear(head))):
+        return
+    weight = (model.embed.weight if tied else head.weight).detach()
+    if weight.shape[1] % group_size:
+        return  # not quantisable: untie_lm_head and quantize_ leave it fp32 as before
+    parts = []
+    for start in range(0, weight.shape[0], HEAD_ROWS):
+        block = weight[start:start + HEAD_ROWS]
+        with torch.device("meta"):
+            linear = torch.nn.Linear(block.shape[1], block.shape[0], bias=False)
+        linear.weight = torch.nn.Parameter(block, requires_grad=False)
+        quantize_(linear, config)
+        parts.append(linear.weight)
+    names, meta = parts[0].__tensor_flatten__()
+    inner = {n: torch.cat([getattr(p, n) for p in parts]) for n in names}
+    del parts
+    with torch.device("meta"):
+        model.lm_head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    whole = type(linear.weight).__tensor_unflatten__(inner, meta, weight.shape, None)
+    model.lm_head.weight = torch.nn.Parameter(whole, requires_grad=False)
 
 
 def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -> None:
@@ -58,16 +87,22 @@ def quantize_weights(model: torch.nn.Module, quant: str, group_size: int = 32) -
     as a whole gets exactly the weights a single whole-model call gives."""
     if quant == "none":
         return
-    untie_lm_head(model)
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerAxis
 
     if quant in ("8da4w", "8da4w-h8"):
-        _int4_body(model, group_size, head=quant == "8da4w", hqq=quant == "8da4w-h8")
-        if quant == "8da4w-h8":
-            quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
-                      filter_fn=lambda m, fqn: _float_linear(m) and fqn == "lm_head")
+        body = _int4_config(group_size, hqq=quant == "8da4w-h8")
+        if quant == "8da4w":
+            quantize_head(model, body, group_size)
+        else:  # int8, one scale per row: any width quantises
+            quantize_head(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8,
+                                                                       weight_granularity=PerAxis(0)), 1)
+        untie_lm_head(model)
+        # int4 groups must tile the input dimension; a layer that cannot stays fp32
+        fits = lambda m, _fqn: _float_linear(m) and m.in_features % group_size == 0  # noqa: E731
+        quantize_(model, body, filter_fn=fits)
     elif quant == "int8wo":
+        untie_lm_head(model)
         # torchao's IntxWeightOnlyConfig lowers through XNNPACK to wrong numbers (~1e3 off, ExecuTorch
         # 1.5.1); ExecuTorch's own int8 weight-only handler swaps Linear layers and computes correctly.
         from executorch.examples.models.llama.source_transformation.quantize import WeightOnlyInt8QuantHandler
