@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from overhead_lib import Program, callgrind_phases, export_et_llm, ideal_costs, wall_clock  # noqa: E402
+from overhead_lib import (Program, add_step_args, callgrind_phases, export_et_llm, ideal_costs,  # noqa: E402
+                          parse_step_args, wall_clock)
 
 PACK_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 
@@ -164,16 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, help="qwen3-0.6b with fewer layers (same widths): a shorter export")
     ap.add_argument("--quants", default="none,8da4w")
     ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_overhead")
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--prompt-len", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--max-seq-len", type=int, default=256)
-    ap.add_argument("--prefill-len", type=int, default=32)
-    ap.add_argument("--no-callgrind", action="store_true")
+    add_step_args(ap)
     ap.add_argument("--json", type=Path, default=None, help="default: WORK/SHAPE/results.json")
-    a = ap.parse_args(argv)
-    if not a.no_callgrind and shutil.which("valgrind") is None:
-        ap.error("valgrind not found (apt-get install valgrind), or pass --no-callgrind")
+    a = parse_step_args(ap, argv)
     tool_dir = build_native()
     work = a.work / (f"{a.shape}-{a.layers}L" if a.layers else a.shape)
     src, baseline = source_checkpoints(a.shape, work, a.layers)

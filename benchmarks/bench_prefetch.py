@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_overhead import build_native, export_ours, source_checkpoints  # noqa: E402
+from overhead_lib import add_step_args, parse_step_args  # noqa: E402
 
 RUNS = {"dense": ("dense", "prefetch"), "meki": ("meki", "prefetch"), "meki-thread": ("meki", "thread"),
         "meki-sync": ("meki", "sync")}
@@ -170,16 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quant", default="8da4w", choices=("none", "8da4w"))
     ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_overhead" / "demo",
                     help="bench_overhead.py's work folder for the demo shape (bundles exported there if missing)")
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--prompt-len", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--max-seq-len", type=int, default=256)
-    ap.add_argument("--prefill-len", type=int, default=32)
-    ap.add_argument("--no-callgrind", action="store_true")
+    add_step_args(ap)
     ap.add_argument("--json", type=Path, default=None, help="default: WORK/prefetch_QUANT.json")
-    a = ap.parse_args(argv)
-    if not a.no_callgrind and shutil.which("valgrind") is None:
-        ap.error("valgrind not found (apt-get install valgrind), or pass --no-callgrind")
+    a = parse_step_args(ap, argv)
     tool_dir = build_native()
     src, baseline = source_checkpoints("demo", a.work)
     ours = a.work / f"ours-{a.quant}"

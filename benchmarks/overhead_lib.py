@@ -9,12 +9,31 @@ toggle acts on the calling thread only: XNNPACK's worker threads would escape th
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def add_step_args(ap: argparse.ArgumentParser) -> None:
+    """The step-benchmark options bench_overhead.py and bench_prefetch.py share."""
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--max-seq-len", type=int, default=256)
+    ap.add_argument("--prefill-len", type=int, default=32)
+    ap.add_argument("--no-callgrind", action="store_true")
+
+
+def parse_step_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    a = ap.parse_args(argv)
+    if not a.no_callgrind and shutil.which("valgrind") is None:
+        ap.error("valgrind not found (apt-get install valgrind), or pass --no-callgrind")
+    return a
 
 
 def et_params(cfg: dict) -> dict:

@@ -8,17 +8,9 @@ REPO="$(cd "$HERE/../.." && pwd)"
 BUILD="${1:-$REPO/build/native}"
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 
-PACKAGES=(cmake g++ libxxhash-dev nlohmann-json3-dev)
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    echo "build.sh: installing ${missing[*]} from Debian" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=debian_packages.sh
+. "$HERE/debian_packages.sh"
+ensure_debian_packages build.sh cmake g++ libxxhash-dev nlohmann-json3-dev
 
 ET_ROOT="$("$PY" -c 'import executorch; print(list(executorch.__path__)[0])')"
 if [ ! -f "$ET_ROOT/share/cmake/executorch-config.cmake" ]; then

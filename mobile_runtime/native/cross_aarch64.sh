@@ -11,17 +11,9 @@ REPO="$(cd "$HERE/../.." && pwd)"
 BUILD="${1:-$REPO/build/native-aarch64}"
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 
-PACKAGES=(cmake g++ gcc g++-aarch64-linux-gnu qemu-user libxxhash-dev nlohmann-json3-dev)
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    echo "cross_aarch64.sh: installing ${missing[*]} from Debian" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=debian_packages.sh
+. "$HERE/debian_packages.sh"
+ensure_debian_packages cross_aarch64.sh cmake g++ gcc g++-aarch64-linux-gnu qemu-user libxxhash-dev nlohmann-json3-dev
 
 # The wheel: same executorch version as the exporter (a .pte and its runtime must match), the
 # interpreter's own CPython tag, manylinux aarch64. Only lib/, include/ and share/ are unpacked.
