@@ -51,7 +51,7 @@ system-deps:
 test: setup
 	bash android_app/scripts/jvm_test.sh
 	bash mobile_runtime/native/sanitize_test.sh
-	$(PYTEST) -n 2 --dist loadfile tests
+	$(PYTEST) -n 2 --dist loadfile --durations=25 tests
 
 # Tests not marked slow (contract, bench engine, apps, training, model unit tests), on both cores.
 test-fast: setup
