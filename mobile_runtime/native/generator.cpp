@@ -62,8 +62,11 @@ static void penalize(std::vector<double>& l, const std::vector<int64_t>& recent,
 
 int64_t sample(const float* logits, int64_t V, const SamplingConfig& cfg, std::mt19937_64& rng,
                const std::vector<int64_t>& recent) {
+  const bool penalty = cfg.repeat_penalty != 1.0 && cfg.repeat_last_n > 0 && !recent.empty();
+  // plain greedy reads the logits in place: no [V] copy per step on the hot path
+  if (cfg.temperature == 0.0 && !penalty) return std::max_element(logits, logits + V) - logits;
   std::vector<double> l(logits, logits + V);
-  if (cfg.repeat_penalty != 1.0 && cfg.repeat_last_n > 0 && !recent.empty()) penalize(l, recent, cfg);
+  if (penalty) penalize(l, recent, cfg);
   if (cfg.temperature == 0.0) return std::max_element(l.begin(), l.end()) - l.begin();
   for (double& x : l) x /= cfg.temperature;
   if (cfg.top_k > 0 && cfg.top_k < V) {
