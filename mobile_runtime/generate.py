@@ -18,13 +18,15 @@ import numpy as np
 from mobile_runtime.backends import open_runner
 from contract.manifest import BundleError, verify_bundle
 from mobile_runtime.memory import memory_snapshot
+from mobile_runtime.row_cache import RowCache
 from mobile_runtime.sampling import SamplingConfig, sample
 from mobile_runtime.stats import RunStats
 
 BACKENDS = {"executorch": "executorch-xnnpack", "litert": "tflite", "qnn-sim": "tflite-qnn"}
 # How a decode step's pack rows are read (benchmarks/bench_prefetch.py compares them):
 #   prefetch  a row not in the pack's cache by a worker thread from the moment its token is sampled; a
-#             cached one on this thread at the step (~14 us here, a third of a thread hand-off's cost)
+#             cached one on this thread at the step (~14 us here, a third of a thread hand-off's cost);
+#             rows decoded for an earlier step come from the loop's RowCache (a dict lookup)
 #   thread    every row by the worker;   sync  every row on this thread just before the step
 LOOKUPS = ("prefetch", "thread", "sync")
 
@@ -40,11 +42,14 @@ class Generator:
     """One bundle, one backbone, one memory pack; `generate` runs one prompt."""
 
     def __init__(self, bundle: Path, backend: str = "executorch", pack_mode: str = "pread",
-                 cache_bytes: int = 8 << 20, check_hashes: bool = True, lookup: str = "prefetch") -> None:
+                 cache_bytes: int = 8 << 20, check_hashes: bool = True, lookup: str = "prefetch",
+                 row_cache_bytes: int = 4 << 20) -> None:
         if lookup not in LOOKUPS:
             raise ValueError(f"lookup must be one of {', '.join(LOOKUPS)}, got {lookup!r}")
         self.bundle = Path(bundle)
         self.lookup_mode = lookup
+        # decoded rows are the prefetch mode's; thread/sync stay what bench_prefetch.py compares
+        self.row_cache = RowCache(row_cache_bytes if lookup == "prefetch" else 0)
         target = BACKENDS.get(backend, backend)
         self.manifest = verify_bundle(self.bundle, check_hashes)  # sizes always; sha256 unless told not to
         self.backbone = self.manifest.backbone(target)
@@ -113,7 +118,7 @@ class Generator:
 
     def _issue(self, token: int):
         """Start the worker's read of token's rows where it pays (see LOOKUPS)."""
-        if self.pack is None or self.lookup_mode == "sync" or \
+        if self.pack is None or self.lookup_mode == "sync" or token in self.row_cache or \
                 (self.lookup_mode == "prefetch" and self.pack.cached([token])):
             return None
         return self.pack.prefetch([token])
@@ -125,11 +130,13 @@ class Generator:
         if handle is not None:
             rows = self.pack.collect(handle)
             self.times.exposed_lookup_s.append(handle.waited_s)
-            return rows[None]
+            return self.row_cache.put(token, rows[None])
         t0 = time.perf_counter()
-        rows = self.pack.lookup([token])
+        rows = self.row_cache.get(token)
+        if rows is None:
+            rows = self.row_cache.put(token, self.pack.lookup([token])[None])
         self.times.exposed_lookup_s.append(time.perf_counter() - t0)
-        return rows[None]
+        return rows
 
     def generate(self, prompt_ids: list[int], cfg: SamplingConfig,
                  on_text: Callable[[str], None] | None = None) -> RunStats:
