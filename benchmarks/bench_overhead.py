@@ -8,8 +8,9 @@ and NEW_TOKENS greedy tokens through `step_bench` (mobile_runtime/native):
 and are measured two ways:
   instructions  inside Method::execute under callgrind, per phase (prefill; decode per step), one
                 thread (see overhead_lib.py): repeatable whatever else the machine does;
-  wall clock    interleaved rounds (--rounds, median), default threads; plus the native runner
-                (meki_runner, with the memory pack and prefetch) on our two bundles.
+  wall clock    interleaved rounds (--rounds, median), default threads; plus both runners on our
+                two bundles: the native runner (meki_runner, fresh process per run) and the Python
+                loop (mobile_runtime.generate, one warm Generator per bundle), memory pack and prefetch.
 The ideal MeKi/dense ratio comes from the config and the quantisation (bytes read per decode step,
 FLOPs per prefill token; MeKi adds 2*d*d_mem weights per layer and one row per token);
 efficiency = measured ratio / ideal ratio (1.0: MeKi costs exactly its bytes/FLOPs).
@@ -35,7 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from overhead_lib import (Program, add_step_args, callgrind_phases, export_et_llm, ideal_costs,  # noqa: E402
-                          parse_step_args, wall_clock)
+                          parse_step_args, prompt_ids, wall_clock)
 
 PACK_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 
@@ -87,7 +88,7 @@ def programs(work: Path, cfg: dict, quant: str) -> list[Program]:
 
 
 def native_runner(tool_dir: Path, bundle: Path, a: argparse.Namespace) -> dict:
-    prompt = ",".join(str((i * 7 + 3) % 64) for i in range(a.prompt_len))
+    prompt = ",".join(map(str, prompt_ids(a.prompt_len)))
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         subprocess.run([str(tool_dir / "meki_runner"), str(bundle), "--prompt-ids", prompt, "--max-new-tokens",
                         str(a.new_tokens), "--ignore-eos", "--warmup", "4", "--quiet", "--stats", f.name],
@@ -96,18 +97,32 @@ def native_runner(tool_dir: Path, bundle: Path, a: argparse.Namespace) -> dict:
     return {"prefill_tok_s": s["prefill_tok_s"], "decode_tok_s": s["decode_tok_s"]}
 
 
+def python_loop(gen, a: argparse.Namespace) -> dict:
+    from mobile_runtime.sampling import SamplingConfig
+
+    s = gen.generate(prompt_ids(a.prompt_len), SamplingConfig(max_new_tokens=a.new_tokens, stop_ids=()))
+    return {"prefill_tok_s": s.prefill_tok_s, "decode_tok_s": s.decode_tok_s}
+
+
 def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype: str, a: argparse.Namespace) -> dict:
     progs = programs(work, cfg, quant)
     res: dict = {"programs": {}}
     for p in progs:
         res["programs"][p.name] = callgrind_phases(tool_dir / "step_bench", p, a.prompt_len, a.new_tokens) \
             if not a.no_callgrind else {}
-    runs: dict[str, list[dict]] = {p.name: [] for p in progs} | {"runner-dense": [], "runner-meki": []}
+    from mobile_runtime.generate import Generator
+
+    gens = {kind: Generator(work / f"ours-{quant}" / kind, check_hashes=False) for kind in ("dense", "meki")}
+    for g in gens.values():  # first-call costs out of the timed rounds
+        python_loop(g, a)
+    runs: dict[str, list[dict]] = {p.name: [] for p in progs} | {f"{r}-{k}": [] for r in ("runner", "python")
+                                                                   for k in ("dense", "meki")}
     for _ in range(a.rounds):  # interleaved: every program once per round
         for p in progs:
             runs[p.name].append(wall_clock(tool_dir / "step_bench", p, a.prompt_len, a.new_tokens))
         for kind in ("dense", "meki"):
             runs[f"runner-{kind}"].append(native_runner(tool_dir, work / f"ours-{quant}" / kind, a))
+            runs[f"python-{kind}"].append(python_loop(gens[kind], a))
     res["wall"] = {k: {m: statistics.median(r[m] for r in v) for m in ("prefill_tok_s", "decode_tok_s")}
                    for k, v in runs.items()}
     ideal = {k: ideal_costs(cfg, quant, PACK_BYTES[pack_dtype], a.prompt_len, a.new_tokens, k == "meki")
@@ -125,6 +140,7 @@ def ratios(res: dict) -> dict:
     out = {"wall_decode_meki_dense": w["ours-meki"]["decode_tok_s"] / w["ours-dense"]["decode_tok_s"],
            "wall_prefill_meki_dense": w["ours-meki"]["prefill_tok_s"] / w["ours-dense"]["prefill_tok_s"],
            "runner_decode_meki_dense": w["runner-meki"]["decode_tok_s"] / w["runner-dense"]["decode_tok_s"],
+           "python_decode_meki_dense": w["python-meki"]["decode_tok_s"] / w["python-dense"]["decode_tok_s"],
            "wall_decode_ours_vs_et": w["ours-dense"]["decode_tok_s"] / w["et-llm"]["decode_tok_s"]}
     if p.get("ours-dense"):
         d, m, et = p["ours-dense"], p["ours-meki"], p["et-llm"]
@@ -150,6 +166,7 @@ def print_table(shape: str, results: dict, a: argparse.Namespace) -> None:
     limits = {"instr_decode_et_over_ours": ">= 1.0", "instr_prefill_et_over_ours": ">= 1.0",
               "wall_decode_ours_vs_et": ">= 1.0", "wall_decode_meki_dense": ">= 0.95 (demo), 0.98 (0.6B)",
               "runner_decode_meki_dense": ">= 0.95 (demo), 0.98 (0.6B)",
+              "python_decode_meki_dense": ">= 0.95 (demo), 0.98 (0.6B)",
               "decode_efficiency": ">= 0.995 (0.6B)", "prefill_efficiency": ">= 0.99 (0.6B)"}
     for quant, r in results.items():
         print(f"\n{quant}: ideal MeKi/dense decode {r['ideal']['decode_ratio']:.4f}, "

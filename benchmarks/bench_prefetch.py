@@ -35,14 +35,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_overhead import build_native, export_ours, source_checkpoints  # noqa: E402
-from overhead_lib import add_step_args, parse_step_args  # noqa: E402
+from overhead_lib import add_step_args, parse_step_args, prompt_ids  # noqa: E402
 
 RUNS = {"dense": ("dense", "prefetch"), "meki": ("meki", "prefetch"), "meki-thread": ("meki", "thread"),
         "meki-sync": ("meki", "sync")}
-
-
-def prompt_ids(n: int) -> list[int]:
-    return [(i * 7 + 3) % 64 for i in range(n)]
 
 
 def runner_cmd(tool_dir: Path, bundle: Path, lookup: str, a: argparse.Namespace, extra: list[str]) -> list[str]:

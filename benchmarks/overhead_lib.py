@@ -29,6 +29,11 @@ def add_step_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-callgrind", action="store_true")
 
 
+def prompt_ids(n: int) -> list[int]:
+    """The fixed prompt every step benchmark feeds (token ids below 64: any vocabulary has them)."""
+    return [(i * 7 + 3) % 64 for i in range(n)]
+
+
 def parse_step_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if not a.no_callgrind and shutil.which("valgrind") is None:
