@@ -151,3 +151,14 @@ def test_dequantized_outputs_keep_their_signature_names():
 
     assert _plain_output_name("decode", "decode_k_new_0_output_dequant") == "k_new_0"
     assert _plain_output_name("prefill", "logits") == "logits"
+
+
+def test_calibrated_ranges_get_headroom():
+    """int16 scales come from min/max widened by RANGE_MARGIN: held-out text ran past the calibrated
+    ranges and was clipped (the w8a16 loss on the simulator and the CPU alike)."""
+    from pipeline.export.qnn_quant import RANGE_MARGIN, widen_ranges
+
+    calib = {"t": {"min": np.array([-1.5]), "max": np.array([2.0]), "other": 7}}
+    wide = widen_ranges(calib, RANGE_MARGIN)
+    assert wide["t"]["min"].tolist() == [-1.5 * RANGE_MARGIN] and wide["t"]["max"].tolist() == [2.0 * RANGE_MARGIN]
+    assert wide["t"]["other"] == 7 and calib["t"]["max"].tolist() == [2.0]
