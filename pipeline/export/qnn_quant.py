@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quant", choices=tuple(WEIGHT_BITS), required=True)
     ap.add_argument("--feeds", type=Path, required=True)
+    ap.add_argument("--margin", type=float, default=RANGE_MARGIN)
     a = ap.parse_args(argv)
-    quantize_tflite(a.src, a.out, a.quant, load_feeds(a.feeds))
+    quantize_tflite(a.src, a.out, a.quant, load_feeds(a.feeds), a.margin)
     return 0
 
 
