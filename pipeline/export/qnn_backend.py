@@ -28,7 +28,7 @@ from typing import Any
 
 from contract.manifest import Backbone
 from pipeline.export.npu_graph import npu_signature_specs
-from pipeline.export.qnn_quant import QNN_QUANTS, CalibConfig, Feeds, calibration_tokens, layer_snr, step_feeds
+from pipeline.export.qnn_quant import QNN_QUANTS, RANGE_MARGIN, CalibConfig, Feeds, calibration_tokens, layer_snr, step_feeds
 from pipeline.export.registry import ExportError, ExportSettings, register_target
 from pipeline.export.litert import convert, converter_missing, litert_python, tflite_facts
 from pipeline.model import MekiModel
@@ -177,19 +177,19 @@ def _text_feeds(model: MekiModel, out_dir: Path, settings: ExportSettings, cfg: 
     return step_feeds(model, settings.max_seq_len, settings.prefill_len, ids, lookup, cfg)
 
 
-def quantize(src: Path, dst: Path, quant: str, feeds: Feeds, work: Path) -> None:
+def quantize(src: Path, dst: Path, quant: str, feeds: Feeds, work: Path, margin: float = RANGE_MARGIN) -> None:
     """ai-edge-quantizer over the float graph: here if it imports, else in .venv-litert."""
     py = litert_python()
     if py is None:
         from pipeline.export.qnn_quant import quantize_tflite
 
-        quantize_tflite(src, dst, quant, feeds)
+        quantize_tflite(src, dst, quant, feeds, margin)
         return
     from pipeline.export.qnn_quant import save_feeds
 
     save_feeds(feeds, work / "feeds.npz")
     cmd = [py, "-m", "pipeline.export.qnn_quant", "--src", str(src), "--out", str(dst), "--quant", quant,
-           "--feeds", str(work / "feeds.npz")]
+           "--feeds", str(work / "feeds.npz"), "--margin", str(margin)]
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     except subprocess.CalledProcessError as exc:

@@ -70,6 +70,21 @@ def test_prefill_runs_to_the_cache_end(bundles):
     assert min(10 * np.log10((a ** 2).sum() / ((a - b) ** 2).sum()) for a, b in zip(ref[1], got[1])) > 30
 
 
+@pytest.mark.slow
+def test_w8a16_passes_its_floor_on_the_simulator(tmp_path):
+    """int8 weights, int16 activations (ranges widened past the calibration text): within 20 dB of
+    eager and the same greedy tokens (near-tie rule); every op still on the NPU."""
+    if qnn_backend.qnn_sdk_missing():
+        pytest.skip(qnn_backend.qnn_sdk_missing())
+    save_checkpoint(trained_like_model(), tmp_path / "ck")
+    export_bundles(tmp_path / "ck", tmp_path / "out", ["tflite-qnn"],
+                   ExportSettings(socs=("SM8750",), quant="w8a16", **SETTINGS), pack_dtype="fp16")
+    [row] = verify_bundle_artifacts(tmp_path / "out" / "meki", tmp_path / "ck", steps=16)
+    assert row.status == "pass" and row.quant == "w8a16" and row.snr_db >= 20.0, row
+    [b] = json.loads((tmp_path / "out" / "meki" / "manifest.json").read_text())["backbones"]
+    assert all(b["delegated"][f"{s}.npu_ops"] == b["delegated"][f"{s}.total_ops"] for s in ("prefill", "decode"))
+    assert b["extra"]["layer_snr_db"]["logits"] >= 20.0
+
 def test_unknown_soc_lists_the_valid_ones(tmp_path):
     if not qnn_backend.known_socs():
         pytest.skip("ai-edge-litert not installed")
@@ -151,3 +166,14 @@ def test_dequantized_outputs_keep_their_signature_names():
 
     assert _plain_output_name("decode", "decode_k_new_0_output_dequant") == "k_new_0"
     assert _plain_output_name("prefill", "logits") == "logits"
+
+
+def test_calibrated_ranges_get_headroom():
+    """int16 scales come from min/max widened by RANGE_MARGIN: held-out text ran past the calibrated
+    ranges and was clipped (the w8a16 loss on the simulator and the CPU alike)."""
+    from pipeline.export.qnn_quant import RANGE_MARGIN, widen_ranges
+
+    calib = {"t": {"min": np.array([-1.5]), "max": np.array([2.0]), "other": 7}}
+    wide = widen_ranges(calib, RANGE_MARGIN)
+    assert wide["t"]["min"].tolist() == [-1.5 * RANGE_MARGIN] and wide["t"]["max"].tolist() == [2.0 * RANGE_MARGIN]
+    assert wide["t"]["other"] == 7 and calib["t"]["max"].tolist() == [2.0]
