@@ -5,15 +5,18 @@ ExportPass re-runs each node of the graph under FakeTensor (symbolic shapes for 
 whether or not it changed anything. Two kinds of re-trace change nothing on our graphs and are skipped
 here, inside `lean_lowering()` only:
 
-- the third `run_decompositions` of to_edge_transform_and_lower's EDGE_DO_NOT_DECOMP path (the whole
-  Core ATen table, once the partitioner's ops are renamed out of its way): skipped when no node calls an
-  op of the table. That is the rule ExecuTorch already applies to partitioners without
-  check_op_support (`contains_any_call_fn_target_op`); the graph was functionalised by the first
-  `run_decompositions({})` and decomposed by the second.
+- the later `run_decompositions` calls of to_edge_transform_and_lower's partitioner path
+  (_gen_edge_manager_for_partitioners: `{}` to functionalise, then the Core ATen table less the
+  partitioner's ops, then the whole table once those ops are renamed out of its way): after the first,
+  a call whose table names no op of the graph is skipped. That is ExecuTorch's own rule for partitioners
+  without check_op_support (`contains_any_call_fn_target_op`). On our graphs the last call always
+  goes (the second decomposes silu and item).
 - the re-trace that ends each XNNPACK delegate pass (17 per delegated subgraph: batch-norm fusion,
   conv1d, PReLU, upsampling, SDPA matching, ...): skipped when the pass's own matching left every
   node as it was (same names, ops, arguments). Passes that rewrite nodes while re-tracing
-  (ExportPass.call_operator overrides) always run.
+  (ExportPass.call_operator overrides) always run. The two pattern passes (SDPA, bilinear upsampling:
+  SubgraphMatcher over the whole subgraph, ~0.4 s each per delegated subgraph) are skipped outright
+  when the subgraph lacks an op of every one of their patterns.
 
 Same bytes: tests/model/test_export_lean.py compares the .pte lowered with and without this, and
 docs/export_scale.md gives the demo model's byte comparison.
@@ -22,12 +25,16 @@ docs/export_scale.md gives the demo model's byte comparison.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import logging
+import os
 import sys
 import threading
 from typing import Any, Callable, Iterator
 
 import torch
 
+log = logging.getLogger(__name__)
 _STATE = threading.local()  # per thread: the XNNPACK pass whose re-trace may be skipped, its graph before
 
 # sym_size/sym_stride/sym_numel have entries in the Core ATen table but re-trace to themselves
@@ -89,6 +96,28 @@ def _lean_decompositions() -> contextlib.AbstractContextManager:
     return _patched(ExportedProgram, "run_decompositions", run_decompositions)
 
 
+def _pattern_targets(pass_: type) -> list[set[str]] | None:
+    """The ops of each pattern a SubgraphMatcher pass looks for (None: not such a pass)."""
+    from executorch.backends.xnnpack._passes.convert_to_sdpa import ConvertToSDPAPass
+    from executorch.backends.xnnpack._passes.convert_to_upsample_bilinear2d import ConvertToUpsampleBilinear2d
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
+
+    graphs = {ConvertToSDPAPass: sdpa.get_graphs, ConvertToUpsampleBilinear2d: bilinear_2d.get_graphs}.get(pass_)
+    if graphs is None:
+        return None
+    return [{str(n.target) for n in g.graph.nodes if n.op == "call_function"} for g in graphs()]
+
+
+def _may_match(pass_: type, gm: torch.fx.GraphModule) -> bool:
+    """SubgraphMatcher matches a call only to a call of the same op: a pattern with an op the graph
+    never calls cannot match. Compared by name, so an unsure case still runs the pass."""
+    patterns = _pattern_targets(pass_)
+    if patterns is None:
+        return True
+    present = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+    return any(p <= present for p in patterns)
+
+
 def _lean_xnnpack_passes() -> contextlib.AbstractContextManager:
     """Each XNNPACK pass ends in ExportPass.call (a full re-trace); skipped when the pass's matching
     changed no node, for passes whose re-trace itself rewrites nothing."""
@@ -107,6 +136,8 @@ def _lean_xnnpack_passes() -> contextlib.AbstractContextManager:
     def transform(self: XNNPACKPassManager) -> Any:
         ep = self.exported_program
         for pass_ in self.passes:
+            if not _may_match(pass_, ep.graph_module):
+                continue  # a pattern pass none of whose patterns can match: it would only re-trace
             lean = issubclass(pass_, XNNPACKPass) and not rewrites_while_tracing(pass_)
             transform_pass = pass_(ep) if issubclass(pass_, XNNPACKPass) else pass_()
             _STATE.pending = (transform_pass, ep.graph_module, _structure(ep.graph_module)) if lean else None
@@ -129,12 +160,30 @@ def _lean_xnnpack_passes() -> contextlib.AbstractContextManager:
     return stack
 
 
+VERIFIED_EXECUTORCH = "1.5.1"  # the passes and call sites above are this version's (pyproject pins it)
+
+
+def enabled() -> bool:
+    """On unless MEKI_LEAN_LOWERING=0, and only with the ExecuTorch version it was checked against."""
+    if os.environ.get("MEKI_LEAN_LOWERING", "1") == "0":
+        return False
+    try:
+        version = importlib.metadata.version("executorch")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    if version != VERIFIED_EXECUTORCH:
+        log.info("executorch %s (not %s): lowering with every re-trace", version, VERIFIED_EXECUTORCH)
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def lean_lowering(decompositions: bool = True, xnnpack_passes: bool = True) -> Iterator[None]:
-    """Skip the no-op re-traces described above while lowering (not thread-safe across lowerings)."""
+    """Skip the no-op re-traces described above while lowering (one lowering at a time per process)."""
     with contextlib.ExitStack() as stack:
-        if decompositions:
-            stack.enter_context(_lean_decompositions())
-        if xnnpack_passes:
-            stack.enter_context(_lean_xnnpack_passes())
+        if enabled():
+            if decompositions:
+                stack.enter_context(_lean_decompositions())
+            if xnnpack_passes:
+                stack.enter_context(_lean_xnnpack_passes())
         yield
