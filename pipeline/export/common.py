@@ -215,8 +215,10 @@ def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitio
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
+    from pipeline.export.lean_lowering import lean_lowering
+
     refuse_tables(table_shaped_tensors(programs, cfg), target)
-    with stage("to_edge+partition"), weights_shared_on_deepcopy(programs):
+    with stage("to_edge+partition"), weights_shared_on_deepcopy(programs), lean_lowering():
         edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
                                            compile_config=EdgeCompileConfig(_check_ir_validity=False))
     programs.clear()  # the edge programs replace them
