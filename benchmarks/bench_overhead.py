@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from overhead_lib import (Program, add_step_args, callgrind_phases, export_et_llm, ideal_costs,  # noqa: E402
-                          parse_step_args, prompt_ids, wall_clock)
+from overhead_lib import (Program, add_step_args, callgrind_phases, export_et_llm, generate_fixed,  # noqa: E402
+                          ideal_costs, parse_step_args, prompt_ids, wall_clock)
 
 PACK_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 
@@ -98,9 +98,7 @@ def native_runner(tool_dir: Path, bundle: Path, a: argparse.Namespace) -> dict:
 
 
 def python_loop(gen, a: argparse.Namespace) -> dict:
-    from mobile_runtime.sampling import SamplingConfig
-
-    s = gen.generate(prompt_ids(a.prompt_len), SamplingConfig(max_new_tokens=a.new_tokens, stop_ids=()))
+    s = generate_fixed(gen, a)
     return {"prefill_tok_s": s.prefill_tok_s, "decode_tok_s": s.decode_tok_s}
 
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_overhead import build_native, export_ours, source_checkpoints  # noqa: E402
-from overhead_lib import add_step_args, parse_step_args, prompt_ids  # noqa: E402
+from overhead_lib import add_step_args, generate_fixed, parse_step_args, prompt_ids  # noqa: E402
 
 RUNS = {"dense": ("dense", "prefetch"), "meki": ("meki", "prefetch"), "meki-thread": ("meki", "thread"),
         "meki-sync": ("meki", "sync")}
@@ -83,9 +83,7 @@ def python_generators(bundles: dict[str, Path]) -> dict:
 
 
 def python_wall(gen, a: argparse.Namespace) -> dict:
-    from mobile_runtime.sampling import SamplingConfig
-
-    stats = gen.generate(prompt_ids(a.prompt_len), SamplingConfig(max_new_tokens=a.new_tokens, stop_ids=()))
+    stats = generate_fixed(gen, a)
     return {"decode_tok_s": stats.decode_tok_s, "step_median_s": statistics.median(gen.times.decode_step_s),
             "exposed_fraction": stats.exposed_lookup_fraction}
 

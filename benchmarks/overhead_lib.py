@@ -34,6 +34,13 @@ def prompt_ids(n: int) -> list[int]:
     return [(i * 7 + 3) % 64 for i in range(n)]
 
 
+def generate_fixed(gen, a: argparse.Namespace):
+    """One Python-loop run of the fixed prompt for a.new_tokens tokens (no stop token); its RunStats."""
+    from mobile_runtime.sampling import SamplingConfig
+
+    return gen.generate(prompt_ids(a.prompt_len), SamplingConfig(max_new_tokens=a.new_tokens, stop_ids=()))
+
+
 def parse_step_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if not a.no_callgrind and shutil.which("valgrind") is None:
