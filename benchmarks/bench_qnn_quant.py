@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mobile_runtime.qnn_sim import _plain_output_name  # noqa: E402
+from mobile_runtime.qnn_sim import dequantize_output, plain_output_name, quantize_input  # noqa: E402
 from pipeline.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.export.litert import convert  # noqa: E402
 from pipeline.export.qnn_backend import compile_for_soc, quantize, simulator_snr  # noqa: E402
@@ -39,17 +39,11 @@ def cpu_logits_snr(path: Path, held: tuple) -> float:
     def run(sig: str, feed: dict) -> dict:
         r = it.get_signature_runner(sig)
         ins, outs = r.get_input_details(), r.get_output_details()
-        enc = {}
-        for k, v in feed.items():
-            dt, (scale, zp) = ins[k]["dtype"], ins[k]["quantization"]
-            if v.dtype.kind == "f" and dt != np.float32:
-                v = np.clip(np.round(v / scale) + zp, np.iinfo(dt).min, np.iinfo(dt).max)
-            enc[k] = np.asarray(v).astype(dt)
-        got = {}
-        for k, v in r(**enc).items():
-            scale, zp = outs[k]["quantization"]
-            got[_plain_output_name(sig, k)] = v if v.dtype == np.float32 else (v.astype(np.float32) - zp) * scale
-        return got
+        # the interpreter reports (0.0, 0) for a float tensor: no quantisation
+        q = {k: d["quantization"] if d["dtype"] != np.float32 else None for k, d in ins.items()}
+        out_q = {k: d["quantization"] if d["dtype"] != np.float32 else None for k, d in outs.items()}
+        enc = {k: quantize_input(v, q[k], ins[k]["dtype"]) for k, v in feed.items()}
+        return {plain_output_name(sig, k): dequantize_output(v, out_q[k]) for k, v in r(**enc).items()}
 
     only_logits = {sig: [{"logits": o["logits"]} for o in items] for sig, items in held[1].items()}
     return layer_snr(only_logits, run, held[0])["logits"]

@@ -139,12 +139,24 @@ def qnn_session(onnx_model: bytes | str) -> Any:
     return ort.InferenceSession(onnx_model, opts)
 
 
-def _plain_output_name(sig: str, name: str) -> str:
+def plain_output_name(sig: str, name: str) -> str:
     """`<sig>_<name>_output_dequant` -> `<name>`: a quantised graph's float output behind a DEQUANTIZE
     (ai-edge-quantizer renames it, and the Qualcomm plugin keeps that name in the compiled signature)."""
     if name.startswith(f"{sig}_") and name.endswith("_output_dequant"):
         return name[len(sig) + 1:-len("_output_dequant")]
     return name
+
+
+def quantize_input(value: np.ndarray, quant: tuple[float, int] | None, dtype: Any) -> np.ndarray:
+    """A float feed for an integer (scale, zero point) input; anything else passes as dtype."""
+    if quant is None or np.asarray(value).dtype.kind != "f":
+        return np.ascontiguousarray(value, dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(value / quant[0]) + quant[1], info.min, info.max).astype(dtype)
+
+
+def dequantize_output(value: np.ndarray, quant: tuple[float, int] | None) -> np.ndarray:
+    return value if quant is None else (value.astype(np.float32) - quant[1]) * quant[0]
 
 
 class SimSignature:
@@ -160,7 +172,7 @@ class SimSignature:
         ins, outs = model.signature_io(sig)
         self.feed_names = {name: model.tensor(sub, idx)[0] for name, idx in ins.items()}
         self.dtypes = {name: model.tensor(sub, idx)[2] for name, idx in ins.items()}
-        outs = {_plain_output_name(sig, name): idx for name, idx in outs.items()}
+        outs = {plain_output_name(sig, name): idx for name, idx in outs.items()}
         self.out_names = {model.tensor(sub, idx)[0]: name for name, idx in outs.items()}
         # w8a16/w4a16 graphs take and give int16 (scale, zero point): the runner speaks float
         self.in_quant = {name: model.quant(sub, idx) for name, idx in ins.items()}
@@ -175,17 +187,10 @@ class SimSignature:
         self._outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-        got = self.session.run(None, {self.feed_names[k]: self._encode(k, v) for k, v in feeds.items()})
+        got = self.session.run(None, {self.feed_names[k]: quantize_input(v, self.in_quant[k], self.dtypes[k])
+                                      for k, v in feeds.items()})
         out = {self.out_names[name]: value for name, value in zip(self._outputs, got)}
-        return {k: v if self.out_quant[k] is None else
-                ((v.astype(np.float32) - self.out_quant[k][1]) * self.out_quant[k][0]) for k, v in out.items()}
-
-    def _encode(self, name: str, value: np.ndarray) -> np.ndarray:
-        q, dtype = self.in_quant[name], self.dtypes[name]
-        if q is None or np.asarray(value).dtype.kind != "f":
-            return np.ascontiguousarray(value, dtype)
-        info = np.iinfo(dtype)
-        return np.clip(np.round(value / q[0]) + q[1], info.min, info.max).astype(dtype)
+        return {k: dequantize_output(v, self.out_quant[k]) for k, v in out.items()}
 
 
 class QnnSimRunner:

@@ -85,6 +85,7 @@ def test_w8a16_passes_its_floor_on_the_simulator(tmp_path):
     assert all(b["delegated"][f"{s}.npu_ops"] == b["delegated"][f"{s}.total_ops"] for s in ("prefill", "decode"))
     assert b["extra"]["layer_snr_db"]["logits"] >= 20.0
 
+
 def test_unknown_soc_lists_the_valid_ones(tmp_path):
     if not qnn_backend.known_socs():
         pytest.skip("ai-edge-litert not installed")
@@ -162,10 +163,10 @@ def test_other_vendors_are_refused_naming_what_is_missing(target, why, tmp_path)
 
 def test_dequantized_outputs_keep_their_signature_names():
     """ai-edge-quantizer renames a float output behind a DEQUANTIZE `<sig>_<name>_output_dequant`."""
-    from mobile_runtime.qnn_sim import _plain_output_name
+    from mobile_runtime.qnn_sim import plain_output_name
 
-    assert _plain_output_name("decode", "decode_k_new_0_output_dequant") == "k_new_0"
-    assert _plain_output_name("prefill", "logits") == "logits"
+    assert plain_output_name("decode", "decode_k_new_0_output_dequant") == "k_new_0"
+    assert plain_output_name("prefill", "logits") == "logits"
 
 
 def test_calibrated_ranges_get_headroom():
