@@ -18,15 +18,18 @@ import numpy as np
 from mobile_runtime.backends import open_runner
 from contract.manifest import BundleError, verify_bundle
 from mobile_runtime.memory import memory_snapshot
+from mobile_runtime.pack import PrefetchHandle
 from mobile_runtime.row_cache import RowCache
 from mobile_runtime.sampling import SamplingConfig, sample
 from mobile_runtime.stats import RunStats
 
 BACKENDS = {"executorch": "executorch-xnnpack", "litert": "tflite", "qnn-sim": "tflite-qnn"}
 # How a decode step's pack rows are read (benchmarks/bench_prefetch.py compares them):
-#   prefetch  a row not in the pack's cache by a worker thread from the moment its token is sampled; a
-#             cached one on this thread at the step (~14 us here, a third of a thread hand-off's cost);
-#             rows decoded for an earlier step come from the loop's RowCache (a dict lookup)
+#   prefetch  the moment a token is sampled: rows decoded for an earlier step from the loop's RowCache
+#             (a dict lookup); rows at hand (pack LRU or OS page cache, probed without waiting) read on
+#             this thread (~10 us); only rows that would wait for storage go to the worker thread, which
+#             then waits on I/O, not on a core: a worker decoding rows while the backbone runs competes
+#             with XNNPACK's threads (on the 2-core demo machine that cost ~10% of a step)
 #   thread    every row by the worker;   sync  every row on this thread just before the step
 LOOKUPS = ("prefetch", "thread", "sync")
 
@@ -36,6 +39,14 @@ class StepTimes:
     decode_step_s: list[float] = field(default_factory=list)
     exposed_lookup_s: list[float] = field(default_factory=list)
     lookup_total_s: float = 0.0
+
+
+@dataclass
+class _Issued:
+    """A decode row read started at sampling time: rows read then, or the worker's handle."""
+    rows: np.ndarray | None
+    handle: PrefetchHandle | None
+    issue_s: float  # spent on this thread at issue time (the read itself, or the hand-off)
 
 
 class Generator:
@@ -102,35 +113,41 @@ class Generator:
         """Greedy/sampled decoding from `first` at position `pos`; returns (tokens, stop reason)."""
         out, token = [first], first
         history = list(prompt_ids) + out  # what the repetition penalty looks back on
-        handle = self._issue(token)
+        issued = self._issue(token)
         while True:
             on_token(token)  # bookkeeping overlaps the pack read issued above
             if token in cfg.stop_ids:
                 return out, "eos"
             if len(out) >= cfg.max_new_tokens or pos >= self.backbone.max_seq_len:
                 return out, "max_tokens" if len(out) >= cfg.max_new_tokens else "max_seq_len"
-            rows = self._rows(token, handle)
+            rows = self._rows(token, issued)
             token = sample(self.decode_one(token, pos, rows), cfg, rng, history)
             pos += 1
             out.append(token)
             history.append(token)
-            handle = self._issue(token)
+            issued = self._issue(token)
 
-    def _issue(self, token: int):
-        """Start the worker's read of token's rows where it pays (see LOOKUPS)."""
-        if self.pack is None or self.lookup_mode == "sync" or token in self.row_cache or \
-                (self.lookup_mode == "prefetch" and self.pack.cached([token])):
+    def _issue(self, token: int) -> _Issued | None:
+        """Start reading token's rows the way LOOKUPS says; None: read them at the step."""
+        if self.pack is None or self.lookup_mode == "sync" or token in self.row_cache:
             return None
-        return self.pack.prefetch([token])
+        t0 = time.perf_counter()
+        if self.lookup_mode == "prefetch":
+            rows = np.empty((1, 1, self.pack.num_layers, self.pack.d_mem), np.float32)
+            if self.pack.read_now(token, rows[0, 0]):
+                return _Issued(rows, None, time.perf_counter() - t0)
+        return _Issued(None, self.pack.prefetch([token]), time.perf_counter() - t0)
 
-    def _rows(self, token: int, handle) -> np.ndarray | None:
-        """The decode rows [1, 1, L, m] of token; the time the loop waited for them is recorded."""
+    def _rows(self, token: int, issued: _Issued | None) -> np.ndarray | None:
+        """The decode rows [1, 1, L, m] of token; the time the loop spent on them is recorded."""
         if self.pack is None:
             return None
-        if handle is not None:
-            rows = self.pack.collect(handle)
-            self.times.exposed_lookup_s.append(handle.waited_s)
-            return self.row_cache.put(token, rows[None])
+        if issued is not None:
+            rows, waited = issued.rows, 0.0
+            if issued.handle is not None:
+                rows, waited = self.pack.collect(issued.handle)[None], issued.handle.waited_s
+            self.times.exposed_lookup_s.append(issued.issue_s + waited)
+            return self.row_cache.put(token, rows)
         t0 = time.perf_counter()
         rows = self.row_cache.get(token)
         if rows is None:

@@ -12,7 +12,9 @@ as verified), so a damaged block raises PackChecksumError instead of returning g
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
+import operator
 import os
 import stat
 import threading
@@ -26,6 +28,8 @@ import numpy as np
 from contract import pack_format as pf
 
 _CACHE_ENTRY_OVERHEAD = 120   # bytes a cached record costs beyond its payload (bytes obj + dict)
+# preadv2 flag: fail with EAGAIN instead of waiting for storage (Linux >= 4.14, so Android too); 0 where absent
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
 class PackError(Exception):
@@ -205,11 +209,26 @@ class MemoryPack:
                              f"{list(getattr(out, 'shape', []))}")
         return self._lookup_ids(ids, out)
 
-    def cached(self, token_ids) -> bool:
-        """Whether every token's record is in the LRU cache (a lookup then reads no storage)."""
-        ids = self._check_ids(token_ids)
-        with self._lock:
-            return self.cache_bytes > 0 and all(t in self._cache for t in ids.tolist())
+    def read_now(self, token: int, out: np.ndarray) -> bool:
+        """One token's rows decoded into out [L, m] (float32/float16) if its record is at hand without
+        waiting for storage: in the LRU, or in the OS page cache (probed with preadv's RWF_NOWAIT,
+        which fails rather than wait). False, out untouched, when the read would wait or the platform
+        cannot tell: prefetch() it then. A decode loop's fast path: no thread hand-off, and no worker
+        competing with the backbone's threads for cores when there is nothing to wait for."""
+        try:
+            tok = operator.index(token)
+        except TypeError:
+            raise PackTokenError(f"token id must be an int, got {type(token).__name__}") from None
+        if not 0 <= tok < self.vocab_size:
+            raise PackTokenError(f"token id {tok} out of range [0, {self.vocab_size})")
+        if self._fd is None:
+            raise PackError("pack is closed")
+        h = self.header
+        raw = np.empty((1, h.num_layers, h.row_bytes), dtype=np.uint8)
+        if not self._gather_token(tok, raw.reshape(-1), nowait=True):
+            return False
+        pf.decode_rows(raw, h.dtype, h.d_mem, h.group_size, out.reshape(1, h.num_layers, h.d_mem))
+        return True
 
     def prefetch(self, token_ids) -> PrefetchHandle:
         """Start the lookup of token_ids in a background thread; collect() it later."""
@@ -258,8 +277,9 @@ class MemoryPack:
                        h.group_size, out)
         return out
 
-    def _gather_token(self, tok: int, dst: np.ndarray) -> None:
-        """Copy token tok's raw record [L * row_bytes] into dst, via the LRU cache."""
+    def _gather_token(self, tok: int, dst: np.ndarray, nowait: bool = False) -> bool:
+        """Copy token tok's raw record [L * row_bytes] into dst, via the LRU cache. nowait: False
+        (dst partly written, nothing cached) when a read would wait for storage."""
         if self.cache_bytes > 0:
             with self._lock:
                 rec = self._cache.get(tok)
@@ -267,17 +287,20 @@ class MemoryPack:
                     self._cache.move_to_end(tok)
             if rec is not None:
                 dst[:] = np.frombuffer(rec, dtype=np.uint8)
-                return
+                return True
         h = self.header
         if h.layout == "token-major":
-            self._read(h.data_offset + tok * h.record_stride, dst)
+            if not self._read(h.data_offset + tok * h.record_stride, dst, nowait):
+                return False
         else:
             rb = h.row_bytes
             for layer in range(h.num_layers):
                 off = h.data_offset + (layer * h.vocab_size + tok) * rb
-                self._read(off, dst[layer * rb:(layer + 1) * rb])
+                if not self._read(off, dst[layer * rb:(layer + 1) * rb], nowait):
+                    return False
         if self.cache_bytes > 0:
             self._cache_put(tok, dst.tobytes())
+        return True
 
     def _cache_put(self, tok: int, rec: bytes) -> None:
         cost = len(rec) + _CACHE_ENTRY_OVERHEAD
@@ -292,17 +315,23 @@ class MemoryPack:
                 _, old = self._cache.popitem(last=False)
                 self._cache_used -= len(old) + _CACHE_ENTRY_OVERHEAD
 
-    def _read(self, off: int, dst: np.ndarray) -> None:
-        """Read dst.size bytes at file offset off into dst, verifying the blocks touched."""
+    def _read(self, off: int, dst: np.ndarray, nowait: bool = False) -> bool:
+        """Read dst.size bytes at file offset off into dst, verifying the blocks touched.
+        nowait: False when the bytes are not all in memory (nothing read waits for storage)."""
         h = self.header
         b0 = (off - h.data_offset) // h.block_size
         b1 = (off + dst.size - 1 - h.data_offset) // h.block_size
         if self.verify_on_read and not self._verified[b0:b1 + 1].all():
             start = h.data_offset + b0 * h.block_size
-            blocks = self._read_span(start, (b1 - b0 + 1) * h.block_size)
+            n = (b1 - b0 + 1) * h.block_size
+            blocks = self._read_span(start, n) if not nowait else np.empty(n, dtype=np.uint8)
+            if nowait and not self._pread_nowait(start, blocks):
+                return False
             self._check_blocks(b0, blocks)
             dst[:] = blocks[off - start: off - start + dst.size]
-            return
+            return True
+        if nowait:   # through the fd in both modes: a mapped page cannot say it would fault
+            return self._pread_nowait(off, dst)
         if self._map is not None:
             self._check_still_whole()
             dst[:] = self._map[off: off + dst.size]
@@ -310,6 +339,21 @@ class MemoryPack:
             n = os.preadv(self._fd, [dst], off)
             if n != dst.size:
                 raise PackTruncatedError(f"short read at offset {off}: the file shrank")
+        return True
+
+    def _pread_nowait(self, off: int, dst: np.ndarray) -> bool:
+        """preadv with RWF_NOWAIT: True when all of dst came from memory. A short read (part not
+        in memory, or a shrunken file) is False too: the waiting read that follows tells them apart."""
+        if not _RWF_NOWAIT:
+            return False
+        try:
+            return os.preadv(self._fd, [dst], off, _RWF_NOWAIT) == dst.size
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):   # a file system without it
+                return False
+            raise
 
     def _check_still_whole(self) -> None:
         """mmap mode: refuse before touching a page if the file shrank (a page past the new end

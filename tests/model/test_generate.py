@@ -34,9 +34,15 @@ def test_loop_matches_eager_greedy_and_writes_valid_stats(bundles, kind, tmp_pat
 def test_lookup_modes_give_the_same_tokens(bundles):
     out, _ = bundles
     prompt, cfg = [3, 1, 4, 1, 5, 9, 2, 6], SamplingConfig(max_new_tokens=16)
-    runs = {mode: Generator(out / "meki", lookup=mode).generate(prompt, cfg) for mode in ("prefetch", "thread", "sync")}
-    assert runs["prefetch"].tokens == runs["thread"].tokens == runs["sync"].tokens
+    gens = {mode: Generator(out / "meki", lookup=mode) for mode in ("prefetch", "thread", "sync")}
+    cold = Generator(out / "meki")  # as if the pack were not in memory: every row through the worker
+    cold.pack.read_now = lambda token, out: False
+    gens["prefetch-cold"] = cold
+    runs = {mode: gen.generate(prompt, cfg) for mode, gen in gens.items()}
+    assert runs["prefetch"].tokens == runs["thread"].tokens == runs["sync"].tokens == runs["prefetch-cold"].tokens
     assert all(len(r.exposed_lookup_s) == 15 for r in runs.values())
+    # the pack was in memory (page cache): prefetch read it on the loop's thread, no worker competing
+    assert gens["prefetch"].pack._pool is None and cold.pack._pool is not None
     with pytest.raises(ValueError, match="lookup"):
         Generator(out / "meki", lookup="eager")
 
