@@ -156,8 +156,10 @@ class MekiModel(nn.Module):
                 layer.attn.cache.v.zero_()
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None,
-                meki_rows: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
-        """last_only: logits of the last position only, [B, 1, V] (what a generation step needs)."""
+                meki_rows: torch.Tensor | None = None, last_only: bool = False,
+                hidden_only: bool = False) -> torch.Tensor:
+        """last_only: logits of the last position only, [B, 1, V] (what a generation step needs);
+        hidden_only: the last layer's output [B, T, d] (before the final norm)."""
         cfg = self.cfg
         seq = tokens.shape[1]
         if cfg.has_meki and cfg.folded and meki_rows is None:
@@ -174,7 +176,20 @@ class MekiModel(nn.Module):
         for i, layer in enumerate(self.layers):
             rows = meki_rows[:, :, i] if meki_rows is not None else None
             x = layer(x, cos, sin, mask, input_pos, tokens, emb, rows)
+        if hidden_only:
+            return x
         x = self.norm(x[:, -1:] if last_only else x)
+        return self.head(x)
+
+    def last_logits(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None,
+                    meki_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the last position as [B, V]: the hidden row is made [B, d] before the head, so an
+        exported step's output is the head's own ([1, V] out of [1, 1, V] is a copy of the whole logits
+        row inside XNNPACK, ~600 KB per step at a 151k vocabulary; [1, d] costs d floats)."""
+        h = self.forward(tokens, input_pos, meki_rows, hidden_only=True)
+        return self.head(self.norm(h[:, -1:].reshape(h.shape[0], h.shape[-1])))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
 
 

@@ -31,12 +31,6 @@ log = logging.getLogger(__name__)
 SEQ_AXIS = {"tokens": 1, "input_pos": 0, "meki_rows": 1}  # the axis that is T in a step's inputs
 
 
-def last_logits(logits: torch.Tensor) -> torch.Tensor:
-    """[B, 1, V] -> [B, V] as a view: `[:, 0]` lowers to select_copy, a copy of the whole logits row
-    every step (ExecuTorch: 3% of a demo decode step), while a view costs nothing."""
-    return logits.view(logits.shape[0], logits.shape[-1])
-
-
 class NormAt(nn.Module):
     """The final norm at one position ([1] int32 index) only: prefill's logits for its last real token
     (the LiteRT graphs pad prefill to a fixed chunk and pass last_index)."""
@@ -58,7 +52,7 @@ class MekiStep(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, meki_rows: torch.Tensor) -> torch.Tensor:
-        return last_logits(self.model(tokens, input_pos, meki_rows, last_only=True))
+        return self.model.last_logits(tokens, input_pos, meki_rows)
 
 
 class DenseStep(nn.Module):
@@ -69,7 +63,7 @@ class DenseStep(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        return last_logits(self.model(tokens, input_pos, last_only=True))
+        return self.model.last_logits(tokens, input_pos)
 
 
 def make_step(model: MekiModel) -> nn.Module:

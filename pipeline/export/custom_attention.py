@@ -37,12 +37,20 @@ class CacheBHSD(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
 
 
-def rope_bthd(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """pipeline.model.apply_rope for x [B, T, H, hd] (cos/sin [T, hd]): same arithmetic, other layout."""
-    cos, sin = cos[:, None, :], sin[:, None, :]
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin [..., hd] with its first half negated: rotate_half(x) * sin == swap_halves(x) * signed_sin(sin)
+    bit for bit (negation is exact), one op fewer per tensor per layer than negating x every step."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def rope_bthd(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """pipeline.model.apply_rope for x [B, T, H, hd] (cos [T, hd], sin_signed = signed_sin(sin)):
+    the same values, other layout."""
+    cos, sin = cos[:, None, :], sin_signed[:, None, :]
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + swapped * sin).to(x.dtype)
 
 
 class CustomOpAttention(nn.Module):
@@ -62,7 +70,7 @@ class CustomOpAttention(nn.Module):
         cfg = self.cfg
         bsz, seq, _ = x.shape
         q, k, v = qkv_heads(self, x)
-        q, k = rope_bthd(q, cos, sin), rope_bthd(k, cos, sin)
+        q, k = rope_bthd(q, cos, sin), rope_bthd(k, cos, sin)  # sin: signed (use_custom_attention)
         start = input_pos[0].item()
         torch._check(start >= 0)
         torch._check(start + seq <= self.max_seq_len)
@@ -76,8 +84,11 @@ def use_custom_attention(model: MekiModel) -> MekiModel:
     """In place on an export copy whose cache was set up (model.cache_len): every layer's attention."""
     if model.cache_len == 0:
         raise ValueError("use_custom_attention needs setup_cache(max_seq_len) first")
+    if all(isinstance(layer.attn, CustomOpAttention) for layer in model.layers):
+        return model  # done already (the sin table must not be signed twice)
     load_llama_ops()
     dtype = model.embed.weight.dtype
+    model.rope_sin = signed_sin(model.rope_sin)  # what rope_bthd takes (only these layers read it)
     for layer in model.layers:
         layer.attn = CustomOpAttention(layer.attn, model.cache_len, dtype)
     return model

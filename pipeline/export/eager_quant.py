@@ -1,15 +1,12 @@
 """Fuse and quantise each decoder layer as it loads: the fp32 model never exists whole.
 
-The XNNPACK export rewrites every layer (one [d -> 2F (+ m)] input projection, delegated RMSNorms:
-fused_layers.py) and then quantises the rewritten model. Done per layer by load_checkpoint's
+The XNNPACK export rewrites every layer (delegated RMSNorms, folded norm weights: fused_layers.py) and then quantises the rewritten model. Done per layer by load_checkpoint's
 `prepare`, the result is the same weights: a Linear is quantised on its own, rows and groups
 independently, so a layer quantised alone equals the same layer quantised as part of the whole.
 
-The dense baseline's layers (no MeKi branch: gate/up rows only) are made at the same time, over
-the same attention, norm and down-projection modules. In the paper variant its input weight is
-the first 2F rows of the MeKi layer's quantised one (a view: no second copy); in the Megatron
-variant the MeKi layer's FFN rows have the FFN norm folded in, so the dense rows are fused and
-quantised on their own.
+The dense baseline's layers (no MeKi branch) are made at the same time, over the same attention,
+norm and FFN modules (no second copy); in the Megatron variant the MeKi layer's FFN linears have
+the FFN norm weight folded in, so the dense layer quantises the original ones on its own.
 """
 
 from __future__ import annotations
@@ -22,14 +19,6 @@ from torch import nn
 from pipeline.export.fused_layers import DelegatedRMSNorm, FusedDecoderLayer
 from pipeline.export.quantize import quantize_weights
 from pipeline.model import DecoderLayer, MekiModel
-
-
-def _row_prefix(weight: torch.Tensor, rows: int) -> torch.Tensor | None:
-    """The first `rows` output rows of a torchao grouped-quantised weight (qdata, scale and zero point
-    per row), or None for a format that cannot be sliced so (int8wo swaps the Linear module)."""
-    if not hasattr(weight, "qdata"):
-        return None
-    return weight[:rows]
 
 
 @dataclass
@@ -55,8 +44,10 @@ class LayerFuser:
         if layer.fusion is None:  # a dense model: the layer is its own baseline
             self.dense_layers.append(fused)
             return fused
-        rows = None if fused.megatron else _row_prefix(fused.w_in.weight, 2 * fused.ffn_dim)
-        dense = FusedDecoderLayer(layer, meki=False, w_in=rows)
-        quantize_weights(dense, self.quant)  # the w_in rows if not sliced; the shared modules are done
+        dense = FusedDecoderLayer(layer, meki=False)
+        dense.w_down = fused.w_down  # quantised above (int8wo swaps modules: the dense layer takes the new ones)
+        if not fused.megatron:  # the same FFN linears; Megatron's have the norm weight folded in
+            dense.w_gate, dense.w_up = fused.w_gate, fused.w_up
+        quantize_weights(dense, self.quant)  # Megatron: the original FFN linears; the shared ones are done
         self.dense_layers.append(dense)
         return fused

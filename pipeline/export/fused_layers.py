@@ -5,15 +5,17 @@
    them (per layer: attention norm, FFN norm, and MeKi's post norm). mean(x^2) + eps is written as
    a [d -> 1] linear with weights 1/d and bias eps, which XNNPACK runs like any other fully
    connected layer (every op costs XNNPACK a reshape per call: one op fewer than a separate add).
-2. One input projection: the FFN's gate and up projections read the same normalised input, and so
-   does the MeKi gate in the paper variant: one [d -> 2F (+ m)] linear, sliced. Rows of a linear are
-   independent (8da4w groups run along the input axis), so the result equals the separate layers.
-   Megatron variant: the MeKi gate reads A (before the FFN norm), and the FFN reads
+2. FFN and MeKi gate projections as separate linears, ExecuTorch's own form: rows of a linear are
+   independent, so one fused [d -> 2F (+ m)] projection gives the same numbers, but it must then be
+   sliced, and XNNPACK's slice copies each [F] half (at F 3072, two 12 KB copies per layer per decode
+   step: 0.25% of a Qwen3-0.6B step by instructions, the whole of what ours executed beyond ExecuTorch's
+   export); a separate [d -> F] linear costs one small activation quantisation instead. Megatron
+   variant: the MeKi gate reads A (before the FFN norm), and the FFN reads
    norm(A) = r * (A * w) with r = rsqrt(mean(A^2) + eps) a per-token scalar; so
-   W_ffn norm(A) = r * ((W_ffn diag(w)) A): one [d -> 2F + m] linear over A with the norm weight
-   folded into the FFN rows, then the FFN part scaled by r. In fp32 this is the same arithmetic
-   reassociated; quantised, the folded rows quantise slightly differently (parity within the
-   quantised tolerances).
+   W norm(A) = r * ((W diag(w)) A): the FFN linears read A with the norm weight folded into their
+   input columns, their outputs scaled by r (r computed once, shared). In fp32 this is the same
+   arithmetic reassociated; quantised, the folded weights quantise slightly differently (parity
+   within the quantised tolerances).
 3. MeKi's post-norm weight folded into out_proj's output rows, one mul fewer per layer: with
    z_w = diag(w) W_o v, w * norm(z) = z_w * rsqrt(mean(z_w^2 / w^2) + eps), the mean a [d -> 1] linear
    with weights 1/(d w^2) (kept unfolded if some w is ~0). An output row scales whole 8da4w groups,
@@ -59,12 +61,21 @@ class DelegatedRMSNorm(nn.Module):
         return y if self.weight is None else self.weight * y
 
 
-def scaled_rows(linear: nn.Linear, scale: torch.Tensor) -> nn.Linear:
-    """A new bias-free Linear whose output row i is scale[i] times linear's."""
-    weight = linear.weight.detach() * scale.detach().to(linear.weight.dtype)[:, None]
-    out = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+def _bias_free(weight: torch.Tensor) -> nn.Linear:
+    with torch.device("meta"):  # its own initial weight would be allocated and filled for nothing
+        out = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     out.weight = nn.Parameter(weight, requires_grad=False)
     return out
+
+
+def scaled_rows(linear: nn.Linear, scale: torch.Tensor) -> nn.Linear:
+    """A new bias-free Linear whose output row i is scale[i] times linear's."""
+    return _bias_free(linear.weight.detach() * scale.detach().to(linear.weight.dtype)[:, None])
+
+
+def scaled_inputs(linear: nn.Linear, scale: torch.Tensor) -> nn.Linear:
+    """A new bias-free Linear computing linear(scale * x) (scale folded into the input columns)."""
+    return _bias_free(linear.weight.detach() * scale.detach().to(linear.weight.dtype)[None, :])
 
 
 def foldable_into_rows(weight: torch.Tensor) -> bool:
@@ -74,56 +85,46 @@ def foldable_into_rows(weight: torch.Tensor) -> bool:
 
 
 class FusedDecoderLayer(nn.Module):
-    """DecoderLayer.forward with one input projection for FFN (+ MeKi gate) and delegated norms."""
+    """DecoderLayer.forward in the export form: delegated norms, separate FFN/MeKi-gate projections
+    (the Megatron FFN norm folded into its inputs), the MeKi post-norm weight folded into out_proj."""
 
-    def __init__(self, layer: DecoderLayer, meki: bool = True, w_in: torch.Tensor | None = None) -> None:
-        """meki=False: the dense baseline's layer (no MeKi branch) over the same backbone modules.
-        w_in: the fused input weight when the caller has it already (rows gate, up[, MeKi gate])."""
+    def __init__(self, layer: DecoderLayer, meki: bool = True) -> None:
+        """meki=False: the dense baseline's layer (no MeKi branch) over the same backbone modules (the
+        FFN linears too, except where the Megatron MeKi layer folds its norm weight into them)."""
         super().__init__()
         cfg = layer.cfg
         if layer.memory is not None:
             raise ValueError("fuse_layers takes the folded (inference-form) model")
         self.cfg, self.attn = cfg, layer.attn
         self.attn_norm = DelegatedRMSNorm(layer.attn_norm)
-        self.ffn_dim = layer.ffn.w_gate.out_features
         self.w_down = layer.ffn.w_down
         self.fusion = layer.fusion if meki else None
         self.megatron = self.fusion is not None and cfg.variant == "megatron"
         self.ffn_norm = DelegatedRMSNorm(layer.ffn_norm, weighted=not self.megatron)
+        self.w_gate, self.w_up = layer.ffn.w_gate, layer.ffn.w_up
+        if self.megatron:  # the linears read A itself
+            w = layer.ffn_norm.weight
+            self.w_gate, self.w_up = scaled_inputs(self.w_gate, w), scaled_inputs(self.w_up, w)
         if self.fusion is not None:
             post = self.fusion.post_norm
             self.out_proj, self.post_norm = self.fusion.out_proj, DelegatedRMSNorm(post)
             if foldable_into_rows(post.weight):
                 self.out_proj = scaled_rows(self.out_proj, post.weight)
                 self.post_norm = DelegatedRMSNorm(post, input_scale=post.weight)
-        weight = self.fused_rows(layer) if w_in is None else w_in
-        with torch.device("meta"):  # its own initial weight would be allocated and filled for nothing
-            self.w_in = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        self.w_in.weight = nn.Parameter(weight, requires_grad=False)
-
-    def fused_rows(self, layer: DecoderLayer) -> torch.Tensor:
-        rows = [layer.ffn.w_gate.weight, layer.ffn.w_up.weight]
-        if self.megatron:  # fold the FFN norm's weight into the FFN rows: the linear reads A itself
-            rows = [w * layer.ffn_norm.weight[None, :] for w in rows]
-        if self.fusion is not None:
-            rows.append(self.fusion.gate_proj.weight)
-        return torch.cat([w.detach() for w in rows], dim=0)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 input_pos: torch.Tensor | None, tokens: torch.Tensor, emb: torch.Tensor,
                 rows: torch.Tensor | None) -> torch.Tensor:
-        f = self.ffn_dim
         a = x + self.attn(self.attn_norm(x), cos, sin, mask, input_pos)
         if self.megatron:
-            y = self.w_in(a)
             r = self.ffn_norm.inv_rms(a.float()).to(a.dtype)
-            gate, up = y[..., :f] * r, y[..., f:2 * f] * r
+            h, gate, up = a, self.w_gate(a) * r, self.w_up(a) * r
         else:
-            y = self.w_in(self.ffn_norm(a))
-            gate, up = y[..., :f], y[..., f:2 * f]
+            h = self.ffn_norm(a)
+            gate, up = self.w_gate(h), self.w_up(h)
         out = a + self.w_down(F.silu(gate) * up)
-        if self.fusion is not None:
-            v = rows + torch.sigmoid(y[..., 2 * f:])
+        if self.fusion is not None:  # paper: the gate sees the normalised input; Megatron: A
+            v = rows + torch.sigmoid(self.fusion.gate_proj(h))
             out = out + self.post_norm(self.out_proj(v))
         return out
 

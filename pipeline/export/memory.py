@@ -56,9 +56,9 @@ def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettin
     fp32 = (c.linear + c.other) * FP32
     quant = settings.quant if settings.quant in HELD else "none"
     head = cfg.vocab_size * cfg.dim if cfg.tie_embeddings and settings.quant != "none" else 0  # untied to quantise
-    ffn_rows = 2 * cfg.num_layers * cfg.dim * cfg.ffn_dim  # FFN gate/up rows concatenated (fused_layers.py)
-    # the dense baseline's own gate/up rows: a view of the MeKi rows, except where Megatron folds the norm in
-    twin = ffn_rows if cfg.has_meki and cfg.variant == "megatron" else 0
+    # Megatron: the MeKi layers' FFN linears with the norm weight folded in (fused_layers.py), new
+    # weights beside the dense baseline's own; otherwise both bundles share the FFN modules
+    twin = 2 * cfg.num_layers * cfg.dim * cfg.ffn_dim if cfg.has_meki and cfg.variant == "megatron" else 0
     held = c.other * FP32 + ((c.linear + head + twin) * HELD[quant] if eager_quant else c.linear * FP32)
     # in flight while loading/fusing: the embedding read as bf16 and cast to fp32; a layer's fused rows
     largest = max(cfg.vocab_size * cfg.dim * (FP32 + 2), 2 * cfg.dim * cfg.ffn_dim * FP32)
@@ -68,7 +68,7 @@ def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettin
             quantised = 0 if eager_quant or quant == "none" else (c.linear + head) * HELD[quant]
             program = c.other * FP32 + (c.linear + head) * PACKED[quant]
             # while the export copy is fused and quantised (nothing to do when it was done while loading)
-            copying = 0 if eager_quant else ffn_rows * FP32 + head * FP32 + quantised
+            copying = 0 if eager_quant else twin * FP32 + head * FP32 + quantised
             lowering = quantised + c.kv_cache + LOWERING_COPIES * program
             out[t] = int(held + max(copying, lowering) + SLACK)
         else:
