@@ -59,7 +59,7 @@ def _stage(title: str) -> None:
     console.rule(f"[bold]{title}")
 
 
-def run_demo(out: Path, prompt: str = PROMPT, new_tokens: int = 48, reps: int = 3, overwrite: bool = False) -> int:
+def run_demo(out: Path, prompt: str = PROMPT, new_tokens: int = 48, reps: int = 5, overwrite: bool = False) -> int:
     """export -> verify -> held-out perplexity -> bench both locally -> one table and the two texts."""
     from device_tests.bench import BenchConfig, run_bench
 

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import functools
 import logging
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -224,7 +225,24 @@ def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitio
             emit_mutable_buffer_names=True))
     with stage("serialise"), open(out, "wb") as fh:
         program.write_to_file(fh)
+    forget_lowered_graphs()
     return delegated
+
+
+def forget_lowered_graphs() -> None:
+    """ExecuTorch (1.5.1) keeps the graphs it lowered alive in module-level state, with their node
+    metadata and the modules holding their weights: exir.backend.utils.is_same_node's unbounded
+    lru_cache (keyed by nodes) and each partitioner config module's WhyNoPartition (its last node).
+    Dropped after every lowering, so the next bundle starts low (at the Qwen3-1.7B shape 1.6 GB of the
+    MeKi bundle's stayed resident while the dense one lowered)."""
+    from executorch.exir.backend.utils import WhyNoPartition, is_same_node
+
+    is_same_node.cache_clear()
+    for name, module in list(sys.modules.items()):
+        if name.startswith("executorch.") and module is not None:
+            for value in list(vars(module).values()):
+                if isinstance(value, WhyNoPartition):
+                    value.node = None
 
 
 def pte_backbone(target: str, out: Path, settings: ExportSettings, methods: dict[str, MethodSpec],
