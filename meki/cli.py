@@ -350,7 +350,7 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything the demo makes")
     p.add_argument("--prompt", default="The function returns")
     p.add_argument("--new-tokens", type=positive_int, default=48, help="tokens of each model's text")
-    p.add_argument("--reps", type=positive_int, default=3, help="measured runs of each model (128 tokens each)")
+    p.add_argument("--reps", type=positive_int, default=5, help="measured runs of each model (128 tokens each)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs")
 
 
