@@ -1,6 +1,7 @@
 """Fuse and quantise each decoder layer as it loads: the fp32 model never exists whole.
 
-The XNNPACK export rewrites every layer (delegated RMSNorms, folded norm weights: fused_layers.py) and then quantises the rewritten model. Done per layer by load_checkpoint's
+The XNNPACK export rewrites every layer (delegated RMSNorms, folded norm weights: fused_layers.py)
+and then quantises the rewritten model. Done per layer by load_checkpoint's
 `prepare`, the result is the same weights: a Linear is quantised on its own, rows and groups
 independently, so a layer quantised alone equals the same layer quantised as part of the whole.
 
