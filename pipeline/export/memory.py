@@ -62,7 +62,7 @@ def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettin
     # weights beside the dense baseline's own; otherwise both bundles share the FFN modules
     twin = 2 * cfg.num_layers * cfg.dim * cfg.ffn_dim if cfg.has_meki and cfg.variant == "megatron" else 0
     held = c.other * FP32 + ((c.linear + head + twin) * HELD[quant] if eager_quant else c.linear * FP32)
-    # in flight while loading/fusing: the embedding read as bf16 and cast to fp32; a layer's fused rows
+    # in flight while loading/fusing: the embedding read as bf16 and cast to fp32; a layer's gate+up weights (fp32)
     largest = max(cfg.vocab_size * cfg.dim * (FP32 + 2), 2 * cfg.dim * cfg.ffn_dim * FP32)
     out = {"load": int(held + largest + SLACK)}
     for t in targets:
