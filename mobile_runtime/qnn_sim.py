@@ -122,8 +122,11 @@ def epcontext_model(model: TfliteModel, sub: int, op: DispatchOp, context_file: 
     return onnx_model.SerializeToString()
 
 
-def qnn_session(onnx_model: bytes | str) -> Any:
-    """An ONNX Runtime session on the QNN EP (HTP backend = the simulator on x86_64); no CPU fallback."""
+def qnn_session(onnx_model: bytes | str, share: str = "") -> Any:
+    """An ONNX Runtime session on the QNN EP (HTP backend = the simulator on x86_64); no CPU fallback.
+
+    share "on": the QNN context this session loads serves later sessions naming the same graphs
+    (ORT's ep.share_ep_contexts); "last": use the shared context, then end the sharing."""
     try:
         import onnxruntime as ort
         import onnxruntime_qnn
@@ -136,6 +139,10 @@ def qnn_session(onnx_model: bytes | str) -> Any:
     opts.add_provider_for_devices([d for d in ort.get_ep_devices() if d.ep_name == QNN_EP],
                                   {"backend_path": onnxruntime_qnn.get_qnn_htp_path()})
     opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    if share:
+        opts.add_session_config_entry("ep.share_ep_contexts", "1")
+    if share == "last":
+        opts.add_session_config_entry("ep.stop_share_ep_contexts", "1")
     return ort.InferenceSession(onnx_model, opts)
 
 
@@ -162,7 +169,7 @@ def dequantize_output(value: np.ndarray, quant: tuple[float, int] | None) -> np.
 class SimSignature:
     """One signature: its single DISPATCH_OP as a simulator session, fed and read by signature names."""
 
-    def __init__(self, model: TfliteModel, sig: str, workdir: Path) -> None:
+    def __init__(self, model: TfliteModel, sig: str, workdir: Path, share: str = "") -> None:
         sub = model.signatures[sig]
         ops = dispatch_ops(model, sub)
         others = [model.op_name(sub, i) for i in range(model.num_ops(sub)) if model.op_name(sub, i) != "DISPATCH_OP"]
@@ -183,7 +190,7 @@ class SimSignature:
             ctx.write_bytes(memoryview(model.buf)[op.offset:op.offset + op.size])
         onnx_path = Path(workdir) / f"{sig}.onnx"
         onnx_path.write_bytes(epcontext_model(model, sub, op, ctx.name))
-        self.session = qnn_session(str(onnx_path))
+        self.session = qnn_session(str(onnx_path), share)
         self._outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -193,6 +200,16 @@ class SimSignature:
         return {k: dequantize_output(v, self.out_quant[k]) for k, v in out.items()}
 
 
+def sim_signatures(model: TfliteModel, entries: dict[str, str], workdir: Path) -> dict[str, SimSignature]:
+    """{step: entry signature} as simulator sessions. Signatures compiled into one context binary
+    load it once: at the Qwen3-0.6B shape in fp16 that binary is 3 GB, and a second copy fails
+    the simulator's allocation (QNN_COMMON_ERROR_MEM_ALLOC). The sharing ends with this model's
+    last session: another model's graphs carry the same names."""
+    steps = list(entries)
+    return {step: SimSignature(model, entries[step], workdir, "last" if i == len(steps) - 1 else "on")
+            for i, step in enumerate(steps)}
+
+
 class QnnSimRunner:
     """A tflite-qnn backbone on the HTP simulator; same step() contract as LiteRTRunner."""
 
@@ -200,8 +217,8 @@ class QnnSimRunner:
         self.backbone = backbone
         model = read_model(Path(bundle) / backbone.file)
         with tempfile.TemporaryDirectory(prefix="meki-qnn-sim-") as work:  # read once by each session
-            self._sigs = {step: SimSignature(model, spec.entry or step, Path(work))
-                          for step, spec in backbone.methods.items()}
+            self._sigs = sim_signatures(model, {step: spec.entry or step for step, spec in backbone.methods.items()},
+                                        Path(work))
         self._kv = [t for t in backbone.methods["decode"].inputs if t.name in backbone.extra["kv_cache_tensors"]]
         self.reset()
 

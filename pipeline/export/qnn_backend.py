@@ -234,11 +234,11 @@ def export_qnn(model: MekiModel, out_dir: Path, settings: ExportSettings) -> lis
 
 def simulator_snr(path: Path, held_out: tuple[Feeds, Feeds]) -> dict[str, float]:
     """Each output of the compiled model on the HTP simulator vs eager NpuStep, on held-out text."""
-    from mobile_runtime.qnn_sim import SimSignature, read_model
+    from mobile_runtime.qnn_sim import read_model, sim_signatures
 
     model = read_model(path)
     with tempfile.TemporaryDirectory(prefix="meki-qnn-sim-") as work:
-        sigs = {sig: SimSignature(model, sig, Path(work)) for sig in model.signatures}
+        sigs = sim_signatures(model, {sig: sig for sig in model.signatures}, Path(work))
     del model
     feeds, outs = held_out
     return layer_snr(outs, lambda sig, feed: sigs[sig](**feed), feeds)
