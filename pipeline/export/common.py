@@ -201,11 +201,13 @@ def weights_shared_on_deepcopy(programs: dict[str, Any]) -> Iterator[None]:
 
 
 def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitioners: list[Any], target: str,
-                 shared_cache: bool) -> dict[str, int]:
+                 shared_cache: bool, zero_cache: bool = True) -> dict[str, int]:
     """Table guard, partition + lower, write the .pte; returns the delegation summary.
 
-    shared_cache: the methods share the KV cache as ExecuTorch mutable buffers (zero-initialised);
-    otherwise the delegate owns it (one method)."""
+    shared_cache: the methods share the KV cache as ExecuTorch mutable buffers; otherwise the
+    delegate owns it (one method). zero_cache: the shared cache starts as zeros, serialised into the
+    .pte (2·L·S·Hkv·hd floats, read at every load); not needed when the attention reads only the
+    positions already written (llama::custom_sdpa), as ExecuTorch's own LLM export does."""
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
@@ -220,7 +222,7 @@ def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitio
     delegated = delegation_summary(edge)
     with stage("to_executorch"):
         program = edge.to_executorch(ExecutorchBackendConfig(
-            passes=[InitializedMutableBufferPass(["cache"])] if shared_cache else [],  # the cache starts as zeros
+            passes=[InitializedMutableBufferPass(["cache"])] if shared_cache and zero_cache else [],
             memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=shared_cache),
             emit_mutable_buffer_names=True))
     with stage("serialise"), open(out, "wb") as fh:
@@ -299,6 +301,7 @@ def lower_shared_cache(model: MekiModel, out: Path, settings: ExportSettings, pa
 
     t0 = time.perf_counter()
     programs = export_steps(model, settings, llama_ops)
-    delegated = lower_to_pte(programs, model.cfg, out, partitioners, target, shared_cache=True)
+    delegated = lower_to_pte(programs, model.cfg, out, partitioners, target, shared_cache=True,
+                             zero_cache=not llama_ops)  # custom_sdpa never reads an unwritten position
     kernels = {"kernels": [LLAMA_KERNELS]} if llama_ops else {}  # the runtime must register them
     return pte_backbone(target, out, settings, step_methods(model.cfg, settings), delegated, t0, **kernels)

@@ -37,6 +37,22 @@ def test_meki_input_only_in_meki_bundle(bundles):
     assert pte < (out / "dense" / "model_xnnpack.pte").stat().st_size * 1.5
 
 
+def test_kv_cache_carries_no_initial_data(bundles):
+    """The cache is planned memory the kernels fill: its zeros are not serialised into the .pte
+    (2 methods x 2·L·S·Hkv·hd floats: 235 MB at the 0.6B shape and S=512, read at every load)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    out, _ = bundles
+    for kind in ("meki", "dense"):
+        pte = deserialize_pte_binary((out / kind / "model_xnnpack.pte").read_bytes())
+        program = getattr(pte, "program", pte)
+        for plan in program.execution_plan:
+            planned = [v.val for v in plan.values if type(v.val).__name__ == "Tensor" and v.val.allocation_info]
+            assert planned, plan.name
+            with_data = [t.sizes for t in planned if t.data_buffer_idx]
+            assert not with_data, f"{kind}/{plan.name}: planned tensors with initial data {with_data}"
+
+
 def test_table_shaped_tensor_is_caught():
     class Leaky(torch.nn.Module):
         def __init__(self):
