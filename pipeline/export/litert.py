@@ -18,7 +18,6 @@ venv's pydantic and cattrs need newer): when it is not importable here, the conv
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import logging
 import os
@@ -134,7 +133,7 @@ def convert_in_process(model: MekiModel, path: Path, settings: ExportSettings, g
     if graph == "npu":
         from pipeline.export.npu_graph import NpuStep, npu_sample_kwargs
 
-        step = NpuStep(copy.deepcopy(model).eval(), settings.max_seq_len).eval()
+        step = NpuStep(share_weights_copy(model), settings.max_seq_len).eval()  # NpuStep rewraps modules only
         feeds = {s: npu_sample_kwargs(cfg, settings.max_seq_len, settings.prefill_len, s) for s in ("prefill", "decode")}
     else:
         step = LiteRTStep(share_weights_copy(model), settings.max_seq_len).eval()
@@ -240,9 +239,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prefill-len", type=int, required=True)
     ap.add_argument("--graph", default="cpu", choices=("cpu", "npu"))
     args = ap.parse_args(argv)
-    saved = torch.load(args.model, weights_only=True)
-    model = MekiModel(ModelConfig.from_dict(saved["config"]))
-    model.load_state_dict(saved["state"], strict=True)
+    from pipeline.checkpoint import build_model
+
+    saved = torch.load(args.model, weights_only=True, mmap=True)  # the weights stay in the file's pages
+    model = build_model(ModelConfig.from_dict(saved["config"]), saved["state"], str(args.model))
+    del saved
     convert_in_process(model.eval(), args.out, ExportSettings(args.quant, args.max_seq_len, args.prefill_len),
                        args.graph)
 
