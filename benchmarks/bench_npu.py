@@ -1,6 +1,7 @@
 """Benchmark: Qwen3-0.6B-shaped MeKi vs dense compiled for a Qualcomm HTP (tflite-qnn), and simulator parity.
 
     python benchmarks/bench_npu.py --workdir /tmp/bench_npu [--layers 28] [--soc SM8750] [--max-seq-len 256]
+        [--quant none|w8a16|w4a16] [--kinds meki,dense]
 
 For each of MeKi (folded: the rows are an input) and its dense baseline, a random model of the
 qwen3-0.6b preset (optionally with fewer layers: --layers) is converted (npu_graph, in .venv-litert)
@@ -17,6 +18,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import preset  # noqa: E402
-from pipeline.export.qnn_backend import _coverage, compile_for_soc, compiled_facts, simulator_snr  # noqa: E402
-from pipeline.export.qnn_quant import CalibConfig, step_feeds  # noqa: E402
+from pipeline.export.qnn_backend import _coverage, compile_for_soc, compiled_facts, quantize, simulator_snr  # noqa: E402
+from pipeline.export.qnn_quant import QNN_QUANTS, CalibConfig, step_feeds  # noqa: E402
 from pipeline.export.registry import ExportSettings  # noqa: E402
 from pipeline.export.litert import convert  # noqa: E402
 from pipeline.model import MekiModel, init_weights  # noqa: E402
@@ -42,33 +44,47 @@ def build(kind: str, layers: int | None) -> MekiModel:
     return init_weights(MekiModel(cfg), seed=0).eval()  # random: sizes, coverage and parity need no training
 
 
-def run_one(kind: str, args: argparse.Namespace) -> dict:
+def run_one(kind: str, args: argparse.Namespace, record: Callable[[dict], None]) -> dict:
     model = build(kind, args.layers)
     settings = ExportSettings(max_seq_len=args.max_seq_len, prefill_len=args.prefill_len)
     work = args.workdir / kind
     work.mkdir(parents=True, exist_ok=True)
     src, out = work / "npu_graph.tflite", work / f"model_litert_qnn_{args.soc.lower()}.tflite"
-    t0 = time.perf_counter()
-    convert(model, src, settings, graph="npu")
-    convert_s, convert_rss = time.perf_counter() - t0, child_peak_rss_mib()
-    report = compile_for_soc(src, out, args.soc)
-    compile_rss = child_peak_rss_mib()  # the max over every child so far: >= the converter's
-    facts = compiled_facts(out)
-    delegated = _coverage({}, report, facts, args.soc)
-    ctx = sorted({(d["offset"], d["bytes"]) for f in facts.values() for d in f["dispatch_ops"]})
     cfg = model.cfg
     rng = np.random.default_rng(0)
     rows = rng.standard_normal((cfg.vocab_size, cfg.num_layers, cfg.d_mem), np.float32) if cfg.has_meki else None
     lookup = (lambda t: rows[t.reshape(-1)][None]) if rows is not None else (lambda t: None)
-    tokens = rng.integers(0, cfg.vocab_size, 4096)
+    tokens = rng.integers(0, cfg.vocab_size, 4096)  # random weights: random text is as real as any
+    t0 = time.perf_counter()
+    convert(model, src, settings, graph="npu")
+    convert_s, convert_rss = time.perf_counter() - t0, child_peak_rss_mib()
+    quantise_s = 0.0
+    if args.quant != "none":
+        t0, float_src, src = time.perf_counter(), src, work / f"npu_graph_{args.quant}.tflite"
+        quantize(float_src, src, args.quant, step_feeds(model, settings.max_seq_len, settings.prefill_len,
+                                                        tokens[2048:], lookup, CalibConfig())[0], work)
+        quantise_s = time.perf_counter() - t0
+    report = compile_for_soc(src, out, args.soc)
+    compile_rss = child_peak_rss_mib()  # the max over every child so far: >= the converter's
+    facts = compiled_facts(out)
+    ctx = sorted({(d["offset"], d["bytes"]) for f in facts.values() for d in f["dispatch_ops"]})
+    result = {"kind": kind, "layers": cfg.num_layers, "quant": args.quant, "convert_s": round(convert_s, 1),
+              "quantise_s": round(quantise_s, 1), "compile_s": report["compile_s"],
+              "converter_peak_rss_mib": round(convert_rss), "children_peak_rss_mib": round(compile_rss),
+              "context_binaries": len(ctx), "context_binary_bytes": sum(b for _, b in ctx),
+              "tflite_bytes": out.stat().st_size, "coverage": _coverage({}, report, facts, args.soc),
+              "qairt": report["qairt"]}
+    record(result)  # written now: the compile's figures stand even if the simulator then fails
     t1 = time.perf_counter()
-    snr = simulator_snr(out, step_feeds(model, settings.max_seq_len, settings.prefill_len, tokens, lookup,
-                                        CalibConfig(windows=1, prefill_chunks=1, decode_steps=2)))
-    return {"kind": kind, "layers": cfg.num_layers, "convert_s": round(convert_s, 1), "compile_s": report["compile_s"],
-            "converter_peak_rss_mib": round(convert_rss), "children_peak_rss_mib": round(compile_rss),
-            "context_binary_bytes": sum(b for _, b in ctx), "tflite_bytes": out.stat().st_size,
-            "coverage": delegated, "simulator_s": round(time.perf_counter() - t1, 1), "snr_db": snr,
-            "qairt": report["qairt"], "self_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    try:
+        result["snr_db"] = simulator_snr(out, step_feeds(model, settings.max_seq_len, settings.prefill_len, tokens,
+                                                         lookup, CalibConfig(windows=1, prefill_chunks=1,
+                                                                             decode_steps=2)))
+    except Exception as exc:  # noqa: BLE001 - reported as the benchmark's finding, not swallowed
+        result["simulator_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+    result |= {"simulator_s": round(time.perf_counter() - t1, 1),
+               "self_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    return result
 
 
 def main() -> int:
@@ -78,21 +94,35 @@ def main() -> int:
     ap.add_argument("--soc", default="SM8750")
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--prefill-len", type=int, default=32)
+    ap.add_argument("--quant", choices=QNN_QUANTS, default="none", help="none = fp16 on the HTP")
+    ap.add_argument("--kinds", default="meki,dense")
     args = ap.parse_args()
-    results = []
-    for kind in ("meki", "dense"):
-        results.append(run_one(kind, args))
-        (args.workdir / "bench_npu.json").write_text(json.dumps({"results": results}, indent=1))
+    results: list[dict] = []
+    out = args.workdir / "bench_npu.json"
+    write = lambda extra={}: out.write_text(json.dumps({"results": results} | extra, indent=1))  # noqa: E731
+    def compiled(result: dict) -> None:  # run_one adds the simulator's figures to this same dict
+        results.append(result)
+        write()
+
+    for kind in args.kinds.split(","):
+        run_one(kind, args, compiled)
+        write()
     for r in results:
         cov = r["coverage"]
-        print(f"{r['kind']:5s} layers {r['layers']}: convert {r['convert_s']} s, compile {r['compile_s']} s, "
-              f"children peak RSS {r['children_peak_rss_mib']} MiB, context binary {r['context_binary_bytes'] / 2**20:.1f} MiB, "
+        sim = (f"simulator SNR min {min(r['snr_db'].values())} dB (logits {r['snr_db']['logits']} dB)"
+               if "snr_db" in r else f"simulator FAILED: {r['simulator_error']}")
+        print(f"{r['kind']:5s} layers {r['layers']} {r['quant']}: convert {r['convert_s']} s, quantise "
+              f"{r['quantise_s']} s, compile {r['compile_s']} s, children peak RSS {r['children_peak_rss_mib']} MiB, "
+              f"{r['context_binaries']} context binary {r['context_binary_bytes'] / 2**20:.1f} MiB, "
               f"NPU ops prefill {cov['prefill.npu_ops']}/{cov['prefill.total_ops']} ({cov['prefill.partitions']} "
               f"partition), decode {cov['decode.npu_ops']}/{cov['decode.total_ops']} ({cov['decode.partitions']}), "
-              f"simulator SNR min {min(r['snr_db'].values())} dB (logits {r['snr_db']['logits']} dB), {r['simulator_s']} s")
-    ratio = results[0]["context_binary_bytes"] / results[1]["context_binary_bytes"]
-    print(f"context binary MeKi/dense: {ratio:.4f} (goal <= 1.03); QAIRT {results[0]['qairt']}")
-    (args.workdir / "bench_npu.json").write_text(json.dumps({"results": results, "meki_over_dense": ratio}, indent=1))
+              f"{sim}, {r['simulator_s']} s")
+    if len(results) == 2:
+        ratio = results[0]["context_binary_bytes"] / results[1]["context_binary_bytes"]
+        print(f"context binary {results[0]['kind']}/{results[1]['kind']}: {ratio:.4f} (goal <= 1.03); "
+              f"QAIRT {results[0]['qairt']}")
+        write({"meki_over_dense": ratio})
+    print(f"wrote {out}")
     return 0
 
 
