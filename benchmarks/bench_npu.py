@@ -44,7 +44,8 @@ def build(kind: str, layers: int | None) -> MekiModel:
     return init_weights(MekiModel(cfg), seed=0).eval()  # random: sizes, coverage and parity need no training
 
 
-def run_one(kind: str, args: argparse.Namespace, record: Callable[[dict], None]) -> dict:
+def run_one(kind: str, args: argparse.Namespace, record: Callable[[dict], None]) -> None:
+    """Compile one bundle; `record` gets its figures once compiled, and the simulator's are added to that dict."""
     model = build(kind, args.layers)
     settings = ExportSettings(max_seq_len=args.max_seq_len, prefill_len=args.prefill_len)
     work = args.workdir / kind
@@ -84,7 +85,6 @@ def run_one(kind: str, args: argparse.Namespace, record: Callable[[dict], None])
         result["simulator_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
     result |= {"simulator_s": round(time.perf_counter() - t1, 1),
                "self_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-    return result
 
 
 def main() -> int:
@@ -99,14 +99,17 @@ def main() -> int:
     args = ap.parse_args()
     results: list[dict] = []
     out = args.workdir / "bench_npu.json"
-    write = lambda extra={}: out.write_text(json.dumps({"results": results} | extra, indent=1))  # noqa: E731
-    def compiled(result: dict) -> None:  # run_one adds the simulator's figures to this same dict
+
+    def write(extra: dict | None = None) -> None:
+        out.write_text(json.dumps({"results": results} | (extra or {}), indent=1))
+
+    def compiled(result: dict) -> None:
         results.append(result)
         write()
 
     for kind in args.kinds.split(","):
         run_one(kind, args, compiled)
-        write()
+        write()  # with the simulator's figures
     for r in results:
         cov = r["coverage"]
         sim = (f"simulator SNR min {min(r['snr_db'].values())} dB (logits {r['snr_db']['logits']} dB)"
