@@ -16,17 +16,17 @@ MeKi rows read from the bundle's pack; the eager NpuStep produces the caches.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from pipeline.export.common import share_weights_copy
 from pipeline.export.npu_graph import NpuStep
 from pipeline.model import MekiModel
 
@@ -40,7 +40,7 @@ WEIGHT_BITS = {"w8a16": 8, "w4a16": 4}
 RANGE_MARGIN = 4.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEXTS = ("README.md", "docs/evidence.md", "mobile_runtime/README.md", "device_tests/README.md")
-Feeds = dict[str, list[dict[str, np.ndarray]]]
+Feeds = dict[str, Sequence[dict[str, np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,30 @@ def calibration_tokens(source: Path | None, tokenizer: Path | None, vocab_size: 
     return np.asarray(Tokenizer.from_file(str(tokenizer)).encode(text).ids, dtype=np.int64)
 
 
+class StepFeeds(Sequence[dict[str, np.ndarray]]):
+    """One signature's feeds, each step's KV cache made when it is read: a window's cache at a step
+    starting at position s is the window's final cache with positions >= s still zero, so a window
+    keeps one cache instead of one per step (at the Qwen3-0.6B shape, S = 512: 117 MB per step)."""
+
+    def __init__(self, steps: list[tuple[int, int, dict[str, np.ndarray]]], caches: list[dict[str, np.ndarray]]):
+        self.steps, self.caches = steps, caches  # steps: (window, start, the step's own inputs)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:  # type: ignore[override]
+        window, start, inputs = self.steps[i]
+        feed = dict(inputs)
+        for name, final in self.caches[window].items():
+            feed[name] = np.zeros_like(final)
+            feed[name][:, :, :start] = final[:, :, :start]
+        return feed
+
+
 def step_feeds(model: MekiModel, max_seq_len: int, prefill_len: int, tokens: np.ndarray,
                lookup: Callable[[np.ndarray], np.ndarray | None], cfg: CalibConfig) -> tuple[Feeds, Feeds]:
     """Signature feeds over text windows (inputs) and what eager NpuStep returns for each (outputs)."""
-    step = NpuStep(copy.deepcopy(model).eval(), max_seq_len).eval()
+    step = NpuStep(share_weights_copy(model), max_seq_len).eval()
     mcfg, p = model.cfg, prefill_len
     span = cfg.prefill_chunks * p + cfg.decode_steps
     if span > max_seq_len:
@@ -79,47 +99,59 @@ def step_feeds(model: MekiModel, max_seq_len: int, prefill_len: int, tokens: np.
     need = cfg.skip_tokens + cfg.windows * span
     if tokens.size < need:
         raise ValueError(f"calibration text has {tokens.size} tokens, {need} needed")
-    feeds: Feeds = {"prefill": [], "decode": []}
+    steps: dict[str, list[tuple[int, int, dict[str, np.ndarray]]]] = {"prefill": [], "decode": []}
     outs: Feeds = {"prefill": [], "decode": []}
+    caches: list[dict[str, np.ndarray]] = []
     shape = [1, mcfg.num_kv_heads, max_seq_len, mcfg.head_dim]
     for w in range(cfg.windows):
         window = tokens[cfg.skip_tokens + w * span: cfg.skip_tokens + (w + 1) * span]
         cache = {f"kv_{k}_{i}": np.zeros(shape, np.float32) for i in range(mcfg.num_layers) for k in ("k", "v")}
+        caches.append(cache)
         for start, n, sig in ([(c * p, p, "prefill") for c in range(cfg.prefill_chunks)]
                               + [(cfg.prefill_chunks * p + d, 1, "decode") for d in range(cfg.decode_steps)]):
             chunk = window[None, start:start + n]
-            feed = {"tokens": chunk.astype(np.int32), "input_pos": np.arange(start, start + n, dtype=np.int32)}
+            own = {"tokens": chunk.astype(np.int32), "input_pos": np.arange(start, start + n, dtype=np.int32)}
             rows = lookup(chunk)
             if rows is not None:
-                feed["meki_rows"] = np.ascontiguousarray(rows, np.float32)
+                own["meki_rows"] = np.ascontiguousarray(rows, np.float32)
             if sig == "prefill":
-                feed["last_index"] = np.array([n - 1], np.int32)
-            feed |= {k: v.copy() for k, v in cache.items()}
+                own["last_index"] = np.array([n - 1], np.int32)
+            feed = {**own, **{k: v.copy() for k, v in cache.items()}}  # the cache as it is now
             with torch.no_grad():
                 got = {k: v.numpy() for k, v in step(**{k: torch.from_numpy(v) for k, v in feed.items()}).items()}
+            del feed
             for name in cache:
                 kind, layer = name.split("_")[1], name.split("_")[2]
                 cache[name][:, :, start:start + n] = got[f"{kind}_new_{layer}"]
-            feeds[sig].append(feed)
+            steps[sig].append((w, start, own))
             outs[sig].append(got)
-    return feeds, outs
+    return {sig: StepFeeds(items, caches) for sig, items in steps.items()}, outs
 
 
 def save_feeds(feeds: Feeds, path: Path) -> None:
-    np.savez(path, **{f"{sig}/{i}/{name}": v for sig, items in feeds.items()
-                      for i, feed in enumerate(items) for name, v in feed.items()})
+    """The compact form: each window's final cache once, each step's own inputs and start."""
+    arrays: dict[str, np.ndarray] = {}
+    for sig, items in feeds.items():
+        if not isinstance(items, StepFeeds):
+            raise TypeError(f"save_feeds: {sig}: feeds from step_feeds expected, got {type(items).__name__}")
+        for w, cache in enumerate(items.caches):
+            arrays |= {f"cache/{w}/{name}": v for name, v in cache.items()}
+        for i, (w, start, own) in enumerate(items.steps):
+            arrays |= {f"{sig}/{i}/{name}": v for name, v in own.items()}
+            arrays[f"{sig}/{i}/@at"] = np.array([w, start], np.int64)
+    np.savez(path, **arrays)
 
 
 def load_feeds(path: Path) -> Feeds:
-    feeds: Feeds = {}
+    caches: dict[int, dict[str, np.ndarray]] = {}
+    steps: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     with np.load(path) as z:
         for key in z.files:
-            sig, i, name = key.split("/")
-            items = feeds.setdefault(sig, [])
-            while len(items) <= int(i):
-                items.append({})
-            items[int(i)][name] = z[key]
-    return feeds
+            head, i, name = key.split("/")
+            (caches.setdefault(int(i), {}) if head == "cache" else steps.setdefault(head, {}).setdefault(int(i), {}))[name] = z[key]
+    ordered = [caches[w] for w in sorted(caches)]
+    return {sig: StepFeeds([(int(own["@at"][0]), int(own["@at"][1]), {k: v for k, v in own.items() if k != "@at"})
+                            for _, own in sorted(items.items())], ordered) for sig, items in steps.items()}
 
 
 def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
@@ -146,7 +178,7 @@ def widen_ranges(calibration: dict, margin: float) -> dict:
 
 def quantize_tflite(src: Path, dst: Path, quant: str, feeds: Feeds, margin: float = RANGE_MARGIN) -> None:
     """ai-edge-quantizer: static int16 activations, int8/int4 per-channel weights, gathers left float."""
-    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe_manager
+    from ai_edge_quantizer import algorithm_manager, calibrator, qtyping, quantizer, recipe_manager
 
     ops, algo = qtyping.TFLOperationName, algorithm_manager.AlgorithmName
     rm = recipe_manager.RecipeManager()
@@ -163,7 +195,10 @@ def quantize_tflite(src: Path, dst: Path, quant: str, feeds: Feeds, margin: floa
                                algorithm_key=algo.NO_QUANTIZE)
     qt = quantizer.Quantizer(str(src))
     qt.load_quantization_recipe(rm.get_quantization_recipe())
-    result = qt.quantize(widen_ranges(qt.calibrate(feeds), margin), enable_progress_report=False)
+    # min/max tracked inside TFLite's C++ profiler: the default mode (preserve_all_tensors) copies every
+    # tensor, weights included, into Python at each step (15.8 GB at the Qwen3-0.6B shape: killed)
+    ranges = qt.calibrate(feeds, mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED)
+    result = qt.quantize(widen_ranges(ranges, margin), enable_progress_report=False)
     tmp = dst.with_name(f".{dst.name}.partial")
     tmp.write_bytes(result.quantized_model)
     tmp.replace(dst)

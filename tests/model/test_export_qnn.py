@@ -143,9 +143,16 @@ def test_calibration_feeds_carry_the_cache_and_round_trip(tmp_path):
     assert first_decode["input_pos"].tolist() == [8]
     np.testing.assert_array_equal(first_decode["kv_k_0"][:, :, 4:8], outs["prefill"][1]["k_new_0"])
     assert not first_decode["kv_k_0"][:, :, 8:].any()
+    np.testing.assert_array_equal(feeds["decode"][1]["kv_v_1"][:, :, 8:9], outs["decode"][0]["v_new_1"])
+    assert not feeds["prefill"][2]["kv_k_1"].any()  # the second window starts from an empty cache
     save_feeds(feeds, tmp_path / "f.npz")
     again = load_feeds(tmp_path / "f.npz")
-    np.testing.assert_array_equal(again["decode"][2]["kv_v_1"], feeds["decode"][2]["kv_v_1"])
+    for sig in ("prefill", "decode"):
+        assert len(again[sig]) == len(feeds[sig])
+        for mine, theirs in zip(again[sig], feeds[sig]):
+            assert mine.keys() == theirs.keys()
+            for name in mine:
+                np.testing.assert_array_equal(mine[name], theirs[name])
 
 
 @pytest.mark.parametrize("target,why", [
