@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from torch import nn
 from contract.atomic import commit_file, temp_sibling
 from contract.manifest import Backbone, MethodSpec, TensorSpec
 from pipeline.config import ModelConfig
+from pipeline.export.child import run_child
 from pipeline.export.common import NormAt, method_spec, refuse_tables, share_weights_copy, table_shapes
 from pipeline.export.registry import ExportError, ExportSettings
 from pipeline.model import MekiModel
@@ -179,12 +179,8 @@ def convert(model: MekiModel, path: Path, settings: ExportSettings, graph: str =
         cmd = [py, "-m", "pipeline.export.litert", "--model", str(src), "--out", str(path),
                "--quant", settings.quant, "--max-seq-len", str(settings.max_seq_len),
                "--prefill-len", str(settings.prefill_len), "--graph", graph]
-        try:
-            with stage("litert convert (subprocess)"):  # its RSS counts: the profiler samples the process tree
-                subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO_ROOT)
-        except subprocess.CalledProcessError as exc:
-            tail = "\n".join((exc.stdout + exc.stderr).strip().splitlines()[-25:])
-            raise ExportError(f"tflite conversion failed in {py} (exit {exc.returncode}):\n{tail}") from exc
+        with stage("litert convert (subprocess)"):  # its RSS counts: the profiler samples the process tree
+            run_child(cmd, f"tflite conversion in {py}", cwd=REPO_ROOT)
 
 
 def tflite_facts(path: Path, cfg: ModelConfig) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import importlib.metadata
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.manifest import Backbone
+from pipeline.export.child import run_child
 from pipeline.export.npu_graph import npu_signature_specs
 from pipeline.export.qnn_quant import QNN_QUANTS, RANGE_MARGIN, CalibConfig, Feeds, calibration_tokens, layer_snr, step_feeds
 from pipeline.export.registry import ExportError, ExportSettings, register_target
@@ -100,6 +100,11 @@ def check_socs(socs: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s.upper() for s in socs)) or DEFAULT_SOCS
 
 
+def _error_lines(lines: list[str]) -> list[str]:
+    """The compiler's own error lines (its log is long); the last 8."""
+    return [ln for ln in lines if "ERROR" in ln or "rror:" in ln][-8:]
+
+
 def compile_for_soc(src: Path, out: Path, soc: str) -> dict[str, Any]:
     """apply_plugin_main on `src` for one SoC -> `out`; returns the plugin's partition report."""
     tool, plugin_dir = _plugin_paths()
@@ -110,12 +115,10 @@ def compile_for_soc(src: Path, out: Path, soc: str) -> dict[str, Any]:
            f"--soc_model={soc}", f"--libs={plugin_dir}", "--err=-"]
     t0 = time.perf_counter()
     try:
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    except subprocess.CalledProcessError as exc:
+        done = run_child(cmd, f"tflite-qnn: QNN compile for {soc}", env=env, pick=_error_lines)
+    except ExportError:
         tmp.unlink(missing_ok=True)
-        errors = [ln.strip() for ln in (exc.stdout + exc.stderr).splitlines() if "ERROR" in ln or "rror:" in ln]
-        raise ExportError(f"tflite-qnn: QNN compile for {soc} failed (exit {exc.returncode}): "
-                          f"{' | '.join(dict.fromkeys(errors[-8:])) or 'no error line'}") from exc
+        raise
     log = done.stdout + done.stderr
     os.replace(tmp, out)
     parts = [dict(zip(("subgraph", "npu_ops", "total_ops", "partitions"), map(int, m)))
@@ -190,11 +193,7 @@ def quantize(src: Path, dst: Path, quant: str, feeds: Feeds, work: Path, margin:
     save_feeds(feeds, work / "feeds.npz")
     cmd = [py, "-m", "pipeline.export.qnn_quant", "--src", str(src), "--out", str(dst), "--quant", quant,
            "--feeds", str(work / "feeds.npz"), "--margin", str(margin)]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
-    except subprocess.CalledProcessError as exc:
-        tail = "\n".join((exc.stdout + exc.stderr).strip().splitlines()[-15:])
-        raise ExportError(f"tflite-qnn: {quant} quantisation failed in {py} (exit {exc.returncode}):\n{tail}") from exc
+    run_child(cmd, f"tflite-qnn: {quant} quantisation in {py}", cwd=Path(__file__).resolve().parents[2])
 
 
 def export_qnn(model: MekiModel, out_dir: Path, settings: ExportSettings) -> list[Backbone]:

@@ -1,0 +1,47 @@
+"""The export's helper processes (LiteRT's converter, ai-edge-quantizer, the QNN compiler): run one,
+and turn its failure into one line that says what happened, the full output going to the log."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.export.registry import ExportError
+
+log = logging.getLogger(__name__)
+GIB = 1 << 30
+
+
+def last_line(lines: list[str]) -> list[str]:
+    """A Python child's failure: its last line is the exception."""
+    return lines[-1:]
+
+
+def run_child(cmd: list[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+              pick: Callable[[list[str]], list[str]] = last_line) -> subprocess.CompletedProcess[str]:
+    """Run `cmd`; on failure raise ExportError naming `what` and the lines `pick` chose from its output."""
+    try:
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=cwd)
+    except subprocess.CalledProcessError as exc:
+        output = f"{exc.stdout or ''}\n{exc.stderr or ''}"
+        log.info("%s: %s exited %s; its output:\n%s", what, cmd[0], exc.returncode, output)
+        raise ExportError(child_failure(what, exc.returncode, output, pick)) from exc
+
+
+def child_failure(what: str, returncode: int, output: str,
+                  pick: Callable[[list[str]], list[str]] = last_line) -> str:
+    if returncode == -signal.SIGKILL:
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / GIB  # Linux: KiB
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+        return (f"{what} was killed by the system (SIGKILL: out of memory, most likely; helper processes peaked at "
+                f"{peak:.1f} GiB of the machine's {total:.1f} GiB): close other programs or use a machine with more memory")
+    if returncode < 0:
+        return f"{what} died of {signal.Signals(-returncode).name}"
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    said = " | ".join(dict.fromkeys(pick(lines)))
+    return f"{what} failed (exit {returncode}): {said or 'no output'}"
