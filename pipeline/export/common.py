@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import gc
 import logging
 import sys
 import time
@@ -232,12 +233,17 @@ def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitio
 
 
 def forget_lowered_graphs() -> None:
-    """ExecuTorch (1.5.1) keeps the graphs it lowered alive in module-level state, with their node
-    metadata and the modules holding their weights: exir.backend.utils.is_same_node's unbounded
-    lru_cache (keyed by nodes) and each partitioner config module's WhyNoPartition (its last node).
-    Dropped after every lowering, so the next bundle starts low (at the Qwen3-1.7B shape 1.6 GB of the
-    MeKi bundle's stayed resident while the dense one lowered)."""
+    """ExecuTorch (1.5.1) and torch keep the graphs lowered alive in module- and class-level caches,
+    with their node metadata, the modules holding their weights and each delegate's serialised blobs:
+    exir.backend.utils.is_same_node's unbounded lru_cache (keyed by nodes); each partitioner config
+    module's WhyNoPartition (its last node); and torch's fake-tensor dispatch caches, whose keys hold
+    the call_delegate arguments (the LoweredBackendModules with their NamedDataStoreOutput): the
+    class-wide one and each ShapeEnv's, the ShapeEnvs of dynamic-shape exports being kept alive by the
+    lru_caches on ShapeEnv's own methods. Dropped after every lowering, so the next bundle starts low
+    (at the Qwen3-1.7B widths 1.05 GB of blobs per 4 layers stayed resident while the dense one lowered)."""
     from executorch.exir.backend.utils import WhyNoPartition, is_same_node
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     is_same_node.cache_clear()
     for name, module in list(sys.modules.items()):
@@ -245,6 +251,13 @@ def forget_lowered_graphs() -> None:
             for value in list(vars(module).values()):
                 if isinstance(value, WhyNoPartition):
                     value.node = None
+    FakeTensorMode.cache_clear()
+    for method in vars(ShapeEnv).values():  # memo caches keyed by the ShapeEnv itself
+        if callable(getattr(method, "cache_clear", None)):
+            method.cache_clear()
+    for obj in gc.get_objects():  # a ShapeEnv still referenced elsewhere keeps its own cache
+        if isinstance(obj, ShapeEnv):
+            obj.fake_tensor_cache.clear()
 
 
 def pte_backbone(target: str, out: Path, settings: ExportSettings, methods: dict[str, MethodSpec],
