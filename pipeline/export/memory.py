@@ -30,6 +30,12 @@ LOWERING_COPIES = 3.8
 # Core ML / LiteRT converters: their own graph copies of fp32 weights (the LiteRT converter child
 # peaked at 8.8 GB over the 2.4 GB of the Qwen3-0.6B shape's weights; Core ML not measured at scale)
 OTHER_TARGETS = 3.7
+# tflite-qnn --quant w8a16|w4a16, at the Qwen3-0.6B shape (2.4 GB of fp32 weights): ai-edge-quantizer's
+# child peaked at 11,100 MiB (it reads the float model twice and runs it), LiteRT's QNN compile of the
+# quantised graph at ~10.5 GB (the parent's share of the process tree taken off)
+QNN_QUANTISER = 4.9
+QNN_QUANT_COMPILE = 4.7
+QNN_CALIBRATION_WINDOWS = 5  # qnn_quant.CalibConfig's 4 windows and the held-out one: one KV cache each
 SLACK = 0.8 * GIB  # the Python/torch/ExecuTorch runtime itself
 
 
@@ -77,6 +83,10 @@ def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettin
             out[t] = int(held + max(copying, lowering) + SLACK)
         else:
             out[t] = int(fp32 + OTHER_TARGETS * fp32 + c.kv_cache + SLACK)
+        if t.startswith("tflite-qnn") and settings.quant != "none":  # the parent keeps the model and the feeds
+            feeds = QNN_CALIBRATION_WINDOWS * c.kv_cache
+            out[f"{t} quantise"] = int(fp32 + feeds + QNN_QUANTISER * fp32 + SLACK)
+            out[f"{t} compile"] = int(fp32 + feeds + QNN_QUANT_COMPILE * fp32 + SLACK)
     return out
 
 
@@ -110,5 +120,7 @@ def _advice(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eage
         tips.append("export with --quant 8da4w (weights quantised as they load, ~1.2 bytes per weight)")
     elif not eager_quant and len(targets) > 1:
         tips.append("export one --target per run (executorch-xnnpack alone quantises while loading)")
+    if settings.quant != "none" and any(t.startswith("tflite-qnn") for t in targets):
+        tips.append("export --target tflite-qnn with --quant none (fp16 on the HTP: no quantiser stage)")
     tips.append("close other programs or use a machine with more memory")
     return "instead: " + "; or ".join(tips)

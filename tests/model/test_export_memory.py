@@ -190,6 +190,16 @@ def test_memory_check_refuses_before_running():
     assert check_memory(preset("fake"), ["executorch-xnnpack"], settings, False, available=8 << 30)
 
 
+def test_the_npu_quantiser_is_refused_before_it_would_be_killed():
+    """tflite-qnn w8a16 at the Qwen3-0.6B shape: ai-edge-quantizer's child alone peaked at 11 GB here."""
+    cfg, settings = preset("qwen3-0.6b"), ExportSettings(quant="w8a16", max_seq_len=256, prefill_len=32)
+    est = check_memory(cfg, ["tflite-qnn"], settings, eager_quant=False, available=20 << 30)
+    assert 13 << 30 < est["tflite-qnn quantise"] < 16 << 30 and "tflite-qnn compile" in est
+    with pytest.raises(ExportError, match=r"stage 'tflite-qnn quantise' needs about .* GiB.*--quant none"):
+        check_memory(cfg, ["tflite-qnn"], settings, eager_quant=False, available=13 << 30)
+    assert "tflite-qnn quantise" not in stage_estimates(cfg, ["tflite-qnn"], ExportSettings(quant="none"), False)
+
+
 def test_lowering_deepcopies_share_the_weights(folded_ckpt):
     import copy
 
