@@ -138,10 +138,13 @@ def convert_in_process(model: MekiModel, path: Path, settings: ExportSettings, g
     else:
         step = LiteRTStep(share_weights_copy(model), settings.max_seq_len).eval()
         feeds = {s: sample_kwargs(cfg, settings, s) for s in ("prefill", "decode")}
+    # lightweight_conversion: the MLIR constants point at the weights' own memory instead of copying
+    # them (LiteRT then folds constants at runtime-fold time). Qwen3-0.6B-wide, 2 layers, npu graph:
+    # converter peak 4,035 -> 2,586 MiB, 93 -> 50 s, the same context binary byte for byte in size
     with torch.no_grad():
         edge = (litert_torch.signature("prefill", step, sample_kwargs=feeds["prefill"])
                 .signature("decode", step, sample_kwargs=feeds["decode"])
-                .convert(quant_config=quant_config(settings.quant)))
+                .convert(quant_config=quant_config(settings.quant), lightweight_conversion=True))
     tmp = temp_sibling(path)
     try:
         edge.export(str(tmp))
