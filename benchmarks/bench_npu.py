@@ -9,6 +9,8 @@ and AOT-compiled by LiteRT's Qualcomm plugin. Prints: conversion and compile tim
 converter and of the compiler (child processes), context binary sizes and the MeKi/dense ratio
 (goal <= 1.03), op coverage and partitions per signature (goal: 100%, 1), and each output's worst
 SNR on the HTP simulator against eager PyTorch over a held-out window (random tokens and rows).
+With --quant w8a16|w4a16 the float graph is calibrated and quantised as `meki export` does. Each
+stage's wall time and peak RSS (this process and its children: pipeline.profile) go to the JSON.
 """
 
 from __future__ import annotations
@@ -31,10 +33,22 @@ from pipeline.export.qnn_quant import QNN_QUANTS, CalibConfig, step_feeds  # noq
 from pipeline.export.registry import ExportSettings  # noqa: E402
 from pipeline.export.litert import convert  # noqa: E402
 from pipeline.model import MekiModel, init_weights  # noqa: E402
+from pipeline.profile import StageProfiler, stage  # noqa: E402
 
 
 def child_peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
+
+
+def random_rows(layers: int, d_mem: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A random pack's rows, each token's made from its id when asked (the whole table would be 2.2 GB at 0.6B)."""
+    return lambda t: np.stack([np.random.default_rng(int(i)).standard_normal((layers, d_mem), np.float32)
+                               for i in t.reshape(-1)])[None]
+
+
+def stage_peaks(prof: StageProfiler) -> dict[str, dict[str, float]]:
+    """Wall time and peak RSS (this process and its children) of each stage so far."""
+    return {s["name"]: {"wall_s": s["wall_s"], "peak_mib": s["peak_mib"]} for s in prof.to_json()["stages"]}
 
 
 def build(kind: str, layers: int | None) -> MekiModel:
@@ -53,38 +67,45 @@ def run_one(kind: str, args: argparse.Namespace, record: Callable[[dict], None])
     src, out = work / "npu_graph.tflite", work / f"model_litert_qnn_{args.soc.lower()}.tflite"
     cfg = model.cfg
     rng = np.random.default_rng(0)
-    rows = rng.standard_normal((cfg.vocab_size, cfg.num_layers, cfg.d_mem), np.float32) if cfg.has_meki else None
-    lookup = (lambda t: rows[t.reshape(-1)][None]) if rows is not None else (lambda t: None)
+    lookup = random_rows(cfg.num_layers, cfg.d_mem) if cfg.has_meki else (lambda t: None)
     tokens = rng.integers(0, cfg.vocab_size, 4096)  # random weights: random text is as real as any
-    t0 = time.perf_counter()
-    convert(model, src, settings, graph="npu")
-    convert_s, convert_rss = time.perf_counter() - t0, child_peak_rss_mib()
-    quantise_s = 0.0
-    if args.quant != "none":
-        t0, float_src, src = time.perf_counter(), src, work / f"npu_graph_{args.quant}.tflite"
-        quantize(float_src, src, args.quant, step_feeds(model, settings.max_seq_len, settings.prefill_len,
-                                                        tokens[2048:], lookup, CalibConfig())[0], work)
-        quantise_s = time.perf_counter() - t0
-    report = compile_for_soc(src, out, args.soc)
-    compile_rss = child_peak_rss_mib()  # the max over every child so far: >= the converter's
-    facts = compiled_facts(out)
-    ctx = sorted({(d["offset"], d["bytes"]) for f in facts.values() for d in f["dispatch_ops"]})
-    result = {"kind": kind, "layers": cfg.num_layers, "quant": args.quant, "convert_s": round(convert_s, 1),
-              "quantise_s": round(quantise_s, 1), "compile_s": report["compile_s"],
-              "converter_peak_rss_mib": round(convert_rss), "children_peak_rss_mib": round(compile_rss),
-              "context_binaries": len(ctx), "context_binary_bytes": sum(b for _, b in ctx),
-              "tflite_bytes": out.stat().st_size, "coverage": _coverage({}, report, facts, args.soc),
-              "qairt": report["qairt"]}
-    record(result)  # written now: the compile's figures stand even if the simulator then fails
-    t1 = time.perf_counter()
-    try:
-        result["snr_db"] = simulator_snr(out, step_feeds(model, settings.max_seq_len, settings.prefill_len, tokens,
-                                                         lookup, CalibConfig(windows=1, prefill_chunks=1,
-                                                                             decode_steps=2)))
-    except Exception as exc:  # noqa: BLE001 - reported as the benchmark's finding, not swallowed
-        result["simulator_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
-    result |= {"simulator_s": round(time.perf_counter() - t1, 1),
-               "self_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    with StageProfiler(0.5) as prof:  # peaks of this process and its children, per stage
+        t0 = time.perf_counter()
+        with stage("convert"):
+            convert(model, src, settings, graph="npu")
+        convert_s, convert_rss = time.perf_counter() - t0, child_peak_rss_mib()
+        quantise_s = 0.0
+        if args.quant != "none":
+            t0, float_src, src = time.perf_counter(), src, work / f"npu_graph_{args.quant}.tflite"
+            with stage("calibration feeds"):
+                feeds = step_feeds(model, settings.max_seq_len, settings.prefill_len, tokens[2048:], lookup,
+                                   CalibConfig())[0]
+            with stage("quantise"):
+                quantize(float_src, src, args.quant, feeds, work)
+            del feeds
+            quantise_s = time.perf_counter() - t0
+        with stage("compile"):
+            report = compile_for_soc(src, out, args.soc)
+        compile_rss = child_peak_rss_mib()  # the max over every child so far: >= the converter's
+        facts = compiled_facts(out)
+        ctx = sorted({(d["offset"], d["bytes"]) for f in facts.values() for d in f["dispatch_ops"]})
+        result = {"kind": kind, "layers": cfg.num_layers, "quant": args.quant, "convert_s": round(convert_s, 1),
+                  "quantise_s": round(quantise_s, 1), "compile_s": report["compile_s"],
+                  "converter_peak_rss_mib": round(convert_rss), "children_peak_rss_mib": round(compile_rss),
+                  "context_binaries": len(ctx), "context_binary_bytes": sum(b for _, b in ctx),
+                  "tflite_bytes": out.stat().st_size, "coverage": _coverage({}, report, facts, args.soc),
+                  "qairt": report["qairt"], "stages": stage_peaks(prof)}
+        record(result)  # written now: the compile's figures stand even if the simulator then fails
+        t1 = time.perf_counter()
+        try:
+            with stage("simulator"):
+                held_out = step_feeds(model, settings.max_seq_len, settings.prefill_len, tokens, lookup,
+                                      CalibConfig(windows=1, prefill_chunks=1, decode_steps=2))
+                result["snr_db"] = simulator_snr(out, held_out)
+        except Exception as exc:  # noqa: BLE001 - reported as the benchmark's finding, not swallowed
+            result["simulator_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+        result |= {"simulator_s": round(time.perf_counter() - t1, 1), "stages": stage_peaks(prof),
+                   "self_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def main() -> int:

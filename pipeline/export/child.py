@@ -39,7 +39,8 @@ def child_failure(what: str, returncode: int, output: str,
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / GIB  # Linux: KiB
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
         return (f"{what} was killed by the system (SIGKILL: out of memory, most likely; helper processes peaked at "
-                f"{peak:.1f} GiB of the machine's {total:.1f} GiB): close other programs or use a machine with more memory")
+                f"{peak:.1f} GiB of the machine's {total:.1f} GiB): close other programs or use a machine with more "
+                "memory")
     if returncode < 0:
         return f"{what} died of {signal.Signals(-returncode).name}"
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
