@@ -27,14 +27,15 @@ PACKED = {"none": 4.0, "8da4w": 0.6, "8da4w-h8": 0.6, "int8wo": 1.05}
 # the delegate's packed weights, the emitted program and its serialised buffer: fitted on full-depth pair
 # exports (the dense bundle's peak; qwen3-0.6b 4.15, qwen3-1.7b 3.78; 2.5 had been fitted on 2 layers)
 LOWERING_COPIES = 3.8
-# Core ML / LiteRT converters: their own graph copies of fp32 weights (the LiteRT converter child
-# peaked at 8.8 GB over the 2.4 GB of the Qwen3-0.6B shape's weights; Core ML not measured at scale)
-OTHER_TARGETS = 3.7
+# converters' own copies of the fp32 weights, beside the parent's model: LiteRT's child (constants
+# referenced, not copied: lightweight_conversion) peaked at 3,722 MiB over the 2.4 GB of the
+# Qwen3-0.6B shape's weights (8,808 MiB before); Core ML not measured at scale: LiteRT's old figure
+CONVERTER_COPIES = {"tflite": 1.7, "coreml": 3.7}
 # tflite-qnn --quant w8a16|w4a16, at the Qwen3-0.6B shape (2.4 GB of fp32 weights): ai-edge-quantizer's
 # child peaked at 11,100 MiB (it reads the float model twice and runs it), LiteRT's QNN compile of the
-# quantised graph at ~10.5 GB (the parent's share of the process tree taken off)
+# quantised graph at ~10.5 GB (the parent's share of the process tree taken off), of the fp16 one ~5 GB
 QNN_QUANTISER = 4.9
-QNN_QUANT_COMPILE = 4.7
+QNN_COMPILE = {False: 2.3, True: 4.7}  # fp16: ~5 GB at the same shape
 QNN_CALIBRATION_WINDOWS = 5  # qnn_quant.CalibConfig's 4 windows and the held-out one: one KV cache each
 SLACK = 0.8 * GIB  # the Python/torch/ExecuTorch runtime itself
 
@@ -82,11 +83,14 @@ def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettin
             lowering = quantised + c.kv_cache + LOWERING_COPIES * program
             out[t] = int(held + max(copying, lowering) + SLACK)
         else:
-            out[t] = int(fp32 + OTHER_TARGETS * fp32 + c.kv_cache + SLACK)
-        if t.startswith("tflite-qnn") and settings.quant != "none":  # the parent keeps the model and the feeds
-            feeds = QNN_CALIBRATION_WINDOWS * c.kv_cache
-            out[f"{t} quantise"] = int(fp32 + feeds + QNN_QUANTISER * fp32 + SLACK)
-            out[f"{t} compile"] = int(fp32 + feeds + QNN_QUANT_COMPILE * fp32 + SLACK)
+            copies = CONVERTER_COPIES.get(t.split("-")[0], max(CONVERTER_COPIES.values()))
+            out[t] = int(fp32 + copies * fp32 + c.kv_cache + SLACK)
+        if t.startswith("tflite-qnn"):  # the parent keeps the model and the calibration feeds
+            quantised = settings.quant != "none"
+            feeds = (QNN_CALIBRATION_WINDOWS if quantised else 1) * c.kv_cache
+            if quantised:
+                out[f"{t} quantise"] = int(fp32 + feeds + QNN_QUANTISER * fp32 + SLACK)
+            out[f"{t} compile"] = int(fp32 + feeds + QNN_COMPILE[quantised] * fp32 + SLACK)
     return out
 
 
