@@ -144,14 +144,21 @@ def save_feeds(feeds: Feeds, path: Path) -> None:
 
 def load_feeds(path: Path) -> Feeds:
     caches: dict[int, dict[str, np.ndarray]] = {}
-    steps: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    own: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     with np.load(path) as z:
         for key in z.files:
             head, i, name = key.split("/")
-            (caches.setdefault(int(i), {}) if head == "cache" else steps.setdefault(head, {}).setdefault(int(i), {}))[name] = z[key]
-    ordered = [caches[w] for w in sorted(caches)]
-    return {sig: StepFeeds([(int(own["@at"][0]), int(own["@at"][1]), {k: v for k, v in own.items() if k != "@at"})
-                            for _, own in sorted(items.items())], ordered) for sig, items in steps.items()}
+            group = caches.setdefault(int(i), {}) if head == "cache" else own.setdefault(head, {}).setdefault(int(i), {})
+            group[name] = z[key]
+    windows = [caches[w] for w in sorted(caches)]
+    feeds: Feeds = {}
+    for sig, items in own.items():
+        steps = []
+        for i in sorted(items):
+            window, start = (int(v) for v in items[i].pop("@at"))
+            steps.append((window, start, items[i]))
+        feeds[sig] = StepFeeds(steps, windows)
+    return feeds
 
 
 def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
