@@ -124,7 +124,5 @@ def _advice(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eage
         tips.append("export with --quant 8da4w (weights quantised as they load, ~1.2 bytes per weight)")
     elif not eager_quant and len(targets) > 1:
         tips.append("export one --target per run (executorch-xnnpack alone quantises while loading)")
-    if settings.quant != "none" and any(t.startswith("tflite-qnn") for t in targets):
-        tips.append("export --target tflite-qnn with --quant none (fp16 on the HTP: no quantiser stage)")
     tips.append("close other programs or use a machine with more memory")
     return "instead: " + "; or ".join(tips)
