@@ -256,8 +256,9 @@ def forget_lowered_graphs() -> None:
         if callable(getattr(method, "cache_clear", None)):
             method.cache_clear()
     for obj in gc.get_objects():  # a ShapeEnv still referenced elsewhere keeps its own cache
-        if isinstance(obj, ShapeEnv):
-            obj.fake_tensor_cache.clear()
+        cache = getattr(obj, "fake_tensor_cache", None) if issubclass(type(obj), ShapeEnv) else None
+        if isinstance(cache, dict):
+            cache.clear()
 
 
 def pte_backbone(target: str, out: Path, settings: ExportSettings, methods: dict[str, MethodSpec],
