@@ -249,7 +249,7 @@ def forget_lowered_graphs() -> None:
     for name, module in list(sys.modules.items()):
         if name.startswith("executorch.") and module is not None:
             for value in list(vars(module).values()):
-                if isinstance(value, WhyNoPartition):
+                if issubclass(type(value), WhyNoPartition):  # type(): isinstance looks up __class__ (dead proxies raise)
                     value.node = None
     FakeTensorMode.cache_clear()
     for method in vars(ShapeEnv).values():  # memo caches keyed by the ShapeEnv itself

@@ -223,3 +223,22 @@ def test_8da4w_h8_keeps_the_head_at_int8(folded_ckpt):
     assert int(head.qdata.min()) < -8 or int(head.qdata.max()) > 7
     assert -8 <= int(body.qdata.min()) and int(body.qdata.max()) <= 7  # int4 groups of 32
     assert body.scale.numel() == body.numel() // 32
+
+
+def test_forgetting_lowered_graphs_survives_dead_proxies():
+    """It walks every live object: a weakref.proxy whose referent is gone must not stop it (CI's
+    test_cli_errors fixture held one; isinstance on it raises ReferenceError)."""
+    import gc
+    import weakref
+
+    from pipeline.export.common import forget_lowered_graphs
+
+    class Gone:
+        pass
+
+    obj = Gone()
+    proxy = weakref.proxy(obj)
+    del obj
+    gc.collect()
+    assert gc.is_tracked(proxy)
+    forget_lowered_graphs()
