@@ -9,8 +9,12 @@ and are measured two ways:
   instructions  inside Method::execute under callgrind, per phase (prefill; decode per step), one
                 thread (see overhead_lib.py): repeatable whatever else the machine does;
   wall clock    interleaved rounds (--rounds, median), default threads; plus both runners on our
-                two bundles: the native runner (meki_runner, fresh process per run) and the Python
-                loop (mobile_runtime.generate, one warm Generator per bundle), memory pack and prefetch.
+                two bundles: the native runner (meki_runner, fresh process per run, the pair's order
+                alternating) and the Python loop (mobile_runtime.generate, one warm Generator per
+                bundle, memory pack and prefetch; the two bundles' decode steps alternate one by one where
+                the programs are larger than the last-level cache, else whole runs alternate:
+                overhead_lib.python_loop_round). "paired": the median of each round's MeKi/dense
+                ratio, the figure to read on a shared machine (whole runs drift +-15% here).
 The ideal MeKi/dense ratio comes from the config and the quantisation (bytes read per decode step,
 FLOPs per prefill token; MeKi adds 2*d*d_mem weights per layer and one row per token);
 efficiency = measured ratio / ideal ratio (1.0: MeKi costs exactly its bytes/FLOPs).
@@ -36,7 +40,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from overhead_lib import (Program, add_step_args, callgrind_phases, export_et_llm, generate_fixed,  # noqa: E402
-                          ideal_costs, parse_step_args, prompt_ids, wall_clock)
+                          ideal_costs, larger_than_cache, parse_step_args, prompt_ids, python_loop_round,
+                          wall_clock)
 
 PACK_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 
@@ -97,11 +102,6 @@ def native_runner(tool_dir: Path, bundle: Path, a: argparse.Namespace) -> dict:
     return {"prefill_tok_s": s["prefill_tok_s"], "decode_tok_s": s["decode_tok_s"]}
 
 
-def python_loop(gen, a: argparse.Namespace) -> dict:
-    s = generate_fixed(gen, a)
-    return {"prefill_tok_s": s.prefill_tok_s, "decode_tok_s": s.decode_tok_s}
-
-
 def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype: str, a: argparse.Namespace) -> dict:
     progs = programs(work, cfg, quant)
     res: dict = {"programs": {}}
@@ -112,17 +112,25 @@ def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype:
 
     gens = {kind: Generator(work / f"ours-{quant}" / kind, check_hashes=False) for kind in ("dense", "meki")}
     for g in gens.values():  # first-call costs out of the timed rounds
-        python_loop(g, a)
+        generate_fixed(g, a)
+    per_step = larger_than_cache(*(g.bundle / g.backbone.file for g in gens.values()))
+    res["python_loop_interleaved"] = "steps" if per_step else "runs"
     runs: dict[str, list[dict]] = {p.name: [] for p in progs} | {f"{r}-{k}": [] for r in ("runner", "python")
                                                                    for k in ("dense", "meki")}
-    for _ in range(a.rounds):  # interleaved: every program once per round
+    for i in range(a.rounds):  # interleaved: every program once per round; the pairs in both orders
+        order = ["dense", "meki"] if i % 2 == 0 else ["meki", "dense"]
         for p in progs:
             runs[p.name].append(wall_clock(tool_dir / "step_bench", p, a.prompt_len, a.new_tokens))
-        for kind in ("dense", "meki"):
+        for kind in order:
             runs[f"runner-{kind}"].append(native_runner(tool_dir, work / f"ours-{quant}" / kind, a))
-            runs[f"python-{kind}"].append(python_loop(gens[kind], a))
+        for kind, r in python_loop_round(gens, a, order, per_step).items():
+            runs[f"python-{kind}"].append(r)
     res["wall"] = {k: {m: statistics.median(r[m] for r in v) for m in ("prefill_tok_s", "decode_tok_s")}
                    for k, v in runs.items()}
+    res["rounds"] = runs
+    res["paired"] = {f"{r}_decode_meki_dense": paired_ratio(runs[f"{r}-meki"], runs[f"{r}-dense"])
+                     for r in ("runner", "python")} | {
+        "wall_decode_meki_dense": paired_ratio(runs["ours-meki"], runs["ours-dense"])}
     ideal = {k: ideal_costs(cfg, quant, PACK_BYTES[pack_dtype], a.prompt_len, a.new_tokens, k == "meki")
              for k in ("dense", "meki")}
     res["ideal"] = {"decode_ratio": ideal["dense"]["decode_bytes"] / ideal["meki"]["decode_bytes"],
@@ -130,6 +138,12 @@ def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype:
                     "detail": ideal}
     res["ratios"] = ratios(res)
     return res
+
+
+def paired_ratio(meki: list[dict], dense: list[dict]) -> dict:
+    """MeKi/dense decode tok/s of each round's pair; the median and the middle half's range."""
+    r = sorted(m["decode_tok_s"] / d["decode_tok_s"] for m, d in zip(meki, dense))
+    return {"median": statistics.median(r), "q1": r[len(r) // 4], "q3": r[(3 * len(r)) // 4], "rounds": len(r)}
 
 
 def ratios(res: dict) -> dict:
@@ -171,6 +185,9 @@ def print_table(shape: str, results: dict, a: argparse.Namespace) -> None:
               f"prefill {r['ideal']['prefill_ratio']:.4f}")
         for k, v in r["ratios"].items():
             print(f"  {k:28} {v:8.4f}   limit {limits.get(k, '')}")
+        for k, v in r.get("paired", {}).items():  # the decode ratio of each round's pair, then its median
+            print(f"  {k + ', paired':28} {v['median']:8.4f}   middle half {v['q1']:.4f}-{v['q3']:.4f} of "
+                  f"{v['rounds']} rounds; limit {limits[k]}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,60 @@ def generate_fixed(gen, a: argparse.Namespace):
     return gen.generate(prompt_ids(a.prompt_len), SamplingConfig(max_new_tokens=a.new_tokens, stop_ids=()))
 
 
+def python_loop_round(gens: dict, a: argparse.Namespace, order: list[str], per_step: bool) -> dict[str, dict]:
+    """One interleaved round of the Python loop over several bundles, in `order`: each prefills the
+    fixed prompt and decodes a.new_tokens, every next() of Generator.decode_steps timed (the row read,
+    the backbone step, sampling, the next read's issue). per_step: the bundles' decode steps alternate
+    one by one, so the pair sees the same machine (on two shared cores whole runs drift +-15% between
+    neighbours; steps ~40 ms apart much less); only for programs larger than the last-level cache, which
+    stream their weights from memory every step anyway: two cache-sized programs alternating would each
+    run cold. Returns {name: {prefill_tok_s, decode_tok_s}}."""
+    import time
+
+    import numpy as np
+
+    from mobile_runtime.sampling import SamplingConfig, sample
+
+    cfg, ids = SamplingConfig(max_new_tokens=a.new_tokens, stop_ids=()), prompt_ids(a.prompt_len)
+    out: dict[str, dict] = {}
+
+    def start(name: str):
+        g, rng = gens[name], np.random.default_rng(cfg.seed)
+        t0 = time.perf_counter()
+        first = sample(g.prefill(ids), cfg, rng, ids)
+        out[name] = {"prefill_tok_s": len(ids) / (time.perf_counter() - t0), "decode_s": 0.0}
+        return g.decode_steps(first, len(ids), cfg, rng, ids + [first])
+
+    def step(name: str, steps) -> None:
+        t0 = time.perf_counter()
+        next(steps)
+        out[name]["decode_s"] += time.perf_counter() - t0
+
+    if per_step:
+        steps = {name: start(name) for name in order}
+        for _ in range(a.new_tokens - 1):
+            for name in order:
+                step(name, steps[name])
+    else:
+        for name in order:
+            steps = start(name)
+            for _ in range(a.new_tokens - 1):
+                step(name, steps)
+    return {name: {"prefill_tok_s": r["prefill_tok_s"], "decode_tok_s": (a.new_tokens - 1) / r["decode_s"]}
+            for name, r in out.items()}
+
+
+def larger_than_cache(*files: Path) -> bool:
+    """Every file larger than the last-level cache (os.sysconf; 32 MiB where it does not say)."""
+    import os
+
+    try:
+        llc = os.sysconf("SC_LEVEL3_CACHE_SIZE") or 32 << 20
+    except (ValueError, OSError):
+        llc = 32 << 20
+    return all(Path(f).stat().st_size > llc for f in files)
+
+
 def parse_step_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if not a.no_callgrind and shutil.which("valgrind") is None:

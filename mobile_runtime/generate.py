@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Callable
 
 import numpy as np
@@ -112,20 +112,35 @@ class Generator:
                  on_token: Callable[[int], None], prompt_ids: Sequence[int] = ()) -> tuple[list[int], str]:
         """Greedy/sampled decoding from `first` at position `pos`; returns (tokens, stop reason)."""
         out, token = [first], first
-        history = list(prompt_ids) + out  # what the repetition penalty looks back on
-        issued = self._issue(token)
+        steps = self.decode_steps(first, pos, cfg, rng, list(prompt_ids) + out)
         while True:
-            on_token(token)  # bookkeeping overlaps the pack read issued above
+            on_token(token)  # bookkeeping overlaps the pack read decode_steps issued
             if token in cfg.stop_ids:
                 return out, "eos"
-            if len(out) >= cfg.max_new_tokens or pos >= self.backbone.max_seq_len:
-                return out, "max_tokens" if len(out) >= cfg.max_new_tokens else "max_seq_len"
+            if len(out) >= cfg.max_new_tokens:
+                return out, "max_tokens"
+            token = next(steps, None)
+            if token is None:
+                return out, "max_seq_len"
+            out.append(token)
+
+    def decode_steps(self, token: int, pos: int, cfg: SamplingConfig, rng: np.random.Generator,
+                     history: list[int]) -> Iterator[int]:
+        """The tokens after `token` (at position `pos`), one backbone step per next(), until the KV cache
+        is full. Each step's pack read is issued when the previous token is sampled (here, before the
+        first next()), so whatever the caller does between next() calls overlaps it. `history` (what the
+        repetition penalty looks back on) is extended with every token."""
+        return self._steps(token, pos, cfg, rng, history, self._issue(token))
+
+    def _steps(self, token: int, pos: int, cfg: SamplingConfig, rng: np.random.Generator, history: list[int],
+               issued: _Issued | None) -> Iterator[int]:
+        while pos < self.backbone.max_seq_len:
             rows = self._rows(token, issued)
             token = sample(self.decode_one(token, pos, rows), cfg, rng, history)
             pos += 1
-            out.append(token)
             history.append(token)
             issued = self._issue(token)
+            yield token
 
     def _issue(self, token: int) -> _Issued | None:
         """Start reading token's rows the way LOOKUPS says; None: read them at the step."""
