@@ -10,7 +10,8 @@ and are measured two ways:
                 thread (see overhead_lib.py): repeatable whatever else the machine does;
   wall clock    interleaved rounds (--rounds, median), default threads; plus both runners on our
                 two bundles: the native runner (meki_runner, fresh process per run, the pair's order
-                alternating) and the Python loop (mobile_runtime.generate, one warm Generator per
+                alternating; and runner_ab: its loop over both bundles in one process, steps alternating
+                as below) and the Python loop (mobile_runtime.generate, one warm Generator per
                 bundle, memory pack and prefetch; the two bundles' decode steps alternate one by one where
                 the programs are larger than the last-level cache, else whole runs alternate:
                 overhead_lib.python_loop_round). "paired": the median of each round's MeKi/dense
@@ -102,6 +103,18 @@ def native_runner(tool_dir: Path, bundle: Path, a: argparse.Namespace) -> dict:
     return {"prefill_tok_s": s["prefill_tok_s"], "decode_tok_s": s["decode_tok_s"]}
 
 
+def runner_ab(tool_dir: Path, ours: Path, a: argparse.Namespace, per_step: bool) -> dict[str, list[dict]]:
+    """The native runner's loop over both bundles in one process, decode steps alternating (whole runs for
+    cache-sized programs): mobile_runtime/native/runner_ab.cpp, a.rounds rounds."""
+    cmd = [str(tool_dir / "runner_ab"), str(ours / "dense"), str(ours / "meki"), "--prompt-ids",
+           ",".join(map(str, prompt_ids(a.prompt_len))), "--max-new-tokens", str(a.new_tokens), "--rounds", str(a.rounds)]
+    out = subprocess.run(cmd + ([] if per_step else ["--whole-runs"]), check=True, capture_output=True, text=True).stdout
+    rounds = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {f"runner-ab-{kind}": [{"prefill_tok_s": a.prompt_len / r[side]["prefill_s"],
+                                   "decode_tok_s": r[side]["decode_steps"] / r[side]["decode_s"]} for r in rounds]
+            for kind, side in (("dense", "a"), ("meki", "b"))}
+
+
 def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype: str, a: argparse.Namespace) -> dict:
     progs = programs(work, cfg, quant)
     res: dict = {"programs": {}}
@@ -125,11 +138,12 @@ def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype:
             runs[f"runner-{kind}"].append(native_runner(tool_dir, work / f"ours-{quant}" / kind, a))
         for kind, r in python_loop_round(gens, a, order, per_step).items():
             runs[f"python-{kind}"].append(r)
+    runs |= runner_ab(tool_dir, work / f"ours-{quant}", a, per_step)
     res["wall"] = {k: {m: statistics.median(r[m] for r in v) for m in ("prefill_tok_s", "decode_tok_s")}
                    for k, v in runs.items()}
     res["rounds"] = runs
-    res["paired"] = {f"{r}_decode_meki_dense": paired_ratio(runs[f"{r}-meki"], runs[f"{r}-dense"])
-                     for r in ("runner", "python")} | {
+    res["paired"] = {f"{r.replace('-', '_')}_decode_meki_dense": paired_ratio(runs[f"{r}-meki"], runs[f"{r}-dense"])
+                     for r in ("runner", "runner-ab", "python")} | {
         "wall_decode_meki_dense": paired_ratio(runs["ours-meki"], runs["ours-dense"])}
     ideal = {k: ideal_costs(cfg, quant, PACK_BYTES[pack_dtype], a.prompt_len, a.new_tokens, k == "meki")
              for k in ("dense", "meki")}
@@ -179,6 +193,7 @@ def print_table(shape: str, results: dict, a: argparse.Namespace) -> None:
               "wall_decode_ours_vs_et": ">= 1.0", "wall_decode_meki_dense": ">= 0.95 (demo), 0.98 (0.6B)",
               "runner_decode_meki_dense": ">= 0.95 (demo), 0.98 (0.6B)",
               "python_decode_meki_dense": ">= 0.95 (demo), 0.98 (0.6B)",
+              "runner_ab_decode_meki_dense": ">= 0.95 (demo), 0.98 (0.6B)",
               "decode_efficiency": ">= 0.995 (0.6B)", "prefill_efficiency": ">= 0.99 (0.6B)"}
     for quant, r in results.items():
         print(f"\n{quant}: ideal MeKi/dense decode {r['ideal']['decode_ratio']:.4f}, "

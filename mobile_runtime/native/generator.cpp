@@ -214,6 +214,22 @@ void Generator::decode_n(int64_t first, int64_t pos, const SamplingConfig& cfg, 
   }
 }
 
+std::vector<int64_t> parse_token_ids(const std::string& s) {
+  std::vector<int64_t> ids;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t end = s.find(',', start);
+    const std::string item = s.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    size_t used = 0;
+    const long long v = std::stoll(item, &used);
+    if (used != item.size() || v < 0) throw std::invalid_argument("bad token id '" + item + "' in --prompt-ids");
+    ids.push_back(v);
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return ids;
+}
+
 RunResult Generator::generate(const std::vector<int64_t>& prompt, const SamplingConfig& cfg,
                               const std::function<void(int64_t)>& on_token) {
   if (prompt.empty()) throw std::invalid_argument("empty prompt");

@@ -54,6 +54,9 @@ struct RunResult {
 int64_t sample(const float* logits, int64_t vocab, const SamplingConfig& cfg, std::mt19937_64& rng,
                const std::vector<int64_t>& recent = {});
 
+// "3,1,4" -> {3, 1, 4}; std::invalid_argument naming the bad item (the runners' --prompt-ids).
+std::vector<int64_t> parse_token_ids(const std::string& s);
+
 class Generator {
  public:
   // How a decode step's pack rows are read (benchmarks/bench_prefetch.py compares them):

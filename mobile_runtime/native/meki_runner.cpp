@@ -84,22 +84,6 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-std::vector<int64_t> parse_ids(const std::string& s) {
-  std::vector<int64_t> ids;
-  size_t start = 0;
-  while (start <= s.size()) {
-    const size_t end = s.find(',', start);
-    const std::string item = s.substr(start, end == std::string::npos ? std::string::npos : end - start);
-    size_t used = 0;
-    const long long v = std::stoll(item, &used);
-    if (used != item.size() || v < 0) throw std::invalid_argument("bad token id '" + item + "' in --prompt-ids");
-    ids.push_back(v);
-    if (end == std::string::npos) break;
-    start = end + 1;
-  }
-  return ids;
-}
-
 double median(std::vector<double> v) {
   if (v.empty()) return 0.0;
   std::sort(v.begin(), v.end());
@@ -164,7 +148,7 @@ int run(const Args& a) {
   using L = meki::Generator::Lookup;
   meki::Generator gen(a.bundle, target, po,
                       a.lookup == "sync" ? L::kSync : a.lookup == "thread" ? L::kThread : L::kPrefetch);
-  const std::vector<int64_t> ids = parse_ids(a.prompt_ids);
+  const std::vector<int64_t> ids = meki::parse_token_ids(a.prompt_ids);
   meki::SamplingConfig cfg;
   cfg.max_new_tokens = a.max_new_tokens;
   cfg.temperature = a.temperature;

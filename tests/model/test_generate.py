@@ -47,6 +47,27 @@ def test_lookup_modes_give_the_same_tokens(bundles):
         Generator(out / "meki", lookup="eager")
 
 
+@pytest.mark.parametrize("bundles", ["none"], indirect=True)
+def test_decode_steps_of_two_bundles_interleaved_match_their_own_runs(bundles):
+    """What bench_overhead's paired Python loop relies on: two bundles stepped alternately in one process
+    give each the tokens of its own generate(); the steps end where the KV cache does."""
+    out, _ = bundles
+    prompt, cfg = [3, 1, 4, 1, 5, 9, 2, 6], SamplingConfig(max_new_tokens=12)
+    gens = {kind: Generator(out / kind) for kind in ("meki", "dense")}
+    want = {kind: g.generate(prompt, cfg).tokens for kind, g in gens.items()}
+    steps, got = {}, {}
+    for kind, g in gens.items():
+        rng = np.random.default_rng(cfg.seed)
+        got[kind] = [sample(g.prefill(prompt), cfg, rng, prompt)]
+        steps[kind] = g.decode_steps(got[kind][0], len(prompt), cfg, rng, prompt + got[kind])
+    for _ in range(cfg.max_new_tokens - 1):
+        for kind in gens:
+            got[kind].append(next(steps[kind]))
+    assert got == want
+    left = gens["dense"].backbone.max_seq_len - len(prompt) - (cfg.max_new_tokens - 1)
+    assert sum(1 for _ in steps["dense"]) == left
+
+
 def test_sampling_is_seeded_and_respects_top_k():
     logits = np.log(np.array([[0.1, 0.2, 0.3, 0.4]]))
     cfg = SamplingConfig(temperature=1.0, top_k=2, seed=0)

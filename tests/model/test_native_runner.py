@@ -61,6 +61,29 @@ def test_native_tokens_match_python_loop(native, bundles, kind, penalty, tmp_pat
 
 
 @pytest.mark.parametrize("bundles", ["none"], indirect=True)
+@pytest.mark.parametrize("mode", [[], ["--whole-runs"]])
+def test_runner_ab_takes_turns_without_mixing_the_bundles(native, bundles, mode):
+    """runner_ab (bench_overhead's paired native figure) runs meki_runner's loop over two bundles in one
+    process: each gets its own greedy tokens, every round, whichever bundle starts."""
+    out, _ = bundles
+    ids = ",".join(map(str, PROMPT))
+    res = subprocess.run([str(native / "runner_ab"), str(out / "dense"), str(out / "meki"), "--prompt-ids", ids,
+                          "--max-new-tokens", "12", "--rounds", "2", *mode], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rounds = [json.loads(line) for line in res.stdout.splitlines()]
+    want = {side: Generator(out / kind).generate(PROMPT, SamplingConfig(max_new_tokens=12)).tokens
+            for side, kind in (("a", "dense"), ("b", "meki"))}
+    assert [r["first"] for r in rounds] == ["a", "b"]
+    for r in rounds:
+        for side in "ab":
+            assert r[side]["tokens"] == want[side] and r[side]["decode_steps"] == 11
+            assert r[side]["decode_s"] > 0 and r[side]["prefill_s"] > 0
+    bad = subprocess.run([str(native / "runner_ab"), str(out / "dense"), "--prompt-ids", ids], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "two bundles" in bad.stderr
+
+
+@pytest.mark.parametrize("bundles", ["none"], indirect=True)
 def test_pack_lookup_modes_and_warmup_agree(native, bundles, tmp_path):
     out, _ = bundles
     tokens = []
