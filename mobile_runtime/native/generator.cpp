@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <numeric>
 #include <sstream>
@@ -211,6 +212,24 @@ void Generator::decode_n(int64_t first, int64_t pos, const SamplingConfig& cfg, 
     r.tokens.push_back(token);
     history_.push_back(token);
     if (pack_) issue(token);
+  }
+}
+
+int run_reporting_errors(const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const PackError& e) {
+    std::fprintf(stderr, "error: memory pack (%s): %s\n", e.check(), e.what());
+    return 3;
+  } catch (const BundleError& e) {
+    std::fprintf(stderr, "error: bundle (%s): %s\n", e.check(), e.what());
+    return 2;
+  } catch (const RuntimeError& e) {
+    std::fprintf(stderr, "error: executorch: %s\n", e.what());
+    return 4;
+  } catch (const std::exception& e) {  // invalid_argument and the like
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
   }
 }
 

@@ -54,6 +54,10 @@ struct RunResult {
 int64_t sample(const float* logits, int64_t vocab, const SamplingConfig& cfg, std::mt19937_64& rng,
                const std::vector<int64_t>& recent = {});
 
+// Runs a tool's body and maps what it throws to one line on stderr and the runners' exit status:
+// 2 usage or bundle error, 3 memory pack error, 4 ExecuTorch error.
+int run_reporting_errors(const std::function<int()>& body);
+
 // "3,1,4" -> {3, 1, 4}; std::invalid_argument naming the bad item (the runners' --prompt-ids).
 std::vector<int64_t> parse_token_ids(const std::string& s);
 

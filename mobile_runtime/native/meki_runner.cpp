@@ -186,19 +186,5 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n%s", e.what(), kUsage);
     return 2;
   }
-  try {
-    return run(a);
-  } catch (const meki::PackError& e) {
-    std::fprintf(stderr, "error: memory pack (%s): %s\n", e.check(), e.what());
-    return 3;
-  } catch (const meki::BundleError& e) {
-    std::fprintf(stderr, "error: bundle (%s): %s\n", e.check(), e.what());
-    return 2;
-  } catch (const meki::RuntimeError& e) {
-    std::fprintf(stderr, "error: executorch: %s\n", e.what());
-    return 4;
-  } catch (const std::exception& e) {  // BundleError, invalid_argument
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
-  }
+  return meki::run_reporting_errors([&] { return run(a); });
 }

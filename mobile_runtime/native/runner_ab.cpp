@@ -10,7 +10,7 @@
 //   runner_ab BUNDLE_A BUNDLE_B --prompt-ids 3,1,4 [--max-new-tokens 32] [--rounds 10] [--warmup 4] [--whole-runs]
 //
 // One JSON line per round: {"first": "a"|"b", "a": {"prefill_s", "decode_s", "decode_steps", "tokens"}, "b": {...}};
-// the bundle that starts alternates between rounds. Exit status: 0 ok, 2 usage or bundle error, 4 ExecuTorch error.
+// the bundle that starts alternates between rounds. Exit status as meki_runner's (2 usage or bundle, 3 pack, 4 ExecuTorch).
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -151,16 +151,8 @@ int main(int argc, char** argv) {
   try {
     a = parse_args(argc, argv);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "runner_ab: %s\n%s", e.what(), kUsage);
+    std::fprintf(stderr, "error: %s\n%s", e.what(), kUsage);
     return 2;
   }
-  try {
-    return run(a);
-  } catch (const meki::RuntimeError& e) {
-    std::fprintf(stderr, "runner_ab: %s\n", e.what());
-    return 4;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "runner_ab: %s\n", e.what());
-    return 2;
-  }
+  return meki::run_reporting_errors([&] { return run(a); });
 }
