@@ -7,6 +7,7 @@
 #include <executorch/extension/tensor/tensor.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <memory>
 #include <random>
@@ -57,6 +58,19 @@ int64_t sample(const float* logits, int64_t vocab, const SamplingConfig& cfg, st
 // Runs a tool's body and maps what it throws to one line on stderr and the runners' exit status:
 // 2 usage or bundle error, 3 memory pack error, 4 ExecuTorch error.
 int run_reporting_errors(const std::function<int()>& body);
+
+// A runner tool's main: parse (a bad command line: the message, the usage, exit 2), then run reporting errors.
+template <class Args>
+int tool_main(int argc, char** argv, Args (*parse)(int, char**), int (*run)(const Args&), const char* usage) {
+  Args a;
+  try {
+    a = parse(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n%s", e.what(), usage);
+    return 2;
+  }
+  return run_reporting_errors([&] { return run(a); });
+}
 
 // "3,1,4" -> {3, 1, 4}; std::invalid_argument naming the bad item (the runners' --prompt-ids).
 std::vector<int64_t> parse_token_ids(const std::string& s);

@@ -146,13 +146,4 @@ int run(const Args& a) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  Args a;
-  try {
-    a = parse_args(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n%s", e.what(), kUsage);
-    return 2;
-  }
-  return meki::run_reporting_errors([&] { return run(a); });
-}
+int main(int argc, char** argv) { return meki::tool_main(argc, argv, parse_args, run, kUsage); }
