@@ -115,6 +115,8 @@ def main() -> int:
     ap.add_argument("--load-only", action="store_true",
                     help="profile loading (quantised as it loads) and the dense baseline only, no lowering")
     ap.add_argument("--interval", type=float, default=0.2, help="RSS sampling interval, s")
+    ap.add_argument("--jobs", type=int, choices=(1, 2), default=1,
+                    help="2: the dense bundle lowered beside the MeKi one (forked); default 1, the sequential profile")
     a = ap.parse_args()
 
     from pipeline.export.bundle import export_bundles
@@ -144,7 +146,7 @@ def main() -> int:
             if a.load_only:
                 load_only(ckpt, a.target, settings)
             else:
-                export_bundles(ckpt, out, a.target, settings)
+                export_bundles(ckpt, out, a.target, settings, jobs=a.jobs)
         except KeyboardInterrupt:
             stopped[:] = stopped or ["interrupted"]
             print(f"stopped during {stopped[0]!r}: the figures below are partial", flush=True)
@@ -152,7 +154,7 @@ def main() -> int:
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     print(json.dumps(sizes, indent=1))
     if a.json:
-        save_json(prof, str(a.json), shape=a.shape, layers=cfg.num_layers, targets=a.target, quant=a.quant,
+        save_json(prof, str(a.json), shape=a.shape, layers=cfg.num_layers, targets=a.target, quant=a.quant, jobs=a.jobs,
                   settings=settings.__dict__, config=cfg.to_dict(), **param_counts(cfg), files=sizes,
                   stopped_during=stopped[0] if stopped else None, loadavg_start=load0, loadavg_end=os.getloadavg())
     shutil.rmtree(out, ignore_errors=True)

@@ -135,6 +135,9 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the checkpoint's, if any)")
     p.add_argument("--baseline", type=Path, help="dense checkpoint for the baseline bundle (default: strip MeKi)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--jobs", type=int, choices=(1, 2), help="2: write the dense bundle in a second process beside "
+                   "the MeKi one (about twice the lowering memory); 1: one after the other; default: 2 when two "
+                   "cores and the memory for both are free")
     p.add_argument("--profile", action="store_true", help="print wall time and peak RSS per export stage")
 
 
@@ -154,7 +157,7 @@ def _run_export(a: argparse.Namespace) -> int:
     prof = StageProfiler() if a.profile else None
     with prof or contextlib.nullcontext():
         bundles = export_bundles(a.ckpt, a.out, a.target, settings, a.pack_dtype, a.tokenizer, a.baseline,
-                                 a.overwrite)
+                                 a.overwrite, a.jobs)
     if prof is not None:
         console.print(prof.table(), markup=False, highlight=False)
     for kind, m in bundles.items():

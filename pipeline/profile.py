@@ -9,7 +9,9 @@ Peaks come from two sources: a sampler thread (every `interval` s) sums VmRSS ov
 tree (converters that fork count too), and the kernel's own high-water mark VmHWM of this
 process, reset at each stage boundary through /proc/self/clear_refs (so a spike shorter than the
 sampling interval is still seen). Nested stages are named "outer/inner"; an outer stage's peak
-includes its inner ones.
+includes its inner ones. While there are child processes the sampler also sums their proportional
+set size (Pss, once a second): a forked child shares its parent's pages, which the RSS sum counts
+twice and Pss once.
 """
 
 from __future__ import annotations
@@ -64,6 +66,18 @@ def tree_rss_kib(pid: int | None = None) -> int:
     return _status_kib(pid, "VmRSS") + sum(_status_kib(p, "VmRSS") for p in _descendants(pid))
 
 
+def tree_pss_kib(pids: list[int]) -> int:
+    """Proportional set size of these processes, KiB: a page shared by n of them counts 1/n in each."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                total += next((int(line.split()[1]) for line in fh if line.startswith("Pss:")), 0)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
 def mem_available_kib() -> int:
     with open("/proc/meminfo") as fh:
         for line in fh:
@@ -88,6 +102,7 @@ class StageRecord:
     rss_end_mib: float = 0.0
     peak_tree_mib: float = 0.0  # highest sampled RSS of the process tree
     peak_self_mib: float = 0.0  # kernel high-water mark of this process during the stage
+    peak_pss_mib: float = 0.0  # highest sampled Pss of the process tree (sampled only while it has children)
     children: list[str] = field(default_factory=list)
 
     @property
@@ -105,15 +120,36 @@ class StageProfiler:
         self._lock = threading.Lock()
         self.t0 = time.perf_counter()
         self.peak_mib = 0.0
+        self.peak_pss_mib = 0.0
 
     def __enter__(self) -> "StageProfiler":
         global _ACTIVE
         self._prev, _ACTIVE = _ACTIVE, self
         _reset_hwm()
         self.t0 = time.perf_counter()
+        self._start_sampler()
+        return self
+
+    def _start_sampler(self) -> None:
         self._thread = threading.Thread(target=self._sample, name="stage-profiler", daemon=True)
         self._thread.start()
-        return self
+
+    def after_fork_in_child(self) -> int:
+        """In a forked child: new lock and sampler (the parent's thread is not copied and its lock may have
+        been held at the fork). The child's stages are the records from the returned index on."""
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self.peak_mib = self.peak_pss_mib = 0.0
+        _reset_hwm()
+        self._start_sampler()
+        return len(self.records)
+
+    def adopt(self, records: list[dict]) -> None:
+        """Add stages measured in a child process (StageRecord fields, as after_fork_in_child's records)."""
+        with self._lock:
+            for r in records:
+                rec = StageRecord(**{k: v for k, v in r.items() if k in StageRecord.__dataclass_fields__})
+                self.records.append(rec)
+                self.peak_mib = max(self.peak_mib, rec.peak_self_mib)
 
     def __exit__(self, *exc: object) -> None:
         global _ACTIVE
@@ -127,13 +163,18 @@ class StageProfiler:
         kids: list[int] = []
         last_scan = 0.0
         while not self._stop.wait(self.interval):
+            pss = 0.0
             if time.perf_counter() - last_scan > 1.0:  # scanning /proc is the costly part: once a second
                 kids, last_scan = _descendants(os.getpid()), time.perf_counter()
+                if kids:  # Pss walks the page tables (~10 ms per GB): with the scan, only while there are children
+                    pss = tree_pss_kib([os.getpid(), *kids]) / 1024
             mib = (_status_kib("self", "VmRSS") + sum(_status_kib(p, "VmRSS") for p in kids)) / 1024
             with self._lock:
                 self.peak_mib = max(self.peak_mib, mib)
+                self.peak_pss_mib = max(self.peak_pss_mib, pss)
                 for rec in self._stack:
                     rec.peak_tree_mib = max(rec.peak_tree_mib, mib)
+                    rec.peak_pss_mib = max(rec.peak_pss_mib, pss)
 
     def _fold_hwm(self) -> None:
         """Credit this process's high-water mark since the last boundary to every open stage."""
@@ -167,6 +208,7 @@ class StageProfiler:
 
     def to_json(self) -> dict:
         return {"total_s": round(time.perf_counter() - self.t0, 2), "peak_mib": round(self.peak_mib, 1),
+                "peak_pss_mib": round(self.peak_pss_mib, 1),
                 "stages": [{**{k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(r).items()},
                             "peak_mib": round(r.peak_mib, 1)} for r in self.records]}
 
@@ -178,6 +220,8 @@ class StageProfiler:
             lines.append(f"{label:<44} {r.wall_s:>8.1f} {r.rss_start_mib:>10.0f} {r.peak_mib:>9.0f} "
                          f"{r.rss_end_mib:>9.0f}")
         lines.append(f"{'total':<44} {time.perf_counter() - self.t0:>8.1f} {'':>10} {self.peak_mib:>9.0f}")
+        if self.peak_pss_mib:
+            lines.append(f"{'peak Pss of the process tree (shared pages once)':<55} {self.peak_pss_mib:>18.0f}")
         return "\n".join(lines)
 
 
@@ -189,6 +233,10 @@ def stage(name: str) -> Iterator[None]:
         return
     with _ACTIVE.stage(name):
         yield
+
+
+def active() -> "StageProfiler | None":
+    return _ACTIVE
 
 
 def release() -> None:

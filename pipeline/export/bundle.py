@@ -15,14 +15,15 @@ import torch
 
 from tqdm import tqdm
 
-from contract.manifest import Manifest, PackRef, TokenizerRef, write_manifest
+from contract.manifest import Manifest, PackRef, TokenizerRef, load_manifest, write_manifest
 from pipeline.checkpoint import CheckpointError, load_checkpoint, materialize_buffers, read_config
 from pipeline.config import ModelConfig
 from pipeline.export.registry import ExportSettings, get_target
 from pipeline.fold import fold_checkpoint
 from contract.atomic import atomic_dir, check_free
 from pipeline.model import MekiModel
-from pipeline.export.memory import check_memory
+from pipeline.export.forked import forked
+from pipeline.export.memory import bundles_at_once, check_memory
 from pipeline.export.eager_quant import LayerFuser
 from pipeline.export.fused_layers import FusedDecoderLayer, is_fused
 from pipeline.export.quantize import EAGER_QUANT_TARGETS, quantized_as
@@ -114,11 +115,13 @@ def write_bundle(model: MekiModel, out: Path, targets: list[str], settings: Expo
 
 def export_bundles(src: Path, out: Path, targets: list[str], settings: ExportSettings, pack_dtype: str = "int8",
                    tokenizer: Path | None = None, baseline: Path | None = None,
-                   overwrite: bool = False) -> dict[str, Manifest]:
+                   overwrite: bool = False, jobs: int | None = None) -> dict[str, Manifest]:
     """Fold (if needed), pack and lower `src`; also the dense baseline (from `baseline` or derived).
 
     `out/meki` and `out/dense` are built in one temporary sibling of `out` (the fold too) and renamed
-    into place once: after a crash or kill there is either the whole old `out` or the whole new one."""
+    into place once: after a crash or kill there is either the whole old `out` or the whole new one.
+    jobs: 2 writes the dense bundle in a forked process beside the MeKi one, 1 after it; None picks 2
+    when there are two cores and memory for both (memory.bundles_at_once)."""
     for t in targets:
         get_target(t).ensure_available(settings)
     out, src = Path(out), Path(src)
@@ -137,24 +140,50 @@ def export_bundles(src: Path, out: Path, targets: list[str], settings: ExportSet
                                   "or fold with --pack")
         prepare = eager_quantizer(targets, settings)
         check_memory(cfg, targets, settings, eager_quant=prepare is not None)  # before a stage runs out of it
-        with stage("load"):
-            model, info = load_checkpoint(folded_dir, prepare=prepare)
-        if model.cfg.has_meki:
-            with stage("bundle meki"):
-                results["meki"] = write_bundle(model.eval(), tmp / "meki", targets, settings, info.fingerprint,
-                                               tokenizer, folded_dir / info.tables, False, src.name)
-        if baseline is None:
-            with stage("dense baseline"):
-                fused = None if prepare is None else prepare.dense_layers  # made while loading
-                dense, dense_fp = dense_baseline(model, fused), info.fingerprint
-        del model, prepare
-        release()
-        if baseline is not None:  # loaded only once the MeKi model is gone
+        at_once = bundles_at_once(cfg, targets, settings, prepare is not None, jobs, baseline is not None)
+
+        def write_dense(dense: MekiModel, fingerprint: str) -> Manifest:
+            with stage("bundle dense"):
+                return write_bundle(dense.eval(), tmp / "dense", targets, settings, fingerprint, tokenizer,
+                                    None, False, Path(baseline or src).name)
+
+        def load_baseline() -> tuple[MekiModel, str]:
             dense, dense_info = load_checkpoint(baseline, prepare=eager_quantizer(targets, settings))
-            dense_fp = dense_info.fingerprint
-        with stage("bundle dense"):
-            results["dense"] = write_bundle(dense.eval(), tmp / "dense", targets, settings, dense_fp, tokenizer,
-                                            None, False, Path(baseline or src).name)
+            return dense, dense_info.fingerprint
+
+        def write_meki(model: MekiModel, fingerprint: str) -> None:
+            with stage("bundle meki"):
+                results["meki"] = write_bundle(model.eval(), tmp / "meki", targets, settings, fingerprint,
+                                               tokenizer, folded_dir / info.tables, False, src.name)
+
+        if at_once == 2 and baseline is not None:  # the helper loads the baseline itself, from the start
+            with forked(lambda: write_dense(*load_baseline()), "the dense bundle", tmp / ".dense-report.json"):
+                with stage("load"):
+                    model, info = load_checkpoint(folded_dir, prepare=prepare)
+                write_meki(model, info.fingerprint)
+        else:
+            with stage("load"):
+                model, info = load_checkpoint(folded_dir, prepare=prepare)
+            if at_once == 2:  # derived from the loaded model and forked: both bundles share its weights
+                with stage("dense baseline"):
+                    dense = dense_baseline(model, None if prepare is None else prepare.dense_layers)
+                with forked(lambda: write_dense(dense, info.fingerprint), "the dense bundle",
+                            tmp / ".dense-report.json"):
+                    write_meki(model, info.fingerprint)
+            else:
+                if model.cfg.has_meki:
+                    write_meki(model, info.fingerprint)
+                if baseline is None:
+                    with stage("dense baseline"):
+                        fused = None if prepare is None else prepare.dense_layers  # made while loading
+                        dense, dense_fp = dense_baseline(model, fused), info.fingerprint
+                del model, prepare
+                release()
+                if baseline is not None:  # loaded only once the MeKi model is gone
+                    dense, dense_fp = load_baseline()
+                results["dense"] = write_dense(dense, dense_fp)
+        if "dense" not in results:
+            results["dense"] = load_manifest(tmp / "dense")
         if folded_dir != src:
             shutil.rmtree(folded_dir)
     return results

@@ -9,6 +9,7 @@ do instead, rather than letting the kernel kill the process half-way.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from pipeline.config import ModelConfig
 from pipeline.export.registry import ExportError, ExportSettings
 from pipeline.model import MekiModel
 
+log = logging.getLogger(__name__)
 GIB = 1 << 30
 FP32 = 4
 # bytes per parameter of a Linear weight held quantised by torchao (int8 qdata + fp32 scale and
@@ -116,6 +118,34 @@ def check_memory(cfg: ModelConfig, targets: list[str], settings: ExportSettings,
                 f"{cfg.name}: stage {stage!r} needs about {need / GIB:.1f} GiB, {avail / GIB:.1f} GiB is available; "
                 f"{_advice(cfg, targets, settings, eager_quant)} (MEKI_SKIP_MEMORY_CHECK=1 tries anyway)")
     return est
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def bundles_at_once(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eager_quant: bool,
+                    jobs: int | None, separate_baseline: bool = False, available: int | None = None) -> int:
+    """2: the dense bundle is written beside the MeKi one (forked.py); 1: one after the other.
+
+    jobs None decides: 2 when this process may use two cores and the estimated peak of both lowerings
+    at once fits (the loaded weights are shared; a separate baseline checkpoint is held twice). jobs=2
+    insists, and raises ExportError when the estimate does not fit."""
+    if jobs == 1 or not cfg.has_meki or (jobs is None and usable_cores() < 2):
+        return 1
+    est = stage_estimates(cfg, targets, settings, eager_quant)
+    load = est["load"]
+    grow = max(need - load for key, need in est.items() if key != "load")  # a bundle's lowering over the load
+    need = (2 * load if separate_baseline else load) + 2 * max(grow, 0) + SLACK
+    avail = available_bytes() if available is None else available
+    if need <= avail or (jobs is not None and os.environ.get("MEKI_SKIP_MEMORY_CHECK") == "1"):
+        return 2
+    if jobs is None:
+        log.info("%s: one bundle after the other (both at once: about %.1f GiB, %.1f available)",
+                 cfg.name, need / GIB, avail / GIB)
+        return 1
+    raise ExportError(f"{cfg.name}: writing both bundles at once needs about {need / GIB:.1f} GiB, "
+                      f"{avail / GIB:.1f} GiB is available; instead: --jobs 1 (one bundle after the other)")
 
 
 def _advice(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eager_quant: bool) -> str:

@@ -1,0 +1,118 @@
+"""Both bundles at once (export_bundles(jobs=2): the dense one in a forked process): the same files as one
+after the other; a failure on either side is one clear error and leaves no output and no process behind."""
+
+import os
+import signal
+
+import pytest
+
+from pipeline.checkpoint import save_checkpoint
+from pipeline.export import bundle
+from pipeline.export.bundle import export_bundles
+from pipeline.export.memory import bundles_at_once
+from pipeline.export.registry import ExportError, ExportSettings
+from pipeline.profile import StageProfiler
+from tests.model.helpers import random_model
+
+pytest.importorskip("executorch")
+SETTINGS = ExportSettings(quant="8da4w", max_seq_len=32, prefill_len=4)
+TARGETS = ["executorch-xnnpack"]
+FILES = ("meki/model_xnnpack.pte", "meki/tables.mekipack", "dense/model_xnnpack.pte")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobs")
+    model = random_model()
+    save_checkpoint(model, root / "ck")
+    save_checkpoint(random_model(memory="none"), root / "dense")  # a baseline checkpoint of its own
+    return root
+
+
+def no_children_left() -> bool:
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def leftovers(parent):
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("baseline, quant", [(False, "8da4w"), (True, "none")],
+                         ids=["derived-8da4w", "baseline-checkpoint-fp32"])
+def test_two_jobs_write_the_same_files_as_one(ckpt, tmp_path, baseline, quant):
+    """The derived baseline shares the loaded (quantised) weights with the MeKi model across the fork; a
+    baseline checkpoint is loaded by the helper itself."""
+    dense = ckpt / "dense" if baseline else None
+    settings = ExportSettings(quant=quant, max_seq_len=32, prefill_len=4)
+    made = {}
+    for jobs in (1, 2):
+        with StageProfiler(interval=0.05) as prof:
+            manifests = export_bundles(ckpt / "ck", tmp_path / f"j{jobs}", TARGETS, settings, baseline=dense, jobs=jobs)
+        made[jobs] = {f: (tmp_path / f"j{jobs}" / f).read_bytes() for f in FILES}
+        assert sorted(manifests) == ["dense", "meki"]
+        assert manifests["dense"].backbones[0].target == "executorch-xnnpack"
+        names = [r.name for r in prof.records]
+        assert "bundle meki" in names and "bundle dense" in names  # the helper's stages come back
+        assert any(n.startswith("bundle dense/executorch-xnnpack/") for n in names)
+        assert leftovers(tmp_path) == []
+    assert made[1] == made[2]
+    assert no_children_left()
+
+
+def fail_on(kind: str, how):
+    real = bundle.write_bundle
+
+    def write_bundle(model, out, *args, **kwargs):
+        if out.name == kind:
+            how()
+        return real(model, out, *args, **kwargs)
+
+    return write_bundle
+
+
+def test_the_helper_failing_is_one_error_naming_it(ckpt, tmp_path, monkeypatch):
+    def boom():
+        raise ValueError("no room for the dense bundle")
+
+    monkeypatch.setattr(bundle, "write_bundle", fail_on("dense", boom))
+    with pytest.raises(ExportError, match="the dense bundle failed: ValueError: no room for the dense bundle"):
+        export_bundles(ckpt / "ck", tmp_path / "out", TARGETS, SETTINGS, jobs=2)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    assert no_children_left()
+
+
+def test_the_helper_killed_says_memory(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(bundle, "write_bundle", fail_on("dense", lambda: os.kill(os.getpid(), signal.SIGKILL)))
+    with pytest.raises(ExportError, match=r"the dense bundle was killed by the system \(SIGKILL: out of memory"):
+        export_bundles(ckpt / "ck", tmp_path / "out", TARGETS, SETTINGS, jobs=2)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_the_parent_failing_stops_the_helper(ckpt, tmp_path, monkeypatch):
+    def boom():
+        raise ExportError("the MeKi bundle could not be lowered")
+
+    monkeypatch.setattr(bundle, "write_bundle", fail_on("meki", boom))
+    with pytest.raises(ExportError, match="the MeKi bundle could not be lowered"):
+        export_bundles(ckpt / "ck", tmp_path / "out", TARGETS, SETTINGS, jobs=2)
+    assert no_children_left()  # killed and reaped, not left writing
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_how_many_at_once():
+    from pipeline.config import preset
+
+    cfg = preset("qwen3-0.6b")
+    assert bundles_at_once(cfg, TARGETS, SETTINGS, True, jobs=1) == 1
+    assert bundles_at_once(cfg.replace(memory="none"), TARGETS, SETTINGS, True, jobs=2) == 1  # no MeKi: one bundle
+    assert bundles_at_once(cfg, TARGETS, SETTINGS, True, jobs=None, available=64 << 30) in (1, 2)  # by the cores
+    assert bundles_at_once(cfg, TARGETS, SETTINGS, True, jobs=2, available=64 << 30) == 2
+    assert bundles_at_once(cfg, TARGETS, SETTINGS, True, jobs=None, available=4 << 30) == 1
+    with pytest.raises(ExportError, match=r"both bundles at once needs about .* GiB, 4.0 GiB is available; "
+                                          r"instead: --jobs 1"):
+        bundles_at_once(cfg, TARGETS, SETTINGS, True, jobs=2, available=4 << 30)
