@@ -101,10 +101,11 @@ def _child(work: Callable[[], object], report: Path, parent: int) -> None:
         try:
             work()
             code = 0
+        except KeyboardInterrupt:  # Ctrl-C reached the whole process group: the parent stops on its own
+            said["error"] = "interrupted"
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
             said["error"] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ExportError) else str(exc)
         if prof is not None:
-            prof._stop.set()
             said["stages"] = [asdict(r) for r in prof.records[first:]]
         tmp = report.with_name(report.name + ".tmp")
         tmp.write_text(json.dumps(said))

@@ -31,8 +31,9 @@ PACKED = {"none": 4.0, "8da4w": 0.6, "8da4w-h8": 0.6, "int8wo": 1.05}
 LOWERING_COPIES = 3.8
 # converters' own copies of the fp32 weights, beside the parent's model: LiteRT's child (constants
 # referenced, not copied: lightweight_conversion) peaked at 3,722 MiB over the 2.4 GB of the
-# Qwen3-0.6B shape's weights (8,808 MiB before); Core ML not measured at scale: LiteRT's old figure
-CONVERTER_COPIES = {"tflite": 1.7, "coreml": 3.7}
+# Qwen3-0.6B shape's weights (8,808 MiB before); Core ML's ct.convert (in process) at 9,492 MiB with the
+# model's 2.25 GiB, i.e. 2.7 copies beyond it (bench_export.py --shape qwen3-0.6b --target coreml)
+CONVERTER_COPIES = {"tflite": 1.7, "coreml": 3.0}
 # tflite-qnn at the Qwen3-0.6B shape (2.4 GB of fp32 weights): ai-edge-quantizer's child (w8a16) peaked
 # at 11,100 MiB (it reads the float model twice and runs it); LiteRT's QNN compile (apply_plugin_main
 # with QAIRT's HTP prepare) of the fp16 graph at 14,458 MiB, of the w8a16 one at <= 11,100 MiB
