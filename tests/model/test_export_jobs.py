@@ -64,43 +64,38 @@ def test_two_jobs_write_the_same_files_as_one(ckpt, tmp_path, baseline, quant):
     assert no_children_left()
 
 
-def fail_on(kind: str, how):
+def raise_(exc: BaseException):
+    def how():
+        raise exc
+    return how
+
+
+FAILURES = {  # which side fails, how, and the one error the export ends in
+    "helper raises": ("dense", raise_(ValueError("no room for the dense bundle")),
+                      "the dense bundle failed: ValueError: no room for the dense bundle"),
+    "helper killed": ("dense", lambda: os.kill(os.getpid(), signal.SIGKILL),
+                      r"the dense bundle was killed by the system \(SIGKILL: out of memory"),
+    "parent raises": ("meki", raise_(ExportError("the MeKi bundle could not be lowered")),
+                      "the MeKi bundle could not be lowered"),
+}
+
+
+@pytest.mark.parametrize("case", FAILURES)
+def test_a_failure_on_either_side_is_one_error_and_leaves_nothing(ckpt, tmp_path, monkeypatch, case):
+    """The helper failing stops the parent at once (not after its own bundle); the parent failing kills the
+    helper; either way no output, no partial folder, no process."""
+    side, how, message = FAILURES[case]
     real = bundle.write_bundle
 
     def write_bundle(model, out, *args, **kwargs):
-        if out.name == kind:
+        if out.name == side:
             how()
         return real(model, out, *args, **kwargs)
 
-    return write_bundle
-
-
-def test_the_helper_failing_is_one_error_naming_it(ckpt, tmp_path, monkeypatch):
-    def boom():
-        raise ValueError("no room for the dense bundle")
-
-    monkeypatch.setattr(bundle, "write_bundle", fail_on("dense", boom))
-    with pytest.raises(ExportError, match="the dense bundle failed: ValueError: no room for the dense bundle"):
+    monkeypatch.setattr(bundle, "write_bundle", write_bundle)
+    with pytest.raises(ExportError, match=message):
         export_bundles(ckpt / "ck", tmp_path / "out", TARGETS, SETTINGS, jobs=2)
-    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
     assert no_children_left()
-
-
-def test_the_helper_killed_says_memory(ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr(bundle, "write_bundle", fail_on("dense", lambda: os.kill(os.getpid(), signal.SIGKILL)))
-    with pytest.raises(ExportError, match=r"the dense bundle was killed by the system \(SIGKILL: out of memory"):
-        export_bundles(ckpt / "ck", tmp_path / "out", TARGETS, SETTINGS, jobs=2)
-    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
-
-
-def test_the_parent_failing_stops_the_helper(ckpt, tmp_path, monkeypatch):
-    def boom():
-        raise ExportError("the MeKi bundle could not be lowered")
-
-    monkeypatch.setattr(bundle, "write_bundle", fail_on("meki", boom))
-    with pytest.raises(ExportError, match="the MeKi bundle could not be lowered"):
-        export_bundles(ckpt / "ck", tmp_path / "out", TARGETS, SETTINGS, jobs=2)
-    assert no_children_left()  # killed and reaped, not left writing
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
