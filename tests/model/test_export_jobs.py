@@ -111,3 +111,24 @@ def test_how_many_at_once():
     with pytest.raises(ExportError, match=r"both bundles at once needs about .* GiB, 4.0 GiB is available; "
                                           r"instead: --jobs 1"):
         bundles_at_once(cfg, TARGETS, SETTINGS, True, jobs=2, available=4 << 30)
+
+
+def test_pss_counts_a_forked_childs_shared_pages_once():
+    import time
+
+    from pipeline.profile import tree_pss_kib, tree_rss_kib
+
+    buf = bytearray(256 << 20)
+    buf[::4096] = b"\x01" * len(range(0, len(buf), 4096))  # every page touched: 256 MiB resident
+    pid = os.fork()
+    if pid == 0:  # shares buf copy-on-write, never writes it
+        time.sleep(30)
+        os._exit(0)
+    try:
+        time.sleep(0.2)
+        rss, pss = tree_rss_kib(), tree_pss_kib([os.getpid(), pid])
+        assert rss - pss > 200 << 10  # RSS counts the 256 MiB in both processes, Pss once
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    del buf
