@@ -151,16 +151,16 @@ def export_bundles(src: Path, out: Path, targets: list[str], settings: ExportSet
             dense, dense_info = load_checkpoint(baseline, prepare=eager_quantizer(targets, settings))
             return dense, dense_info.fingerprint
 
-        def write_meki(model: MekiModel, fingerprint: str) -> None:
+        def write_meki(model: MekiModel) -> None:  # info: the loaded checkpoint's
             with stage("bundle meki"):
-                results["meki"] = write_bundle(model.eval(), tmp / "meki", targets, settings, fingerprint,
+                results["meki"] = write_bundle(model.eval(), tmp / "meki", targets, settings, info.fingerprint,
                                                tokenizer, folded_dir / info.tables, False, src.name)
 
         if at_once == 2 and baseline is not None:  # the helper loads the baseline itself, from the start
             with forked(lambda: write_dense(*load_baseline()), "the dense bundle", tmp / ".dense-report.json"):
                 with stage("load"):
                     model, info = load_checkpoint(folded_dir, prepare=prepare)
-                write_meki(model, info.fingerprint)
+                write_meki(model)
         else:
             with stage("load"):
                 model, info = load_checkpoint(folded_dir, prepare=prepare)
@@ -169,10 +169,10 @@ def export_bundles(src: Path, out: Path, targets: list[str], settings: ExportSet
                     dense = dense_baseline(model, None if prepare is None else prepare.dense_layers)
                 with forked(lambda: write_dense(dense, info.fingerprint), "the dense bundle",
                             tmp / ".dense-report.json"):
-                    write_meki(model, info.fingerprint)
+                    write_meki(model)
             else:
                 if model.cfg.has_meki:
-                    write_meki(model, info.fingerprint)
+                    write_meki(model)
                 if baseline is None:
                     with stage("dense baseline"):
                         fused = None if prepare is None else prepare.dense_layers  # made while loading

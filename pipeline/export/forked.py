@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import logging
 import os
 import signal
 import threading
@@ -28,7 +27,6 @@ from pipeline import profile
 from pipeline.export.child import child_failure
 from pipeline.export.registry import ExportError
 
-log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
