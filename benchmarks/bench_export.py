@@ -117,6 +117,8 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=0.2, help="RSS sampling interval, s")
     ap.add_argument("--jobs", type=int, choices=(1, 2), default=1,
                     help="2: the dense bundle lowered beside the MeKi one (forked); default 1, the sequential profile")
+    ap.add_argument("--decode-program", choices=("own", "prefill"),
+                    help="own: decode lowered on its own; prefill: decode on prefill's program; default: the target's")
     a = ap.parse_args()
 
     from pipeline.export.bundle import export_bundles
@@ -132,7 +134,8 @@ def main() -> int:
     print(f"checkpoint {ckpt} ready in {time.perf_counter() - t:.1f} s", flush=True)
     out = a.work / f"out-{cfg.name}-{os.getpid()}"  # per run: runs may share --work
     release()
-    settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
+    settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len,
+                              decode_program=a.decode_program)
     load0 = os.getloadavg()
     stopped: list[str] = []  # SIGTERM (e.g. `timeout`): stop, but still report the stages run so far
 

@@ -132,6 +132,9 @@ def _add_export(p: argparse.ArgumentParser) -> None:
                    "file to calibrate activations on (default: the repo's docs)")
     p.add_argument("--soc", action="append", default=[], help="NPU targets: SoC to compile for (repeatable; "
                    "see `meki targets`)")
+    p.add_argument("--decode-program", choices=("own", "prefill"), help="targets with prefill and decode methods: "
+                   "prefill (XNNPACK's default): decode runs on the program lowered for prefill, one lowering; own: "
+                   "decode lowered for one token on its own (NPU delegates' default)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the checkpoint's, if any)")
     p.add_argument("--baseline", type=Path, help="dense checkpoint for the baseline bundle (default: strip MeKi)")
     p.add_argument("--overwrite", action="store_true")
@@ -153,7 +156,7 @@ def _run_export(a: argparse.Namespace) -> int:
 
         require_file(a.tokenizer, "tokenizer.json")
     settings = ExportSettings(quant=a.quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len,
-                              socs=tuple(a.soc), calibration=a.calibration)
+                              socs=tuple(a.soc), calibration=a.calibration, decode_program=a.decode_program)
     prof = StageProfiler() if a.profile else None
     with prof or contextlib.nullcontext():
         bundles = export_bundles(a.ckpt, a.out, a.target, settings, a.pack_dtype, a.tokenizer, a.baseline,

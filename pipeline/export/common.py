@@ -202,8 +202,9 @@ def weights_shared_on_deepcopy(programs: dict[str, Any]) -> Iterator[None]:
 
 
 def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitioners: list[Any], target: str,
-                 shared_cache: bool, zero_cache: bool = True) -> dict[str, int]:
+                 shared_cache: bool, zero_cache: bool = True, aliases: dict[str, str] | None = None) -> dict[str, int]:
     """Table guard, partition + lower, write the .pte; returns the delegation summary.
+    aliases: {method: lowered method}: entry points added over methods already lowered (alias_methods).
 
     shared_cache: the methods share the KV cache as ExecuTorch mutable buffers; otherwise the
     delegate owns it (one method). zero_cache: the shared cache starts as zeros, serialised into the
@@ -220,6 +221,8 @@ def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitio
         edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
                                            compile_config=EdgeCompileConfig(_check_ir_validity=False))
     programs.clear()  # the edge programs replace them
+    if aliases:
+        edge = alias_methods(edge, aliases)
     delegated = delegation_summary(edge)
     with stage("to_executorch"):
         program = edge.to_executorch(ExecutorchBackendConfig(
@@ -230,6 +233,18 @@ def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitio
         program.write_to_file(fh)
     forget_lowered_graphs()
     return delegated
+
+
+def alias_methods(edge: Any, aliases: dict[str, str]) -> Any:
+    """More entry points over methods already lowered: {new name: lowered method}. Each is its own copy
+    (to_executorch plans every method in place); the delegates' blobs and named data are the same
+    bytes, which ExecuTorch's emitter and named-data store keep once."""
+    from executorch.exir import EdgeProgramManager
+
+    methods = {name: edge.exported_program(name) for name in edge.methods}
+    for alias, source in aliases.items():
+        methods[alias] = copy.deepcopy(methods[source])
+    return EdgeProgramManager(methods, edge._config_methods, edge.compile_config)
 
 
 def forget_lowered_graphs() -> None:
@@ -269,10 +284,11 @@ def pte_backbone(target: str, out: Path, settings: ExportSettings, methods: dict
                     extra={"prefill_dynamic": True, "export_s": round(time.perf_counter() - t0, 1), **extra})
 
 
-def export_steps(model: MekiModel, settings: ExportSettings, llama_ops: bool = False) -> dict[str, Any]:
-    """torch.export of prefill (dynamic T in [1, prefill_len]) and decode (T = 1) over ONE cached,
-    quantised copy of the model: both methods see the same weights and KV-cache buffers. The copy
-    shares the weights; a model already quantised with settings.quant is not quantised again.
+def export_steps(model: MekiModel, settings: ExportSettings, llama_ops: bool = False,
+                 decode: bool = True) -> dict[str, Any]:
+    """torch.export of prefill (dynamic T in [1, prefill_len]) and decode (T = 1; only where `decode`) over
+    ONE cached, quantised copy of the model: both methods see the same weights and KV-cache buffers. The
+    copy shares the weights; a model already quantised with settings.quant is not quantised again.
 
     llama_ops (the XNNPACK form): attention through ExecuTorch's llama::update_cache / custom_sdpa
     (in-place cache, no head expansion, attends only to filled positions; the runtime then needs
@@ -303,19 +319,29 @@ def export_steps(model: MekiModel, settings: ExportSettings, llama_ops: bool = F
         with stage("torch.export prefill"):
             programs["prefill"] = export(step, example_inputs(cfg, settings.prefill_len),
                                          dynamic_shapes=dynamic_seq(cfg, settings.prefill_len), strict=False)
-        with stage("torch.export decode"):
-            programs["decode"] = export(step, example_inputs(cfg, 1, settings.prefill_len), strict=False)
+        if decode:
+            with stage("torch.export decode"):
+                programs["decode"] = export(step, example_inputs(cfg, 1, settings.prefill_len), strict=False)
     return programs
 
 
 def lower_shared_cache(model: MekiModel, out: Path, settings: ExportSettings, partitioners: list[Any],
                        target: str, llama_ops: bool = False) -> Backbone:
-    """The usual .pte recipe: `prefill` + `decode` methods sharing the in-program KV cache."""
+    """The usual .pte recipe: `prefill` + `decode` methods sharing the in-program KV cache.
+
+    decode_program "prefill" (XNNPACK's default) lowers only prefill, whose T in [1, prefill_len] covers
+    T = 1, and makes decode a second entry point to it: one lowering instead of two, as ExecuTorch's own
+    LLM export runs one `forward` for both (docs/export_scale.md: ~0.4% more instructions per decode step
+    at the demo's size, 0.005% at Qwen3-0.6B's). The manifest's methods are the same either way."""
     from pipeline.export.custom_attention import LLAMA_KERNELS
+    from pipeline.export.registry import get_target
 
     t0 = time.perf_counter()
-    programs = export_steps(model, settings, llama_ops)
+    decode_program = settings.decode_program or get_target(target).decode_program or "own"
+    programs = export_steps(model, settings, llama_ops, decode=decode_program == "own")
     delegated = lower_to_pte(programs, model.cfg, out, partitioners, target, shared_cache=True,
-                             zero_cache=not llama_ops)  # custom_sdpa never reads an unwritten position
+                             zero_cache=not llama_ops,  # custom_sdpa never reads an unwritten position
+                             aliases={} if decode_program == "own" else {"decode": "prefill"})
     kernels = {"kernels": [LLAMA_KERNELS]} if llama_ops else {}  # the runtime must register them
-    return pte_backbone(target, out, settings, step_methods(model.cfg, settings), delegated, t0, **kernels)
+    return pte_backbone(target, out, settings, step_methods(model.cfg, settings), delegated, t0,
+                        decode_program=decode_program, **kernels)

@@ -122,7 +122,7 @@ def export_et_coreml(model: MekiModel, out_dir: Path, settings: ExportSettings) 
 
 
 @register_target("executorch-vulkan", "ExecuTorch, Vulkan GPU delegate (KV cache write stays on the CPU)",
-                 "executorch", ("executorch",), ("none",))
+                 "executorch", ("executorch",), ("none",), decode_program="own")
 def export_et_vulkan(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
     from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
 
@@ -131,7 +131,8 @@ def export_et_vulkan(model: MekiModel, out_dir: Path, settings: ExportSettings) 
 
 
 @register_target("executorch-qnn", f"ExecuTorch, Qualcomm QNN HTP delegate ({QNN_SOC}, fp16); needs the QNN SDK",
-                 "executorch", ("executorch",), ("none",), sdk_check=qnn_sdk_missing)
+                 "executorch", ("executorch",), ("none",), sdk_check=qnn_sdk_missing,
+                 decode_program="own")
 def export_et_qnn(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
     # not exercised here (no SDK): written to ExecuTorch 1.5.1's QNN API
     if (missing := qnn_sdk_missing()) is not None:
@@ -147,7 +148,8 @@ def export_et_qnn(model: MekiModel, out_dir: Path, settings: ExportSettings) -> 
 
 
 @register_target("executorch-mediatek", "ExecuTorch, MediaTek NeuroPilot APU delegate; needs the NeuroPilot SDK",
-                 "executorch", ("executorch",), ("none",), sdk_check=mediatek_sdk_missing)
+                 "executorch", ("executorch",), ("none",), sdk_check=mediatek_sdk_missing,
+                 decode_program="own")
 def export_et_mediatek(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
     # not exercised here (no SDK): written to ExecuTorch 1.5.1's NeuropilotPartitioner API
     if (missing := mediatek_sdk_missing()) is not None:

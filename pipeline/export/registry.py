@@ -19,6 +19,9 @@ BACKEND_MODULES = ("executorch_xnnpack", "tflite_backend", "coreml_backend", "ex
                    "npu_refusals")
 
 
+DECODE_PROGRAMS = ("own", "prefill")
+
+
 class ExportError(RuntimeError):
     """A target that cannot be exported here; the message says what is missing."""
 
@@ -30,6 +33,9 @@ class ExportSettings:
     prefill_len: int = 32  # tokens per prefill call
     socs: tuple[str, ...] = ()  # NPU targets: the SoCs to compile for (empty: the target's default)
     calibration: str | None = None  # static activation quant: a `meki data` folder or a text file
+    # targets with prefill and decode methods: "own" lowers decode for T = 1 on its own; "prefill" makes decode
+    # a second entry point to the program lowered for prefill (one lowering); None: the target's default
+    decode_program: str | None = None
 
 
 ExportFn = Callable[[MekiModel, Path, ExportSettings], Backbone | list[Backbone]]  # a list: one per SoC
@@ -45,6 +51,7 @@ class Target:
     export: ExportFn
     sdk_check: Callable[[], str | None] = field(default=lambda: None)  # what vendor SDK is missing, if any
     socs: Callable[[], tuple[str, ...]] | None = None  # NPU targets: the SoCs the compiler knows
+    decode_program: str | None = None  # default of ExportSettings.decode_program; None: no decode method of its own
 
     def ensure_available(self, settings: ExportSettings) -> None:
         missing = [m for m in self.modules if importlib.util.find_spec(m.split(".")[0]) is None]
@@ -54,6 +61,13 @@ class Target:
         if settings.quant not in self.quants:
             raise ExportError(f"target {self.name}: quant {settings.quant!r} not supported "
                               f"(valid: {', '.join(self.quants)})")
+        if settings.decode_program is not None and settings.decode_program not in DECODE_PROGRAMS:
+            raise ExportError(f"decode program {settings.decode_program!r} unknown "
+                              f"(valid: {', '.join(DECODE_PROGRAMS)})")
+        if settings.decode_program is not None and self.decode_program is None:
+            which = ", ".join(sorted(n for n, t in TARGETS.items() if t.decode_program))
+            raise ExportError(f"target {self.name}: --decode-program applies to targets with prefill and decode "
+                              f"methods ({which})")
         if settings.socs and self.socs is None:
             raise ExportError(f"target {self.name}: --soc applies to NPU targets only")
         if settings.socs:
@@ -71,9 +85,11 @@ TARGETS: dict[str, Target] = {}
 
 def register_target(name: str, summary: str, extra: str, modules: tuple[str, ...], quants: tuple[str, ...],
                     sdk_check: Callable[[], str | None] | None = None,
-                    socs: Callable[[], tuple[str, ...]] | None = None) -> Callable[[ExportFn], ExportFn]:
+                    socs: Callable[[], tuple[str, ...]] | None = None,
+                    decode_program: str | None = None) -> Callable[[ExportFn], ExportFn]:
     def wrap(fn: ExportFn) -> ExportFn:
-        TARGETS[name] = Target(name, summary, extra, modules, quants, fn, sdk_check or (lambda: None), socs)
+        TARGETS[name] = Target(name, summary, extra, modules, quants, fn, sdk_check or (lambda: None), socs,
+                               decode_program)
         return fn
     return wrap
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from pipeline.export.bundle import export_bundles
 from pipeline.export.common import table_shaped_tensors
 from pipeline.export.registry import ExportError, ExportSettings, Target, get_target
 from pipeline.export.verify import verify_bundle_artifacts
@@ -64,6 +65,51 @@ def test_kv_cache_carries_no_initial_data(bundles):
             assert not with_data, f"{kind}/{plan.name}: planned tensors with initial data {with_data}"
 
 
+def test_decode_is_an_entry_point_to_prefills_program(bundles):
+    """XNNPACK's default: one lowering; decode is a second execution plan over the same delegate blobs."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    out, _ = bundles
+    for kind in ("meki", "dense"):
+        manifest = json.loads((out / kind / "manifest.json").read_text())
+        assert manifest["backbones"][0]["extra"]["decode_program"] == "prefill"
+        pte = deserialize_pte_binary((out / kind / "model_xnnpack.pte").read_bytes())
+        program = getattr(pte, "program", pte)
+        blobs = {plan.name: [program.backend_delegate_data[d.processed.index].data for d in plan.delegates]
+                 for plan in program.execution_plan}
+        assert sorted(blobs) == ["decode", "prefill"]
+        assert blobs["decode"] == blobs["prefill"] and blobs["decode"]
+
+
+def test_decode_program_own_and_prefill_agree(bundles, tmp_path):
+    """The same model exported with decode lowered on its own (T = 1, static) and with decode on
+    prefill's program: the same greedy tokens, logits equal within float rounding."""
+    import numpy as np
+
+    from mobile_runtime.generate import Generator
+
+    out, quant = bundles
+    if quant != "8da4w":
+        pytest.skip("one quantisation is enough: the methods differ only in their shapes")
+    settings = ExportSettings(quant=quant, max_seq_len=64, prefill_len=8, decode_program="own")
+    export_bundles(out.parent / "ck", tmp_path / "own", ["executorch-xnnpack"], settings, pack_dtype="fp16")
+    prompt = [5, 9, 2, 7, 1]
+    for kind in ("meki", "dense"):
+        own, shared = (Generator(root / kind, check_hashes=False) for root in (tmp_path / "own", out))
+        assert own.backbone.extra["decode_program"] == "own"
+        size = {root: (root / kind / "model_xnnpack.pte").stat().st_size for root in (tmp_path / "own", out)}
+        assert size[out] <= size[tmp_path / "own"]  # the shared blobs are stored once
+        a, b = own.prefill(prompt), shared.prefill(prompt)
+        np.testing.assert_array_equal(a, b)  # the same program
+        token, pos = int(a.argmax()), len(prompt)
+        for _ in range(6):
+            rows_a, rows_b = own.lookup(np.array([[token]])), shared.lookup(np.array([[token]]))
+            a, b = own.decode_one(token, pos, rows_a), shared.decode_one(token, pos, rows_b)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
+            assert int(a.argmax()) == int(b.argmax())
+            token, pos = int(a.argmax()), pos + 1
+
+
 def test_table_shaped_tensor_is_caught():
     class Leaky(torch.nn.Module):
         def __init__(self):
@@ -86,3 +132,7 @@ def test_registry_errors():
         missing.ensure_available(ExportSettings())
     with pytest.raises(ExportError, match="quant 'int2' not supported"):
         get_target("executorch-xnnpack").ensure_available(ExportSettings(quant="int2"))
+    with pytest.raises(ExportError, match="decode program 'shared' unknown.*own, prefill"):
+        get_target("executorch-xnnpack").ensure_available(ExportSettings(decode_program="shared"))
+    with pytest.raises(ExportError, match="target coreml: --decode-program applies to targets with prefill and decode"):
+        get_target("coreml").ensure_available(ExportSettings(decode_program="own"))
