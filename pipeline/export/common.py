@@ -332,12 +332,12 @@ def lower_shared_cache(model: MekiModel, out: Path, settings: ExportSettings, pa
     decode_program "prefill" (XNNPACK's default) lowers only prefill, whose T in [1, prefill_len] covers
     T = 1, and makes decode a second entry point to it: one lowering instead of two, as ExecuTorch's own
     LLM export runs one `forward` for both (docs/export_scale.md: ~0.4% more instructions per decode step
-    at the demo's size, 0.005% at Qwen3-0.6B's). The manifest's methods are the same either way."""
+    at the demo's size, 0.003% at Qwen3-0.6B's widths). The manifest's methods are the same either way."""
     from pipeline.export.custom_attention import LLAMA_KERNELS
-    from pipeline.export.registry import get_target
+    from pipeline.export.registry import decode_program as which_decode
 
     t0 = time.perf_counter()
-    decode_program = settings.decode_program or get_target(target).decode_program or "own"
+    decode_program = which_decode(target, settings)
     programs = export_steps(model, settings, llama_ops, decode=decode_program == "own")
     delegated = lower_to_pte(programs, model.cfg, out, partitioners, target, shared_cache=True,
                              zero_cache=not llama_ops,  # custom_sdpa never reads an unwritten position

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.config import ModelConfig
-from pipeline.export.registry import ExportError, ExportSettings
+from pipeline.export.registry import ExportError, ExportSettings, decode_program
 from pipeline.model import MekiModel
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,10 @@ FP32 = 4
 HELD = {"none": 4.0, "8da4w": 1.4, "8da4w-h8": 1.4, "int8wo": 1.05}  # 8da4w: 1.45 measured at qwen3-4b (load-only run)
 PACKED = {"none": 4.0, "8da4w": 0.6, "8da4w-h8": 0.6, "int8wo": 1.05}
 # the delegate's packed weights, the emitted program and its serialised buffer: fitted on full-depth pair
-# exports (the dense bundle's peak; qwen3-0.6b 4.15, qwen3-1.7b 3.78; 2.5 had been fitted on 2 layers)
-LOWERING_COPIES = 3.8
+# exports, keyed by the decode program (registry.ExportSettings.decode_program). "own" (two lowerings per
+# bundle): the dense bundle's peak, qwen3-0.6b 4.15, qwen3-1.7b 3.78, qwen3-4b 3.6. "prefill" (one):
+# qwen3-0.6b 2.70, qwen3-1.7b 2.69 (ninth session, --jobs 1); 3.2 leaves ~10% over those
+LOWERING_COPIES = {"own": 3.8, "prefill": 3.2}
 # converters' own copies of the fp32 weights, beside the parent's model: LiteRT's child (constants
 # referenced, not copied: lightweight_conversion) peaked at 3,722 MiB over the 2.4 GB of the
 # Qwen3-0.6B shape's weights (8,808 MiB before); Core ML's ct.convert (in process) at 9,492 MiB with the
@@ -83,7 +85,7 @@ def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettin
             program = c.other * FP32 + (c.linear + head) * PACKED[quant]
             # while the export copy is fused and quantised (nothing to do when it was done while loading)
             copying = 0 if eager_quant else twin * FP32 + head * FP32 + quantised
-            lowering = quantised + c.kv_cache + LOWERING_COPIES * program
+            lowering = quantised + c.kv_cache + LOWERING_COPIES[decode_program(t, settings)] * program
             out[t] = int(held + max(copying, lowering) + SLACK)
         else:
             copies = CONVERTER_COPIES.get(t.split("-")[0], max(CONVERTER_COPIES.values()))

@@ -94,6 +94,11 @@ def register_target(name: str, summary: str, extra: str, modules: tuple[str, ...
     return wrap
 
 
+def decode_program(target: str, settings: ExportSettings) -> str:
+    """The decode a target's .pte gets: the setting, else the target's default ("own" where it has none)."""
+    return settings.decode_program or get_target(target).decode_program or "own"
+
+
 def load_backends() -> dict[str, Target]:
     for mod in BACKEND_MODULES:
         importlib.import_module(f"pipeline.export.{mod}")
