@@ -24,12 +24,22 @@ def meki(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def kill_when(proc: subprocess.Popen, parent: Path, name: str, inside: str, timeout: float = 300) -> Path:
-    """SIGKILL `proc` once `.NAME.partial-*/INSIDE` exists (the output is half built); returns the partial."""
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def kill_when(proc: subprocess.Popen, parent: Path, name: str, inside: str, timeout: float = 300,
+              with_child: bool = False) -> Path:
+    """SIGKILL `proc` once `.NAME.partial-*/INSIDE` exists (the output is half built) and, with_child, while
+    it has a child process (export's forked helper); returns the partial."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = [p for p in parent.glob(f".{name}.partial-{proc.pid}-*") if (p / inside).exists()]
+        helpers = children(proc.pid) if found and with_child else []
+        if found and with_child and not helpers:
+            found = []
         if found:
+            proc.helpers = helpers
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             return found[0]
@@ -37,6 +47,15 @@ def kill_when(proc: subprocess.Popen, parent: Path, name: str, inside: str, time
         time.sleep(0.005)
     proc.kill()
     raise AssertionError("timed out waiting for the partial output")
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan waits to be reaped by init)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
 
 
 def leftovers(parent: Path) -> list[str]:
@@ -67,12 +86,21 @@ def test_second_fold_to_the_same_output_fails_cleanly(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_killed_mid_write_then_rerun(tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_export_killed_mid_write_then_rerun(tmp_path, jobs):
+    """jobs 1: killed once meki/ is written, while dense/ is lowered (no meki/ without its dense/ may appear);
+    jobs 2: killed while the forked helper lowers the dense bundle (the helper dies with it)."""
     save_checkpoint(random_model(), tmp_path / "ck")
     out = tmp_path / "out"
-    proc = meki("export", str(tmp_path / "ck"), "--target", "executorch-xnnpack", "--out", str(out))
-    partial = kill_when(proc, tmp_path, "out", "meki/config.json")
+    proc = meki("export", str(tmp_path / "ck"), "--target", "executorch-xnnpack", "--out", str(out), "--jobs", jobs)
+    # jobs 2: the helper forks once the weights are loaded, i.e. after the fold has written .folded/
+    partial = kill_when(proc, tmp_path, "out", "meki/config.json" if jobs == "1" else ".folded/config.json",
+                        with_child=jobs == "2")
     assert not out.exists() and partial.exists()  # not a meki/ without its dense/
+    deadline = time.monotonic() + 30  # the helper dies with its parent (PR_SET_PDEATHSIG)
+    while any(alive(pid) for pid in getattr(proc, "helpers", [])):
+        assert time.monotonic() < deadline, f"the helper outlived the killed export: {proc.helpers}"
+        time.sleep(0.05)
     export_bundles(tmp_path / "ck", out, ["executorch-xnnpack"], ExportSettings(max_seq_len=64, prefill_len=8))
     assert sorted(p.name for p in out.iterdir()) == ["dense", "meki"]
     assert (out / "meki" / "manifest.json").exists() and (out / "dense" / "manifest.json").exists()
