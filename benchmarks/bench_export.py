@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.checkpoint import CheckpointInfo, write_info  # noqa: E402
 from pipeline.config import ModelConfig, preset  # noqa: E402
+from pipeline.export.registry import DECODE_PROGRAMS  # noqa: E402
 from pipeline.model import MekiModel  # noqa: E402
 from pipeline.profile import StageProfiler, release, save_json  # noqa: E402
 from pipeline.tensor_io import SafetensorsReader, SafetensorsWriter, fingerprint  # noqa: E402
@@ -117,7 +118,7 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=0.2, help="RSS sampling interval, s")
     ap.add_argument("--jobs", type=int, choices=(1, 2), default=1,
                     help="2: the dense bundle lowered beside the MeKi one (forked); default 1, the sequential profile")
-    ap.add_argument("--decode-program", choices=("own", "prefill"),
+    ap.add_argument("--decode-program", choices=DECODE_PROGRAMS,
                     help="own: decode lowered on its own; prefill: decode on prefill's program; default: the target's")
     a = ap.parse_args()
 

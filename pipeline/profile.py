@@ -39,7 +39,7 @@ def _status_kib(pid: int | str, key: str) -> int:
     return 0
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """Process ids below `root` (scans /proc/*/stat: /proc/<pid>/task/*/children is not always built in)."""
     parent: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -63,7 +63,7 @@ def _descendants(root: int) -> list[int]:
 def tree_rss_kib(pid: int | None = None) -> int:
     """Resident set of a process and all its descendants, KiB."""
     pid = pid or os.getpid()
-    return _status_kib(pid, "VmRSS") + sum(_status_kib(p, "VmRSS") for p in _descendants(pid))
+    return _status_kib(pid, "VmRSS") + sum(_status_kib(p, "VmRSS") for p in descendants(pid))
 
 
 def tree_pss_kib(pids: list[int]) -> int:
@@ -165,7 +165,7 @@ class StageProfiler:
         while not self._stop.wait(self.interval):
             pss = 0.0
             if time.perf_counter() - last_scan > 1.0:  # scanning /proc is the costly part: once a second
-                kids, last_scan = _descendants(os.getpid()), time.perf_counter()
+                kids, last_scan = descendants(os.getpid()), time.perf_counter()
                 if kids:  # Pss walks the page tables (~10 ms per GB): with the scan, only while there are children
                     pss = tree_pss_kib([os.getpid(), *kids]) / 1024
             mib = (_status_kib("self", "VmRSS") + sum(_status_kib(p, "VmRSS") for p in kids)) / 1024

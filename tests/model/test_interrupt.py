@@ -15,6 +15,7 @@ from pipeline.checkpoint import save_checkpoint
 from pipeline.export.bundle import export_bundles
 from pipeline.export.registry import ExportSettings
 from pipeline.fold import fold_checkpoint
+from pipeline.profile import descendants
 from tests.model.helpers import random_model
 
 
@@ -24,10 +25,6 @@ def meki(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 def kill_when(proc: subprocess.Popen, parent: Path, name: str, inside: str, timeout: float = 300,
               with_child: bool = False) -> Path:
     """SIGKILL `proc` once `.NAME.partial-*/INSIDE` exists (the output is half built) and, with_child, while
@@ -35,7 +32,7 @@ def kill_when(proc: subprocess.Popen, parent: Path, name: str, inside: str, time
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = [p for p in parent.glob(f".{name}.partial-{proc.pid}-*") if (p / inside).exists()]
-        helpers = children(proc.pid) if found and with_child else []
+        helpers = descendants(proc.pid) if found and with_child else []
         if found and with_child and not helpers:
             found = []
         if found:
