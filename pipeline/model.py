@@ -140,14 +140,20 @@ class MekiModel(nn.Module):
 
     def setup_cache(self, max_seq_len: int, batch: int = 1, dtype: torch.dtype | None = None) -> None:
         """Allocate a static KV cache of max_seq_len positions; calls then pass input_pos."""
-        dtype = dtype or self.embed.weight.dtype
+        dtype = dtype or self.weight_dtype
         if max_seq_len > self.rope_cos.shape[0]:
             cos, sin = rope_tables(self.cfg, max_seq_len)
             self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
         for layer in self.layers:
             layer.attn.cache = KVCache(batch, self.cfg.num_kv_heads, max_seq_len, self.cfg.head_dim, dtype).to(
-                self.embed.weight.device)
+                self.rope_cos.device)
         self.cache_len = max_seq_len
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The embedding's dtype; an embedding held quantised (coreml_quant.Int4Embedding) names the
+        dtype it dequantises to, so asking does not dequantise the whole table."""
+        return getattr(self.embed, "dtype", None) or self.embed.weight.dtype
 
     def reset_cache(self) -> None:
         for layer in self.layers:

@@ -24,6 +24,7 @@ from contract.atomic import atomic_dir, check_free
 from pipeline.model import MekiModel
 from pipeline.export.forked import forked
 from pipeline.export.memory import bundles_at_once, check_memory
+from pipeline.export.coreml_quant import CoreMLQuantizer
 from pipeline.export.eager_quant import LayerFuser
 from pipeline.export.fused_layers import FusedDecoderLayer, is_fused
 from pipeline.export.quantize import EAGER_QUANT_TARGETS, quantized_as
@@ -64,13 +65,17 @@ def dense_baseline(model: MekiModel, fused: list[FusedDecoderLayer] | None = Non
     return materialize_buffers(dense).eval()
 
 
-def eager_quantizer(targets: list[str], settings: ExportSettings) -> LayerFuser | None:
-    """Fuse and quantise each layer while loading when every target fuses and quantises with
-    quantize_weights (eager_quant.py): the fp32 model never exists whole and both bundles, both
-    methods, share one set of quantised weights."""
-    if settings.quant == "none" or not all(t in EAGER_QUANT_TARGETS for t in targets):
+def eager_quantizer(targets: list[str], settings: ExportSettings) -> LayerFuser | CoreMLQuantizer | None:
+    """Quantise each layer while loading when every target quantises the same way: with
+    quantize_weights (fused first, eager_quant.py) or with Core ML's int4 (coreml_quant.py). The fp32
+    model never exists whole and both bundles, both methods, share one set of quantised weights."""
+    if settings.quant == "none":
         return None
-    return LayerFuser(settings.quant)
+    if all(t in EAGER_QUANT_TARGETS for t in targets):
+        return LayerFuser(settings.quant)
+    if set(targets) == {"coreml"} and settings.quant == "int4":
+        return CoreMLQuantizer()
+    return None
 
 
 def tool_versions() -> dict[str, str]:

@@ -161,7 +161,7 @@ def with_slice_cache(model: MekiModel, max_seq_len: int) -> MekiModel:
     model.setup_cache(max_seq_len)
     cfg = model.cfg
     for layer in model.layers:
-        layer.attn.cache = SliceKVCache(1, cfg.num_kv_heads, max_seq_len, cfg.head_dim, model.embed.weight.dtype)
+        layer.attn.cache = SliceKVCache(1, cfg.num_kv_heads, max_seq_len, cfg.head_dim, model.weight_dtype)
     return model
 
 

@@ -4,6 +4,8 @@ Both functions come from the same model and declare the same states (k/v per lay
 positions), so one MLState made from either serves both: the pattern ANEMLL ships on the Neural
 Engine (prefill/infer functions of one multifunction package, one state). It cannot be run on Linux.
 prefill takes 1..prefill_len tokens (flexible), decode exactly one (fixed: what the ANE prefers).
+int4 weights are made in torch before conversion (coreml_quant.py); palettize4 runs on the converted
+model (coremltools.optimize), as int4 did before.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from contract.manifest import Backbone
 from pipeline.export.common import (dynamic_seq, example_inputs, make_step, refuse_tables, step_methods,
                                     table_shaped_tensors, with_slice_cache)
+from pipeline.export.coreml_quant import MIN_QUANT_ELEMENTS, quantized_view
 from pipeline.export.registry import ExportSettings, register_target
 from pipeline.model import MekiModel
 from pipeline.profile import release, stage
@@ -28,8 +31,6 @@ from pipeline.profile import release, stage
 log = logging.getLogger(__name__)
 COREML_QUANTS = ("none", "int4", "palettize4")
 QUANT_OPS = {"int4": "constexpr_blockwise_shift_scale", "palettize4": "constexpr_lut_to_dense"}
-INT4_BLOCK = 32  # int4 per-block: one scale per 32 input channels
-MIN_QUANT_ELEMENTS = 256  # coremltools skips weights below 2048 elements by default: too coarse for tests
 
 
 def export_programs(model: MekiModel, settings: ExportSettings) -> dict[str, Any]:
@@ -71,23 +72,12 @@ def weight_consts(mlmodel: Any) -> list[str]:
     return names
 
 
-def compress(mlmodel: Any, quant: str) -> Any:
-    """int4: symmetric per-block (32) linear quantisation; palettize4: 16-entry k-means LUT per tensor."""
+def palettize(mlmodel: Any) -> Any:
+    """palettize4: a 16-entry k-means LUT per weight tensor, on the converted model."""
     import coremltools.optimize.coreml as cto
 
-    if quant == "none":
-        return mlmodel
-    if quant == "int4":
-        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
-                                         block_size=INT4_BLOCK, weight_threshold=MIN_QUANT_ELEMENTS)
-        run = cto.linear_quantize_weights
-    elif quant == "palettize4":
-        op = cto.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_tensor",
-                                    weight_threshold=MIN_QUANT_ELEMENTS)
-        run = cto.palettize_weights
-    else:
-        raise ValueError(f"unknown quant {quant!r} (valid: {', '.join(COREML_QUANTS)})")
-    return run(mlmodel, cto.OptimizationConfig(op_name_configs={name: op for name in weight_consts(mlmodel)}))
+    op = cto.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_tensor", weight_threshold=MIN_QUANT_ELEMENTS)
+    return cto.palettize_weights(mlmodel, cto.OptimizationConfig(op_name_configs={n: op for n in weight_consts(mlmodel)}))
 
 
 def mil_op_counts(spec: Any, function: str) -> Counter:
@@ -110,9 +100,12 @@ def save_multifunction(parts: dict[str, Path], out: Path, default: str) -> None:
 
 
 @register_target("coreml", "Core ML .mlpackage (iOS 18, KV cache as state, fp16, ANE); spec-checked here",
-                 "coreml", ("coremltools",), COREML_QUANTS)
+                 "coreml", ("coremltools", "torchao"), COREML_QUANTS)
 def export_coreml(model: MekiModel, out_dir: Path, settings: ExportSettings) -> Backbone:
     t0 = time.perf_counter()
+    if settings.quant == "int4":  # nothing to swap where the bundle loaded it so (coreml_quant.CoreMLQuantizer)
+        with stage("int4 weights"):
+            model = quantized_view(model)
     with stage("torch.export"):
         programs = export_programs(model, settings)
     refuse_tables(table_shaped_tensors(programs, model.cfg), "coreml")
@@ -122,8 +115,9 @@ def export_coreml(model: MekiModel, out_dir: Path, settings: ExportSettings) -> 
         for name in list(programs):
             with stage(f"ct.convert {name}"):
                 mlmodel = convert(programs.pop(name))  # the program is not needed once converted
-            with stage(f"compress {name}"):
-                mlmodel = compress(mlmodel, settings.quant)
+            if settings.quant == "palettize4":
+                with stage(f"palettize {name}"):
+                    mlmodel = palettize(mlmodel)
             parts[name] = Path(work) / f"{name}.mlpackage"
             with stage(f"save {name}"):
                 mlmodel.save(str(parts[name]))

@@ -1,6 +1,7 @@
 """Core ML export of the fake preset: bundles, spec checks (no Core ML runtime on Linux), compression."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -10,10 +11,13 @@ from contract.manifest import Manifest, load_manifest
 from pipeline.checkpoint import save_checkpoint
 from pipeline.export.bundle import export_bundles
 from pipeline.export.common import with_slice_cache
+from pipeline.export.coreml_backend import convert, export_programs, weight_consts
+from pipeline.export.coreml_quant import INT4_BLOCK, MIN_QUANT_ELEMENTS, quantized_view
 from pipeline.export.registry import ExportSettings, get_target
 from pipeline.export.spec_checks import check_spec
 from pipeline.export.verify import verify_bundle_artifacts
 from pipeline.fold import fold_model
+from pipeline.model import MekiModel, init_weights
 from tests.model.helpers import trained_like_model
 
 pytestmark = pytest.mark.slow
@@ -108,3 +112,52 @@ def test_slice_cache_matches_index_copy_cache():
         for start, end in ((0, 4), (4, 5), (5, 6)):  # prefill 4, then two decode steps
             chunk, pos = tokens[:, start:end], torch.arange(start, end)
             torch.testing.assert_close(got(chunk, pos, rows(chunk)), ref(chunk, pos, rows(chunk)), rtol=0, atol=1e-6)
+
+
+def blockwise_weights(mlmodel) -> list:
+    """Every int4 weight of a converted model: codes, scales, the ops that read it."""
+    fn = mlmodel._mil_program.functions["main"]
+    return sorted((op.data.val.tobytes(), str(op.data.val.dtype), op.scale.val.tobytes(), str(op.scale.val.dtype),
+                   op.data.val.shape, sorted(c.op_type for c in op.outputs[0].child_ops))
+                  for op in fn.find_ops(op_type="constexpr_blockwise_shift_scale"))
+
+
+def compute_ops(mlmodel, skip: tuple[str, ...] = ()) -> Counter:
+    return Counter(op.op_type for op in mlmodel._mil_program.functions["main"].operations
+                   if op.op_type not in ("const", "constexpr_blockwise_shift_scale", *skip))
+
+
+@pytest.mark.parametrize("variant", ["paper", "megatron"])
+def test_int4_in_torch_equals_coremltools_own_pass(variant):
+    """int4 made in torch before conversion (coreml_quant.py) gives what coremltools' own pass makes of
+    the converted fp32 model (what this target shipped before): the same codes and scales, read by the
+    same ops, in the graph the fp32 model converts to. (The pass's reload of the program from its spec
+    leaves a second copy of an index clamp that the direct conversion shares: not compared; prefill's
+    symbolic-length arithmetic is scheduled differently, one shape read more: its shape ops not counted.)"""
+    import coremltools.optimize.coreml as cto
+
+    model = trained_like_model() if variant == "paper" else init_weights(
+        MekiModel(trained_like_model().cfg.replace(variant="megatron")), seed=2)
+    folded, _ = fold_model(model)
+    settings = ExportSettings("int4", 64, 8)
+    config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                         block_size=INT4_BLOCK, weight_threshold=MIN_QUANT_ELEMENTS)
+    for name in ("prefill", "decode"):
+        plain = convert(export_programs(folded.eval(), settings)[name])
+        ref = cto.linear_quantize_weights(plain, cto.OptimizationConfig(
+            op_name_configs={n: config for n in weight_consts(plain)}))
+        got = convert(export_programs(quantized_view(folded.eval()), settings)[name])
+        assert len(blockwise_weights(got)) == 2 * 8 + 1  # per layer 8 (the MeKi out-projection's in-dim 16 < 32)
+        assert blockwise_weights(got) == blockwise_weights(ref)
+        plumbing = ("shape", "slice_by_index", "concat") if name == "prefill" else ()
+        assert compute_ops(got, plumbing) == compute_ops(plain, plumbing)
+
+
+def test_int4_view_leaves_the_model_float():
+    folded, _ = fold_model(trained_like_model())
+    before = {k: v.clone() for k, v in folded.state_dict().items()}
+    view = quantized_view(folded)
+    assert type(view.embed).__name__ == "Int4Embedding" and type(folded.embed).__name__ == "Embedding"
+    assert folded.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in folded.state_dict().items())
+    assert view.norm is folded.norm and view.layers[0].attn_norm is folded.layers[0].attn_norm  # shared, not copied
