@@ -23,7 +23,7 @@ import torch
 from contract.manifest import Backbone
 from pipeline.export.common import (dynamic_seq, example_inputs, make_step, refuse_tables, step_methods,
                                     table_shaped_tensors, with_slice_cache)
-from pipeline.export.coreml_quant import MIN_QUANT_ELEMENTS, quantized_view
+from pipeline.export.coreml_quant import MIN_QUANT_ELEMENTS, quantized_view, share_dequantized
 from pipeline.export.registry import ExportSettings, register_target
 from pipeline.model import MekiModel
 from pipeline.profile import release, stage
@@ -46,6 +46,7 @@ def export_programs(model: MekiModel, settings: ExportSettings) -> dict[str, Any
         step = make_step(with_slice_cache(model, settings.max_seq_len))
         with torch.no_grad():
             programs[name] = export(step, inputs, dynamic_shapes=shapes, strict=False).run_decompositions({})
+        share_dequantized(programs[name])
     return programs
 
 

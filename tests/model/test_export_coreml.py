@@ -161,3 +161,13 @@ def test_int4_view_leaves_the_model_float():
     assert folded.state_dict().keys() == before.keys()
     assert all(torch.equal(v, before[k]) for k, v in folded.state_dict().items())
     assert view.norm is folded.norm and view.layers[0].attn_norm is folded.layers[0].attn_norm  # shared, not copied
+
+
+def test_tied_embedding_dequantised_once():
+    """The embedding read by the lookup and the tied head: one dequantize node, one weight in MIL."""
+    folded, _ = fold_model(trained_like_model())
+    assert folded.cfg.tie_embeddings
+    program = export_programs(quantized_view(folded.eval()), ExportSettings("int4", 64, 8))["decode"]
+    calls = [n for n in program.graph_module.graph.nodes if str(n.target) == "torchao.dequantize_affine.default"]
+    assert len(calls) == 2 * 8 + 1
+    assert max(len(c.users) for c in calls) == 2  # the embedding: the lookup and the head
