@@ -10,9 +10,9 @@ model (coremltools.optimize), as int4 did before.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -89,15 +89,47 @@ def mil_op_counts(spec: Any, function: str) -> Counter:
     return counts
 
 
-def save_multifunction(parts: dict[str, Path], out: Path, default: str) -> None:
-    """Merge single-function packages into one package whose functions are named by `parts`' keys."""
-    import coremltools as ct
+def save_functions(models: dict[str, Any], out: Path, default: str) -> None:
+    """One package whose functions are `models`' main functions (converted, in memory), each weight
+    stored once.
 
-    desc = ct.utils.MultiFunctionDescriptor()
-    for name, path in parts.items():
-        desc.add_function(str(path), src_function_name="main", target_function_name=name)
-    desc.default_function_name = default
-    ct.utils.save_multifunction(desc, str(out))
+    What ct.utils.save_multifunction does with packages on disk, without its reload of each package and
+    its np.allclose of every pair of equal-looking weights (three float64 temporaries per comparison:
+    3.7 GB for the Qwen3-0.6B embedding, 9 GB at 4B): the functions' weights come from the same torch
+    tensors, so equal bytes (a sha1 of each) is the test. Equal weights get one weight_id, which the
+    serialiser writes once."""
+    import coremltools as ct
+    import numpy as np
+    from coremltools import _SPECIFICATION_VERSION_IOS_18, proto
+    from coremltools.converters.mil.converter import mil_convert
+    from coremltools.converters.mil.mil import Program
+
+    prog = Program()
+    functions, version = [], _SPECIFICATION_VERSION_IOS_18  # multifunction packages start there
+    same: dict[tuple, list[Any]] = {}
+    for name, mlmodel in models.items():
+        spec = mlmodel.get_spec()
+        version = max(version, spec.specificationVersion)
+        d = spec.description
+        functions.append(proto.Model_pb2.FunctionDescription(name=name, input=d.input, output=d.output, state=d.state))
+        fn = mlmodel._mil_program.functions["main"]
+        prog.add_function(name, fn)
+        for op in fn.operations:
+            val = op.outputs[0].val if op.op_type == "const" else None
+            if isinstance(val, np.ndarray) and val.size > 1:
+                key = (val.dtype.str, val.shape, hashlib.sha1(np.ascontiguousarray(val).view(np.uint8)).digest())
+                same.setdefault(key, []).append(op)
+    for i, ops in enumerate(o for o in same.values() if len(o) > 1):
+        for op in ops:
+            op.weight_id = str(i)
+    prog.default_function_name = default
+    prog.skip_all_passes = True  # each function was optimised when it was converted
+    prog.export_as_multifunction = True
+    mlmodel = mil_convert(prog, convert_to="mlprogram", convert_from="milinternal", specification_version=version,
+                          compute_units=ct.ComputeUnit.CPU_ONLY, skip_model_load=True,
+                          model_description=proto.Model_pb2.ModelDescription(functions=functions,
+                                                                           defaultFunctionName=default))
+    mlmodel.save(str(out))
 
 
 @register_target("coreml", "Core ML .mlpackage (iOS 18, KV cache as state, fp16, ANE); spec-checked here",
@@ -111,23 +143,21 @@ def export_coreml(model: MekiModel, out_dir: Path, settings: ExportSettings) -> 
         programs = export_programs(model, settings)
     refuse_tables(table_shaped_tensors(programs, model.cfg), "coreml")
     out = out_dir / "model.mlpackage"
-    with tempfile.TemporaryDirectory(prefix="meki-coreml-") as work:
-        parts = {}
-        for name in list(programs):
-            with stage(f"ct.convert {name}"):
-                mlmodel = convert(programs.pop(name))  # the program is not needed once converted
-            if settings.quant == "palettize4":
-                with stage(f"palettize {name}"):
-                    mlmodel = palettize(mlmodel)
-            parts[name] = Path(work) / f"{name}.mlpackage"
-            with stage(f"save {name}"):
-                mlmodel.save(str(parts[name]))
-            log.info("coreml %s: MIL ops %s", name, dict(mil_op_counts(mlmodel.get_spec(), "main")))
-            del mlmodel
-            release()
-        shutil.rmtree(out, ignore_errors=True)
-        with stage("save_multifunction"):
-            save_multifunction(parts, out, default="prefill")
+    converted = {}
+    for name in list(programs):
+        with stage(f"ct.convert {name}"):
+            mlmodel = convert(programs.pop(name))  # the program is not needed once converted
+        if settings.quant == "palettize4":
+            with stage(f"palettize {name}"):
+                mlmodel = palettize(mlmodel)
+        log.info("coreml %s: MIL ops %s", name, dict(mil_op_counts(mlmodel.get_spec(), "main")))
+        converted[name] = mlmodel
+        release()
+    shutil.rmtree(out, ignore_errors=True)
+    with stage("save functions"):
+        save_functions(converted, out, default="prefill")
+    del converted
+    release()
     cfg = model.cfg
     return Backbone(target="coreml", file=out.name, quant=settings.quant, max_seq_len=settings.max_seq_len,
                     prefill_len=settings.prefill_len, kv_cache="internal",
