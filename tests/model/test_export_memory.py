@@ -242,3 +242,28 @@ def test_forgetting_lowered_graphs_survives_dead_proxies():
     gc.collect()
     assert gc.is_tracked(proxy)
     forget_lowered_graphs()
+
+
+def test_coreml_int4_while_loading_gives_the_same_weights(variant_ckpt):
+    """Core ML's int4 made layer by layer as the checkpoint loads = made on the whole loaded model;
+    the dense baseline reads the same int4 modules (no second copy) and the same logits come out."""
+    from pipeline.export.bundle import eager_quantizer
+    from pipeline.export.coreml_quant import CoreMLQuantizer, quantized_view
+
+    whole, _ = load_checkpoint(variant_ckpt)
+    want = quantized_view(whole)
+    prepare = eager_quantizer(["coreml"], ExportSettings(quant="int4"))
+    assert isinstance(prepare, CoreMLQuantizer)
+    eager, _ = load_checkpoint(variant_ckpt, prepare=prepare)
+    a, b = want.state_dict(), eager.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.endswith("qdata") for k in b)
+    assert all(b[k].shape[1] % 32 for k in b if k.endswith(".weight") and b[k].ndim == 2)  # left float: as Core ML did
+    dense = dense_baseline(eager)
+    assert dense.layers[0].attn.wq is eager.layers[0].attn.wq
+    tokens = torch.tensor([[1, 2, 3]])
+    rows = torch.randn(1, 3, eager.cfg.num_layers, eager.cfg.d_mem) if eager.cfg.has_meki else None
+    with torch.no_grad():
+        assert torch.equal(want(tokens, meki_rows=rows), eager(tokens, meki_rows=rows))
+    assert eager_quantizer(["coreml"], ExportSettings(quant="palettize4")) is None  # compressed after conversion
+    assert eager_quantizer(["coreml", "tflite"], ExportSettings(quant="int4")) is None
