@@ -27,24 +27,34 @@ from pipeline.model import MekiModel
 
 INT4_BLOCK = 32  # int4 per-block: one scale per 32 input channels
 MIN_QUANT_ELEMENTS = 256  # coremltools skips weights below 2048 elements by default: too coarse for tests
+ROWS = 8192  # rows quantised at a time (the embedding: 151,936 rows)
 QMIN, QMAX = -8, 7  # int4, the range dequantize_affine's converter maps to Core ML's int4
 
 
 def block_quantize(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
     """fp32 [out, in] -> (int4 codes as int8 [out, in], scales [out, in / 32]) exactly as coremltools'
-    linear_symmetric int4 per-block pass makes them from the fp16 constant; None where it would skip."""
+    linear_symmetric int4 per-block pass makes them from the fp16 constant; None where it would skip.
+    Rows are quantised independently (a block lies within a row), so a block of ROWS rows at a time
+    gives the same result with the quantiser's temporaries (float64 among them) bounded."""
     from coremltools.converters.mil.mil import types
     from coremltools.optimize import _utils as optimize_utils
 
-    if weight.ndim != 2 or weight.numel() <= MIN_QUANT_ELEMENTS or weight.shape[1] % INT4_BLOCK:
+    rows, cols = weight.shape if weight.ndim == 2 else (0, 0)
+    if weight.ndim != 2 or weight.numel() <= MIN_QUANT_ELEMENTS or cols % INT4_BLOCK:
         return None
-    fp16 = weight.detach().to(torch.float16).numpy()
-    made = optimize_utils.compute_qparams_by_dtype(fp16, types.int4, "LINEAR_SYMMETRIC", [1, INT4_BLOCK])
-    if made is None:
-        return None
-    data, scale, offset = made
-    assert offset is None, "symmetric quantisation has no offset"
-    return data.astype(np.int8), scale
+    data = np.empty((rows, cols), np.int8)
+    scale = None
+    for start in range(0, rows, ROWS):
+        fp16 = weight[start:start + ROWS].detach().to(torch.float16).numpy()
+        made = optimize_utils.compute_qparams_by_dtype(fp16, types.int4, "LINEAR_SYMMETRIC", [1, INT4_BLOCK])
+        if made is None:
+            return None
+        codes, block_scale, offset = made
+        assert offset is None, "symmetric quantisation has no offset"
+        if scale is None:
+            scale = np.empty((rows, cols // INT4_BLOCK), block_scale.dtype)
+        data[start:start + ROWS], scale[start:start + ROWS] = codes, block_scale
+    return data, scale
 
 
 class Int4Weight(nn.Module):

@@ -36,6 +36,12 @@ LOWERING_COPIES = {"own": 3.8, "prefill": 3.2}
 # Qwen3-0.6B shape's weights (8,808 MiB before); Core ML's ct.convert (in process) at 9,492 MiB with the
 # model's 2.25 GiB, i.e. 2.7 copies beyond it (bench_export.py --shape qwen3-0.6b --target coreml)
 CONVERTER_COPIES = {"tflite": 1.7, "coreml": 3.0}
+# Core ML int4 made in torch as the layers load (coreml_quant.py): int8 codes and an fp32 scale per 32
+# weights for every Linear and the embedding. The converter holds its own codes (int4-typed arrays) for
+# the function it converts and the last one's until both are saved (save_functions): fitted on the
+# Qwen3-0.6B shape, ct.convert decode peaked 1,339 MiB above the loaded model's 1,707 (0.68 GB of codes)
+COREML_INT4_HELD = 1 + FP32 / 32
+COREML_INT4_COPIES = 2.2
 # tflite-qnn at the Qwen3-0.6B shape (2.4 GB of fp32 weights): ai-edge-quantizer's child (w8a16) peaked
 # at 11,100 MiB (it reads the float model twice and runs it); LiteRT's QNN compile (apply_plugin_main
 # with QAIRT's HTP prepare) of the fp16 graph at 14,458 MiB, of the w8a16 one at <= 11,100 MiB
@@ -70,6 +76,8 @@ def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettin
     otherwise the model loads fp32 and each export copy is fused and quantised before lowering."""
     c = param_counts(cfg, settings)
     fp32 = (c.linear + c.other) * FP32
+    if eager_quant and settings.quant == "int4":  # only Core ML takes int4
+        return _coreml_int4_estimates(cfg, c, targets)
     quant = settings.quant if settings.quant in HELD else "none"
     head = cfg.vocab_size * cfg.dim if cfg.tie_embeddings and settings.quant != "none" else 0  # untied to quantise
     # Megatron: the MeKi layers' FFN linears with the norm weight folded in (fused_layers.py), new
@@ -96,6 +104,16 @@ def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettin
             if quantised:
                 out[f"{t} quantise"] = int(fp32 + feeds + QNN_QUANTISER * fp32 + SLACK)
             out[f"{t} compile"] = int(fp32 + feeds + QNN_COMPILE[quantised] * fp32 + SLACK)
+    return out
+
+
+def _coreml_int4_estimates(cfg: ModelConfig, c: Counts, targets: list[str]) -> dict[str, int]:
+    codes = (c.linear + cfg.vocab_size * cfg.dim) * COREML_INT4_HELD  # the embedding too
+    held = (c.linear + c.other) * FP32 - (c.linear + cfg.vocab_size * cfg.dim) * FP32 + codes
+    largest = max(cfg.vocab_size * cfg.dim * (FP32 + 2), 2 * cfg.dim * cfg.ffn_dim * FP32)  # in flight while loading
+    out = {"load": int(held + largest + SLACK)}
+    for t in targets:
+        out[t] = int(held + COREML_INT4_COPIES * codes + c.kv_cache + SLACK)
     return out
 
 
@@ -156,6 +174,7 @@ def _advice(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eage
     if settings.quant == "none" and any(t.startswith("executorch") for t in targets):
         tips.append("export with --quant 8da4w (weights quantised as they load, ~1.2 bytes per weight)")
     elif not eager_quant and len(targets) > 1:
-        tips.append("export one --target per run (executorch-xnnpack alone quantises while loading)")
+        tips.append("export one --target per run (executorch-xnnpack alone, or coreml alone with --quant int4, "
+                    "quantises while loading)")
     tips.append("close other programs or use a machine with more memory")
     return "instead: " + "; or ".join(tips)

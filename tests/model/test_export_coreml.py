@@ -171,3 +171,18 @@ def test_tied_embedding_dequantised_once():
     calls = [n for n in program.graph_module.graph.nodes if str(n.target) == "torchao.dequantize_affine.default"]
     assert len(calls) == 2 * 8 + 1
     assert max(len(c.users) for c in calls) == 2  # the embedding: the lookup and the head
+
+
+def test_block_quantize_in_row_blocks_equals_one_call(monkeypatch):
+    import coremltools.optimize._utils as optimize_utils
+    from coremltools.converters.mil.mil import types
+
+    import pipeline.export.coreml_quant as cq
+
+    weight = torch.randn(100, 64) * 0.02
+    monkeypatch.setattr(cq, "ROWS", 48)  # 100 rows: blocks of 48, 48, 4
+    data, scale = cq.block_quantize(weight)
+    want, want_scale, _ = optimize_utils.compute_qparams_by_dtype(weight.to(torch.float16).numpy(), types.int4,
+                                                                  "LINEAR_SYMMETRIC", [1, INT4_BLOCK])
+    assert np.array_equal(data, want.astype(np.int8)) and np.array_equal(scale, want_scale)
+    assert scale.dtype == want_scale.dtype
