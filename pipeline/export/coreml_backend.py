@@ -117,7 +117,8 @@ def save_functions(models: dict[str, Any], out: Path, default: str) -> None:
         for op in fn.operations:
             val = op.outputs[0].val if op.op_type == "const" else None
             if isinstance(val, np.ndarray) and val.size > 1:
-                key = (val.dtype.str, val.shape, hashlib.sha1(np.ascontiguousarray(val).view(np.uint8)).digest())
+                key = (str(op.outputs[0].dtype), val.dtype.str, val.shape,  # MIL's type too: int4 vs int8 codes
+                       hashlib.sha1(np.ascontiguousarray(val).view(np.uint8)).digest())
                 same.setdefault(key, []).append(op)
     for i, ops in enumerate(o for o in same.values() if len(o) > 1):
         for op in ops:

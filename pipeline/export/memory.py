@@ -37,11 +37,16 @@ LOWERING_COPIES = {"own": 3.8, "prefill": 3.2}
 # model's 2.25 GiB, i.e. 2.7 copies beyond it (bench_export.py --shape qwen3-0.6b --target coreml)
 CONVERTER_COPIES = {"tflite": 1.7, "coreml": 3.0}
 # Core ML int4 made in torch as the layers load (coreml_quant.py): int8 codes and an fp32 scale per 32
-# weights for every Linear and the embedding. The converter holds its own codes (int4-typed arrays) for
-# the function it converts and the last one's until both are saved (save_functions): fitted on the
-# Qwen3-0.6B shape, ct.convert decode peaked 1,339 MiB above the loaded model's 1,707 (0.68 GB of codes)
-COREML_INT4_HELD = 1 + FP32 / 32
+# weights for every Linear and the embedding (1.125 bytes per weight; 1.5 held, with what the allocator
+# keeps of the quantiser's temporaries: 6,014 MiB after loading the Qwen3-4B shape). The converter holds
+# its own codes for the function it converts and the last one's until both are saved (save_functions):
+# ct.convert decode peaked 1.9 / 1.4 / 2.0 copies of the codes above the loaded model at 0.6B / 1.7B / 4B.
+# While loading, the embedding is in flight as bf16, fp32 and fp16 row blocks: 10 bytes per element covers
+# the measured load peaks (3,040 MiB at 0.6B, 8,976 MiB at 4B)
+COREML_INT4_CODES = 1 + FP32 / 32
+COREML_INT4_HELD = 1.5
 COREML_INT4_COPIES = 2.2
+COREML_INT4_EMBED_IN_FLIGHT = 10
 # tflite-qnn at the Qwen3-0.6B shape (2.4 GB of fp32 weights): ai-edge-quantizer's child (w8a16) peaked
 # at 11,100 MiB (it reads the float model twice and runs it); LiteRT's QNN compile (apply_plugin_main
 # with QAIRT's HTP prepare) of the fp16 graph at 14,458 MiB, of the w8a16 one at <= 11,100 MiB
@@ -108,12 +113,12 @@ def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettin
 
 
 def _coreml_int4_estimates(cfg: ModelConfig, c: Counts, targets: list[str]) -> dict[str, int]:
-    codes = (c.linear + cfg.vocab_size * cfg.dim) * COREML_INT4_HELD  # the embedding too
-    held = (c.linear + c.other) * FP32 - (c.linear + cfg.vocab_size * cfg.dim) * FP32 + codes
-    largest = max(cfg.vocab_size * cfg.dim * (FP32 + 2), 2 * cfg.dim * cfg.ffn_dim * FP32)  # in flight while loading
-    out = {"load": int(held + largest + SLACK)}
+    embedding = cfg.vocab_size * cfg.dim
+    quantised = c.linear + embedding  # the embedding too (tied: the head reads it)
+    held = (c.other - embedding) * FP32 + quantised * COREML_INT4_HELD
+    out = {"load": int(held + embedding * COREML_INT4_EMBED_IN_FLIGHT + SLACK)}
     for t in targets:
-        out[t] = int(held + COREML_INT4_COPIES * codes + c.kv_cache + SLACK)
+        out[t] = int(held + COREML_INT4_COPIES * quantised * COREML_INT4_CODES + c.kv_cache + SLACK)
     return out
 
 

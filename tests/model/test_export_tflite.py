@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mobile_runtime.backends import open_runner
 from contract.manifest import verify_bundle
@@ -137,3 +138,21 @@ def test_registry_lists_litert_targets():
         get_target("tfl")
     with pytest.raises(ExportError, match="quant 'int4' not supported.*none, int8, int8wo"):
         get_target("tflite").ensure_available(ExportSettings(quant="int4"))
+
+
+def test_weights_mapped_from_the_converter_file_keep_their_values(tmp_path):
+    """After the parent saves the model for the converter child it reads the weights from that file's
+    mapping (litert.map_weights): same values, the anonymous copy gone, and a later write stays private."""
+    model = trained_like_model()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    pointers = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    src = tmp_path / "model.pt"
+    torch.save({"config": model.cfg.to_dict(), "state": model.state_dict()}, src)
+    litert.map_weights(model, src)
+    src.unlink()  # the converter's temporary folder goes; the mapping stays valid
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert all(after[k].data_ptr() != pointers[k] for k in before)
+    with torch.no_grad():
+        model.embed.weight.add_(1.0)
+    assert torch.equal(model.embed.weight, before["embed.weight"] + 1.0)
