@@ -31,11 +31,17 @@ PACKED = {"none": 4.0, "8da4w": 0.6, "8da4w-h8": 0.6, "int8wo": 1.05}
 # bundle): the dense bundle's peak, qwen3-0.6b 4.15, qwen3-1.7b 3.78, qwen3-4b 3.6. "prefill" (one):
 # qwen3-0.6b 2.70, qwen3-1.7b 2.69 (ninth session, --jobs 1); 3.2 leaves ~10% over those
 LOWERING_COPIES = {"own": 3.8, "prefill": 3.2}
-# converters' own copies of the fp32 weights, beside the parent's model: LiteRT's child (constants
-# referenced, not copied: lightweight_conversion) peaked at 3,722 MiB over the 2.4 GB of the
-# Qwen3-0.6B shape's weights (8,808 MiB before); Core ML's ct.convert (in process) at 9,492 MiB with the
-# model's 2.25 GiB, i.e. 2.7 copies beyond it (bench_export.py --shape qwen3-0.6b --target coreml)
-CONVERTER_COPIES = {"tflite": 1.7, "coreml": 3.0}
+# converters' own copies of the fp32 weights, beside the parent's model. LiteRT's child references the
+# weights (lightweight_conversion) in the file the parent saved for it, which the parent then maps too
+# (litert.map_weights): the Qwen3-0.6B tflite pair (fp32) peaked at 3,961 MiB for parent and child
+# together, 0.3 copies beyond the 2.25 GiB of weights (tenth session; the NPU graph's child 3,722 MiB, sixth);
+# 1.0 leaves room. Core ML's fp32 ct.convert (in process; palettize4, none) at 9,492 MiB with the model's
+# 2.25 GiB, i.e. 2.7 copies beyond it (bench_export.py --shape qwen3-0.6b --target coreml)
+CONVERTER_COPIES = {"tflite": 1.0, "coreml": 3.0}
+# LiteRT's int8 / int8wo recipes quantise after conversion: ai-edge-quantizer over the serialised float
+# model, in the converter child. The Qwen3-0.6B tflite int8 pair peaked at 8,540 MiB (tenth session),
+# 3.3 copies of the fp32 weights beyond the runtime; 2.5 with the float conversion's 1.0
+TFLITE_QUANTISER_COPIES = 1.5
 # Core ML int4 made in torch as the layers load (coreml_quant.py): int8 codes and an fp32 scale per 32
 # weights for every Linear and the embedding (1.125 bytes per weight; 1.5 held, with what the allocator
 # keeps of the quantiser's temporaries: 6,014 MiB after loading the Qwen3-4B shape). The converter holds
@@ -102,6 +108,8 @@ def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettin
             out[t] = int(held + max(copying, lowering) + SLACK)
         else:
             copies = CONVERTER_COPIES.get(t.split("-")[0], max(CONVERTER_COPIES.values()))
+            if t == "tflite" and settings.quant != "none":  # tflite-qnn quantises its own way (below)
+                copies += TFLITE_QUANTISER_COPIES
             out[t] = int(fp32 + copies * fp32 + c.kv_cache + SLACK)
         if t.startswith("tflite-qnn"):  # the parent keeps the model and the calibration feeds
             quantised = settings.quant != "none"
@@ -178,6 +186,9 @@ def _advice(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eage
     tips = []
     if settings.quant == "none" and any(t.startswith("executorch") for t in targets):
         tips.append("export with --quant 8da4w (weights quantised as they load, ~1.2 bytes per weight)")
+    elif "tflite" in targets and settings.quant != "none":
+        tips.append("export tflite with --quant none (LiteRT's int8 recipes quantise a serialised float copy "
+                    "in the converter)")
     elif not eager_quant and len(targets) > 1:
         tips.append("export one --target per run (executorch-xnnpack alone, or coreml alone with --quant int4, "
                     "quantises while loading)")

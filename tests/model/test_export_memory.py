@@ -278,3 +278,11 @@ def test_coreml_int4_estimate_covers_what_was_measured(shape, load_mib, convert_
     est = stage_estimates(cfg, ["coreml"], ExportSettings("int4", 512, 32), eager_quant=True)
     assert est["load"] >= load_mib << 20 and est["coreml"] >= convert_mib << 20
     assert max(est.values()) < 1.25 * (max(load_mib, convert_mib) << 20)  # and not far above
+
+
+@pytest.mark.parametrize("shape,quant,peak_mib", [  # benchmarks/results/export-*-tflite-*-s10.json
+    ("qwen3-0.6b", "none", 3961), ("qwen3-0.6b", "int8", 8540)])
+def test_tflite_estimate_covers_what_was_measured(shape, quant, peak_mib):
+    cfg = preset(shape).replace(folded=True)
+    est = stage_estimates(cfg, ["tflite"], ExportSettings(quant, 512, 32), eager_quant=False)
+    assert peak_mib << 20 <= est["tflite"] < 1.5 * (peak_mib << 20)
