@@ -4,6 +4,7 @@ The conversion runs in .venv-litert (made by `make setup`) unless litert-torch i
 """
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -156,3 +157,45 @@ def test_weights_mapped_from_the_converter_file_keep_their_values(tmp_path):
     with torch.no_grad():
         model.embed.weight.add_(1.0)
     assert torch.equal(model.embed.weight, before["embed.weight"] + 1.0)
+
+
+# Runs in LiteRT's Python: our conversion (float .tflite written, then quantised: litert.quantise_file) and
+# litert-torch's own (its converter applies the same recipe to the float bytes it holds) must give one file.
+SAME_AS_LITERT_TORCH = """
+import sys, tempfile
+from pathlib import Path
+import torch, litert_torch
+from pipeline.export import litert
+from pipeline.export.common import share_weights_copy
+from pipeline.export.registry import ExportSettings
+from pipeline.fold import fold_model
+from tests.model.helpers import trained_like_model
+
+model = fold_model(trained_like_model())[0].eval()
+out = Path(tempfile.mkdtemp())
+for quant in ("int8", "int8wo"):
+    settings = ExportSettings(quant, 60, 8)
+    litert.convert_in_process(model, out / f"ours-{quant}.tflite", settings)
+    step = litert.LiteRTStep(share_weights_copy(model), settings.max_seq_len).eval()
+    feeds = {s: litert.sample_kwargs(model.cfg, settings, s) for s in ("prefill", "decode")}
+    with torch.no_grad():
+        edge = (litert_torch.signature("prefill", step, sample_kwargs=feeds["prefill"])
+                .signature("decode", step, sample_kwargs=feeds["decode"])
+                .convert(quant_config=litert.quant_config(quant), lightweight_conversion=True))
+    edge.export(str(out / f"theirs-{quant}.tflite"))
+    same = (out / f"ours-{quant}.tflite").read_bytes() == (out / f"theirs-{quant}.tflite").read_bytes()
+    print("RESULT", quant, "same" if same else "DIFFERENT")
+"""
+
+
+def test_quantised_after_writing_equals_litert_torchs_own_quantisation():
+    import subprocess
+
+    if litert.converter_missing():
+        pytest.skip(litert.converter_missing())
+    py = litert.litert_python() or sys.executable
+    done = subprocess.run([py, "-c", SAME_AS_LITERT_TORCH], cwd=litert.REPO_ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results == [["int8", "same"], ["int8wo", "same"]], done.stdout[-2000:]
