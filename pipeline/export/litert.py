@@ -18,6 +18,7 @@ venv's pydantic and cattrs need newer): when it is not importable here, the conv
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import logging
 import mmap
@@ -124,8 +125,9 @@ def quant_config(quant: str) -> Any:
     return recipes[quant]()
 
 
-def convert_in_process(model: MekiModel, path: Path, settings: ExportSettings, graph: str = "cpu") -> None:
-    """litert-torch: both signatures over one wrapped copy of the model -> one .tflite at `path`.
+def convert_float(model: MekiModel, tmp: Path, settings: ExportSettings, graph: str = "cpu") -> Any | None:
+    """litert-torch: both signatures over one wrapped copy of the model -> a .tflite at `tmp`. Returns
+    the quantisation recipe still to apply to that file (quantise_file), or None when it is done.
 
     graph: cpu (LiteRTStep, the cache written in the graph) | npu (npu_graph.NpuStep, new k/v out)."""
     import litert_torch
@@ -148,11 +150,16 @@ def convert_in_process(model: MekiModel, path: Path, settings: ExportSettings, g
         edge = (litert_torch.signature("prefill", step, sample_kwargs=feeds["prefill"])
                 .signature("decode", step, sample_kwargs=feeds["decode"])
                 .convert(quant_config=None if after else recipe, lightweight_conversion=True))
+    edge.export(str(tmp))
+    return recipe if after else None
+
+
+def convert_in_process(model: MekiModel, path: Path, settings: ExportSettings, graph: str = "cpu") -> None:
+    """convert_float, then the recipe if one is left, into `path` (atomic)."""
     tmp = temp_sibling(path)
     try:
-        edge.export(str(tmp))
-        del edge
-        if after:
+        recipe = convert_float(model, tmp, settings, graph)
+        if recipe is not None:
             quantise_file(tmp, recipe)
         commit_file(tmp, path)
     finally:
@@ -162,9 +169,9 @@ def convert_in_process(model: MekiModel, path: Path, settings: ExportSettings, g
 def quantise_file(path: Path, recipe: Any) -> None:
     """litert-torch's generative recipes, applied as its converter applies them (ai-edge-quantizer over
     the serialised float model: translate_recipe.quantize_model), but after the float model is written
-    and the converter's module is gone: the converter, the float bytes and the quantiser no longer
-    peak together (Qwen3-0.6B int8 pair: 8,540 MiB before). The same float bytes go in, so the same
-    quantised bytes come out."""
+    and the converter's module is gone (in the child, the mapped weights too): the converter, the float
+    bytes and the quantiser no longer peak together (Qwen3-0.6B int8 pair: 8,540 MiB before). The same
+    float bytes go in, so the same quantised bytes come out."""
     from litert_torch.quantize import translate_recipe
 
     quantised = translate_recipe.quantize_model(path.read_bytes(),
@@ -278,8 +285,17 @@ def main(argv: list[str] | None = None) -> None:
     saved = torch.load(args.model, weights_only=True, mmap=True)  # the weights stay in the file's pages
     model = build_model(ModelConfig.from_dict(saved["config"]), saved["state"], str(args.model))
     del saved
-    convert_in_process(model.eval(), args.out, ExportSettings(args.quant, args.max_seq_len, args.prefill_len),
-                       args.graph)
+    tmp = temp_sibling(args.out)
+    try:
+        recipe = convert_float(model.eval(), tmp, ExportSettings(args.quant, args.max_seq_len, args.prefill_len),
+                               args.graph)
+        del model  # the mapped weights go before the quantiser reads the float file (0.6B: 2.4 GB fewer)
+        gc.collect()
+        if recipe is not None:
+            quantise_file(tmp, recipe)
+        commit_file(tmp, args.out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
