@@ -1,7 +1,7 @@
 """Core ML int4 weights made in torch, before conversion: the converter never holds fp32 weights.
 
-Today's numerics, earlier: `ct.convert` casts each weight to fp16 (compute precision) and
-`linear_quantize_weights` then quantises the fp16 constant per block of 32 input channels with
+What this target did before: `ct.convert` cast each weight to fp16 (compute precision) and
+`linear_quantize_weights` then quantised the fp16 constant per block of 32 input channels with
 `coremltools.optimize`'s own `compute_qparams_by_dtype`. Here the same function runs on the same fp16
 values as each layer loads, and the module keeps only the int4 codes (int8 storage) and the scales;
 its forward calls `torchao.dequantize_affine`, which coremltools' torch frontend turns into the same
@@ -78,8 +78,12 @@ class Int4Weight(nn.Module):
 
 
 class Int4Linear(Int4Weight):
+    def __init__(self, weight: torch.Tensor, made: tuple[np.ndarray, np.ndarray], bias: torch.Tensor | None) -> None:
+        super().__init__(weight, made)
+        self.bias = bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
+        return F.linear(x, self.weight.to(x.dtype), self.bias)
 
 
 class Int4Embedding(Int4Weight):
@@ -111,12 +115,14 @@ def share_dequantized(program: Any) -> int:
 
 
 def _quantized(module: nn.Module) -> nn.Module | None:
-    if type(module) not in (nn.Linear, nn.Embedding) or getattr(module, "bias", None) is not None:
+    if type(module) not in (nn.Linear, nn.Embedding):
         return None
     made = block_quantize(module.weight)
     if made is None:
         return None
-    return (Int4Linear if isinstance(module, nn.Linear) else Int4Embedding)(module.weight, made)
+    if isinstance(module, nn.Linear):
+        return Int4Linear(module.weight, made, module.bias)  # a bias stays float, as the pass left it
+    return Int4Embedding(module.weight, made)
 
 
 def quantize_in_place(module: nn.Module) -> int:
