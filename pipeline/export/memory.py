@@ -39,8 +39,9 @@ LOWERING_COPIES = {"own": 3.8, "prefill": 3.2}
 # 2.25 GiB, i.e. 2.7 copies beyond it (bench_export.py --shape qwen3-0.6b --target coreml)
 CONVERTER_COPIES = {"tflite": 1.0, "coreml": 3.0}
 # LiteRT's int8 / int8wo recipes quantise after conversion: ai-edge-quantizer over the serialised float
-# model, in the converter child. The Qwen3-0.6B tflite int8 pair peaked at 8,540 MiB (tenth session),
-# 3.3 copies of the fp32 weights beyond the runtime; 2.5 with the float conversion's 1.0
+# model, in the converter child (litert.quantise_file, after the float file is written). The Qwen3-0.6B
+# tflite int8 pair peaked at 7,355 MiB (8,540 quantising beside the converter; tenth session): 2.9 copies
+# of the fp32 weights beyond the runtime; 2.5 with the float conversion's 1.0
 TFLITE_QUANTISER_COPIES = 1.5
 # Core ML int4 made in torch as the layers load (coreml_quant.py): int8 codes and an fp32 scale per 32
 # weights for every Linear and the embedding (1.125 bytes per weight; 1.5 held, with what the allocator
