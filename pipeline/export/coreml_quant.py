@@ -125,19 +125,6 @@ def _quantized(module: nn.Module) -> nn.Module | None:
     return Int4Embedding(module.weight, made)
 
 
-def quantize_in_place(module: nn.Module) -> int:
-    """Swap every Linear/Embedding under `module` the Core ML pass would compress; returns how many."""
-    done = 0
-    for name, child in list(module.named_children()):
-        new = _quantized(child)
-        if new is not None:
-            setattr(module, name, new)
-            done += 1
-        else:
-            done += quantize_in_place(child)
-    return done
-
-
 def quantized_view(module: nn.Module) -> nn.Module:
     """`module` with its eligible weights int4, the caller's modules untouched: the modules on the
     path to a swapped weight are shallow copies (their other children and tensors are shared)."""
@@ -165,5 +152,8 @@ class CoreMLQuantizer:
     dense_layers: None = None
 
     def __call__(self, module: nn.Module) -> nn.Module | None:
-        quantize_in_place(module)  # a layer; then the whole model (only the embedding and head are left)
-        return module if not isinstance(module, MekiModel) else None
+        view = quantized_view(module)  # a layer; then the whole model (only the embedding and head are left)
+        if isinstance(module, MekiModel):  # the loader keeps this object: it takes the view's children
+            module._modules.update(view._modules)
+            return None
+        return view  # the loaded layer is replaced by it (its fp32 modules go with the original)

@@ -189,7 +189,7 @@ def _advice(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eage
         tips.append("export with --quant 8da4w (weights quantised as they load, ~1.2 bytes per weight)")
     elif "tflite" in targets and settings.quant != "none":
         tips.append("export tflite with --quant none (LiteRT's int8 recipes quantise a serialised float copy "
-                    "in the converter)")
+                    "after conversion)")
     elif not eager_quant and len(targets) > 1:
         tips.append("export one --target per run (executorch-xnnpack alone, or coreml alone with --quant int4, "
                     "quantises while loading)")
