@@ -80,6 +80,7 @@ class FakeAdbd:
         self.props = props or {"ro.product.model": "FakePhone", "ro.product.device": "fake"}
         self.faults = Faults()
         self.shell_commands: list[str] = []  # every shell: command string received, for asserts
+        self.shells: list[subprocess.Popen] = []  # every shell started: close() hangs up on and reaps them
         self.shell_bin = shutil.which("mksh") or "/bin/sh"
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
@@ -99,10 +100,23 @@ class FakeAdbd:
         self.close()
 
     def close(self) -> None:
+        """Stop serving; shells still running are hung up on and reaped here, so none outlives the server
+        as a child of the test process (a later test in the same process may count its children)."""
         self._stop.set()
         self._sock.close()
         for conn in list(self._conns):
             conn.shutdown()
+        for proc in self.shells:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # ignored the hang-up
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     def drop_all(self) -> None:
         """Cut every open connection, as an unplugged cable would."""
@@ -276,6 +290,7 @@ class _Conn:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.server.shells.append(st.proc)
 
         def pump() -> None:
             assert st.proc is not None and st.proc.stdout is not None
