@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from overhead_lib import (Program, add_step_args, callgrind_phases, export_et_llm, generate_fixed,  # noqa: E402
+from overhead_lib import (WARMUP, Program, add_step_args, callgrind_phases, export_et_llm, generate_fixed,  # noqa: E402
                           ideal_costs, larger_than_cache, parse_step_args, prompt_ids, python_loop_round,
                           wall_clock)
 
@@ -97,7 +97,7 @@ def native_runner(tool_dir: Path, bundle: Path, a: argparse.Namespace) -> dict:
     prompt = ",".join(map(str, prompt_ids(a.prompt_len)))
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         subprocess.run([str(tool_dir / "meki_runner"), str(bundle), "--prompt-ids", prompt, "--max-new-tokens",
-                        str(a.new_tokens), "--ignore-eos", "--warmup", "4", "--quiet", "--stats", f.name],
+                        str(a.new_tokens), "--ignore-eos", "--warmup", str(WARMUP), "--quiet", "--stats", f.name],
                        check=True, capture_output=True)
         s = json.loads(Path(f.name).read_text())
     return {"prefill_tok_s": s["prefill_tok_s"], "decode_tok_s": s["decode_tok_s"]}
@@ -173,7 +173,9 @@ def ratios(res: dict) -> dict:
         out |= {"instr_decode_meki_dense": d["decode_instr"] / m["decode_instr"],
                 "instr_prefill_meki_dense": d["prefill_instr"] / m["prefill_instr"],
                 "instr_decode_et_over_ours": et["decode_instr"] / d["decode_instr"],
-                "instr_prefill_et_over_ours": et["prefill_instr"] / d["prefill_instr"]}
+                "instr_prefill_et_over_ours": et["prefill_instr"] / d["prefill_instr"],
+                "instr_first_prefill_et_over_ours": et["first_prefill_instr"] / d["first_prefill_instr"],
+                "instr_first_prefill_meki_dense": d["first_prefill_instr"] / m["first_prefill_instr"]}
         out["decode_efficiency"] = out["instr_decode_meki_dense"] / ideal["decode_ratio"]
         out["prefill_efficiency"] = out["instr_prefill_meki_dense"] / ideal["prefill_ratio"]
     return out
@@ -190,6 +192,7 @@ def print_table(shape: str, results: dict, a: argparse.Namespace) -> None:
             dec = f"{cg['decode_instr_per_step'] / 1e6:18.3f}" if cg else f"{'-':>18}"
             print(f"{quant:6} {name:11} {pre} {dec} {wall['prefill_tok_s']:13.1f} {wall['decode_tok_s']:12.1f}")
     limits = {"instr_decode_et_over_ours": ">= 1.0", "instr_prefill_et_over_ours": ">= 1.0",
+              "instr_first_prefill_et_over_ours": "(the cold call after loading: pays XNNPACK's set-up)",
               "wall_decode_ours_vs_et": ">= 1.0", "wall_decode_meki_dense": ">= 0.95 (demo), 0.98 (0.6B)",
               "runner_decode_meki_dense": ">= 0.95 (demo), 0.98 (0.6B)",
               "python_decode_meki_dense": ">= 0.95 (demo), 0.98 (0.6B)",
@@ -199,9 +202,9 @@ def print_table(shape: str, results: dict, a: argparse.Namespace) -> None:
         print(f"\n{quant}: ideal MeKi/dense decode {r['ideal']['decode_ratio']:.4f}, "
               f"prefill {r['ideal']['prefill_ratio']:.4f}")
         for k, v in r["ratios"].items():
-            print(f"  {k:28} {v:8.4f}   limit {limits.get(k, '')}")
+            print(f"  {k:36} {v:8.4f}   limit {limits.get(k, '')}")
         for k, v in r.get("paired", {}).items():  # the decode ratio of each round's pair, then its median
-            print(f"  {k + ', paired':28} {v['median']:8.4f}   middle half {v['q1']:.4f}-{v['q3']:.4f} of "
+            print(f"  {k + ', paired':36} {v['median']:8.4f}   middle half {v['q1']:.4f}-{v['q3']:.4f} of "
                   f"{v['rounds']} rounds; limit {limits[k]}")
 
 

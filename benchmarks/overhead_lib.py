@@ -5,6 +5,9 @@ the runner toggles collection around each Method::execute and dumps once after p
 the decode loop, so each dump is the instructions inside execute for that phase (the same for the
 same binary and inputs, whatever else runs on the machine). Single-threaded because callgrind's
 toggle acts on the calling thread only: XNNPACK's worker threads would escape the count.
+Counted after a warm-up generation (WARMUP tokens, as the wall-clock runs): the first prefill after
+loading also pays XNNPACK's first reshape of every runtime and its workspace allocation (a memset),
+once per loaded program; that call is counted on its own ("first_prefill") and reported beside.
 """
 
 from __future__ import annotations
@@ -169,12 +172,15 @@ def callgrind_phases(tool: Path, prog: Program, prompt_len: int, new_tokens: int
     raise RuntimeError(f"callgrind counted nothing for {prog.name} in {tries} runs")
 
 
+WARMUP = 4  # tokens of the uncounted warm-up generation (step_bench --warmup), callgrind and wall clock alike
+
+
 def _callgrind_once(tool: Path, prog: Program, prompt_len: int, new_tokens: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="cg-") as work:
         cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--callgrind-out-file={work}/cg.%p",
-               *step_bench_cmd(tool, prog, prompt_len, new_tokens, ["--single-thread"])]
+               *step_bench_cmd(tool, prog, prompt_len, new_tokens, ["--single-thread", "--warmup", str(WARMUP)])]
         res = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        dumps = {"prefill": 0, "decode": 0, "decode_top": []}
+        dumps = {"prefill": 0, "decode": 0, "first_prefill": 0, "decode_top": []}
         for f in Path(work).glob("cg.*"):
             text = f.read_text(errors="replace")
             trigger = re.search(r"^desc: Trigger: Client Request: (\w+)", text, re.M)
@@ -184,7 +190,8 @@ def _callgrind_once(tool: Path, prog: Program, prompt_len: int, new_tokens: int)
                     dumps["decode_top"] = top_functions(text)
         run = json.loads(res.stdout.strip().splitlines()[-1])
     steps = run["decode_steps"]
-    return {"prefill_instr": dumps["prefill"], "decode_instr": dumps["decode"], "decode_steps": steps,
+    return {"prefill_instr": dumps["prefill"], "first_prefill_instr": dumps["first_prefill"],
+            "decode_instr": dumps["decode"], "decode_steps": steps,
             "decode_instr_per_step": dumps["decode"] / steps, "tokens": run["tokens"],
             "decode_top": dumps["decode_top"]}
 
@@ -216,7 +223,7 @@ def top_functions(text: str, n: int = 8) -> list[tuple[str, float]]:
 
 
 def wall_clock(tool: Path, prog: Program, prompt_len: int, new_tokens: int) -> dict:
-    res = subprocess.run(step_bench_cmd(tool, prog, prompt_len, new_tokens, ["--warmup", "4"]), check=True,
+    res = subprocess.run(step_bench_cmd(tool, prog, prompt_len, new_tokens, ["--warmup", str(WARMUP)]), check=True,
                          capture_output=True, text=True)
     run = json.loads(res.stdout.strip().splitlines()[-1])
     return {"prefill_tok_s": prompt_len / run["prefill_s"], "decode_tok_s": run["decode_steps"] / run["decode_s"]}

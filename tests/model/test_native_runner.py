@@ -83,6 +83,24 @@ def test_runner_ab_takes_turns_without_mixing_the_bundles(native, bundles, mode)
     assert bad.returncode == 2 and "two bundles" in bad.stderr
 
 
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind (make system-deps)")
+@pytest.mark.parametrize("bundles", ["none"], indirect=True)
+def test_step_bench_counts_the_cold_prefill_apart(native, bundles, monkeypatch):
+    """bench_overhead's instruction counts: callgrind dumps the warm-up's prefill ("first_prefill": XNNPACK's
+    first reshape and workspace set-up included) apart from the measured generation's two phases; the
+    warm-up changes nothing the measured generation computes."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from overhead_lib import Program, callgrind_phases
+
+    pte = bundles[0] / "dense" / "model_xnnpack.pte"
+    counted = callgrind_phases(native / "step_bench", Program("dense", pte, []), 6, 5)
+    plain = subprocess.run([str(native / "step_bench"), str(pte), "6", "5", "--single-thread"], check=True,
+                           capture_output=True, text=True)
+    assert counted["tokens"] == json.loads(plain.stdout.splitlines()[-1])["tokens"]
+    assert counted["decode_steps"] == 4 and counted["decode_instr"] > 0
+    assert counted["first_prefill_instr"] > counted["prefill_instr"] > 0  # the cold call pays the set-up
+
+
 @pytest.mark.parametrize("bundles", ["none"], indirect=True)
 def test_pack_lookup_modes_and_warmup_agree(native, bundles, tmp_path):
     out, _ = bundles
