@@ -38,11 +38,11 @@ LOWERING_COPIES = {"own": 3.8, "prefill": 3.2}
 # 1.0 leaves room. Core ML's fp32 ct.convert (in process; palettize4, none) at 9,492 MiB with the model's
 # 2.25 GiB, i.e. 2.7 copies beyond it (bench_export.py --shape qwen3-0.6b --target coreml)
 CONVERTER_COPIES = {"tflite": 1.0, "coreml": 3.0}
-# LiteRT's int8 / int8wo recipes quantise after conversion: ai-edge-quantizer over the serialised float
-# model, in the converter child (litert.quantise_file, after the float file is written). The Qwen3-0.6B
-# tflite int8 pair peaked at 7,355 MiB (8,540 quantising beside the converter; tenth session): 2.9 copies
-# of the fp32 weights beyond the runtime; 2.5 with the float conversion's 1.0
-TFLITE_QUANTISER_COPIES = 1.5
+# LiteRT's int8 / int8wo recipes quantise after conversion: ai-edge-quantizer in the converter child, once
+# the float file is written and the converter's module gone, file to file (litert.quantise_file: the float
+# file mapped, its tensors views of the mapping; the int8 model written through a mapping of the output).
+# That stage stays below the converter's estimate: the Qwen3-0.6B tflite int8 pair peaked at 4,684 MiB
+# (eleventh session; 7,355 quantising bytes in memory, 8,540 beside the converter) against 5.4 GiB
 # Core ML int4 made in torch as the layers load (coreml_quant.py): int8 codes and an fp32 scale per 32
 # weights for every Linear and the embedding (1.125 bytes per weight; 1.5 held, with what the allocator
 # keeps of the quantiser's temporaries: 6,014 MiB after loading the Qwen3-4B shape). The converter holds
@@ -109,8 +109,6 @@ def stage_estimates(cfg: ModelConfig, targets: list[str], settings: ExportSettin
             out[t] = int(held + max(copying, lowering) + SLACK)
         else:
             copies = CONVERTER_COPIES.get(t.split("-")[0], max(CONVERTER_COPIES.values()))
-            if t == "tflite" and settings.quant != "none":  # tflite-qnn quantises its own way (below)
-                copies += TFLITE_QUANTISER_COPIES
             out[t] = int(fp32 + copies * fp32 + c.kv_cache + SLACK)
         if t.startswith("tflite-qnn"):  # the parent keeps the model and the calibration feeds
             quantised = settings.quant != "none"
@@ -187,9 +185,9 @@ def _advice(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eage
     tips = []
     if settings.quant == "none" and any(t.startswith("executorch") for t in targets):
         tips.append("export with --quant 8da4w (weights quantised as they load, ~1.2 bytes per weight)")
-    elif "tflite" in targets and settings.quant != "none":
-        tips.append("export tflite with --quant none (LiteRT's int8 recipes quantise a serialised float copy "
-                    "after conversion)")
+    elif "tflite" in targets:
+        tips.append("LiteRT's converter takes the fp32 weights (about two copies in memory at once): export "
+                    "--target executorch-xnnpack, or --target coreml --quant int4, which quantise as they load")
     elif not eager_quant and len(targets) > 1:
         tips.append("export one --target per run (executorch-xnnpack alone, or coreml alone with --quant int4, "
                     "quantises while loading)")

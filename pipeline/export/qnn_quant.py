@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from contract.atomic import commit_file, temp_sibling
 from pipeline.export.common import share_weights_copy
 from pipeline.export.npu_graph import NpuStep
 from pipeline.model import MekiModel
@@ -205,10 +206,15 @@ def quantize_tflite(src: Path, dst: Path, quant: str, feeds: Feeds, margin: floa
     # min/max tracked inside TFLite's C++ profiler: the default mode (preserve_all_tensors) copies every
     # tensor, weights included, into Python at each step (15.8 GB at the Qwen3-0.6B shape: killed)
     ranges = qt.calibrate(feeds, mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED)
-    result = qt.quantize(widen_ranges(ranges, margin), enable_progress_report=False)
-    tmp = dst.with_name(f".{dst.name}.partial")
-    tmp.write_bytes(result.quantized_model)
-    tmp.replace(dst)
+    # written through a mapping of the output file, each buffer's pages dropped once written, rather than
+    # assembled in a bytearray (the whole quantised model) and then written
+    tmp = temp_sibling(dst)
+    try:
+        qt.quantize(widen_ranges(ranges, margin), enable_progress_report=False, serialize_to_path=tmp)
+        del qt
+        commit_file(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
