@@ -7,7 +7,9 @@ and NEW_TOKENS greedy tokens through `step_bench` (mobile_runtime/native):
                           (its custom SDPA and KV-cache ops, XNNPACK; `forward` with input_pos [1])
 and are measured two ways:
   instructions  inside Method::execute under callgrind, per phase (prefill; decode per step), one
-                thread (see overhead_lib.py): repeatable whatever else the machine does;
+                thread, after a warm-up generation (the first prefill after loading, which also pays
+                XNNPACK's set-up, reported apart; see overhead_lib.py): repeatable whatever else the
+                machine does;
   wall clock    interleaved rounds (--rounds, median), default threads; plus both runners on our
                 two bundles: the native runner (meki_runner, fresh process per run, the pair's order
                 alternating; and runner_ab: its loop over both bundles in one process, steps alternating
@@ -15,7 +17,8 @@ and are measured two ways:
                 bundle, memory pack and prefetch; the two bundles' decode steps alternate one by one where
                 the programs are larger than the last-level cache, else whole runs alternate:
                 overhead_lib.python_loop_round). "paired": the median of each round's MeKi/dense
-                ratio, the figure to read on a shared machine (whole runs drift +-15% here).
+                ratio (and ours/ExecuTorch's for the raw programs, whose order alternates between
+                rounds), the figure to read on a shared machine (whole runs drift +-15% here).
 The ideal MeKi/dense ratio comes from the config and the quantisation (bytes read per decode step,
 FLOPs per prefill token; MeKi adds 2*d*d_mem weights per layer and one row per token);
 efficiency = measured ratio / ideal ratio (1.0: MeKi costs exactly its bytes/FLOPs).
@@ -132,7 +135,7 @@ def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype:
                                                                    for k in ("dense", "meki")}
     for i in range(a.rounds):  # interleaved: every program once per round; the pairs in both orders
         order = ["dense", "meki"] if i % 2 == 0 else ["meki", "dense"]
-        for p in progs:
+        for p in progs if i % 2 == 0 else progs[::-1]:
             runs[p.name].append(wall_clock(tool_dir / "step_bench", p, a.prompt_len, a.new_tokens))
         for kind in order:
             runs[f"runner-{kind}"].append(native_runner(tool_dir, work / f"ours-{quant}" / kind, a))
@@ -144,7 +147,8 @@ def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype:
     res["rounds"] = runs
     res["paired"] = {f"{r.replace('-', '_')}_decode_meki_dense": paired_ratio(runs[f"{r}-meki"], runs[f"{r}-dense"])
                      for r in ("runner", "runner-ab", "python")} | {
-        "wall_decode_meki_dense": paired_ratio(runs["ours-meki"], runs["ours-dense"])}
+        "wall_decode_meki_dense": paired_ratio(runs["ours-meki"], runs["ours-dense"]),
+        "wall_decode_ours_vs_et": paired_ratio(runs["ours-dense"], runs["et-llm"])}
     ideal = {k: ideal_costs(cfg, quant, PACK_BYTES[pack_dtype], a.prompt_len, a.new_tokens, k == "meki")
              for k in ("dense", "meki")}
     res["ideal"] = {"decode_ratio": ideal["dense"]["decode_bytes"] / ideal["meki"]["decode_bytes"],
@@ -154,9 +158,10 @@ def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype:
     return res
 
 
-def paired_ratio(meki: list[dict], dense: list[dict]) -> dict:
-    """MeKi/dense decode tok/s of each round's pair; the median and the middle half's range."""
-    r = sorted(m["decode_tok_s"] / d["decode_tok_s"] for m, d in zip(meki, dense))
+def paired_ratio(top: list[dict], bottom: list[dict]) -> dict:
+    """top/bottom decode tok/s of each round's pair (MeKi/dense, ours/ExecuTorch's); the median and the
+    middle half's range."""
+    r = sorted(t["decode_tok_s"] / b["decode_tok_s"] for t, b in zip(top, bottom))
     return {"median": statistics.median(r), "q1": r[len(r) // 4], "q3": r[(3 * len(r)) // 4], "rounds": len(r)}
 
 
