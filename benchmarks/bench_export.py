@@ -13,6 +13,7 @@ to stdout, the figures to --json. --layers cuts the layer count (same widths) fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.checkpoint import CheckpointInfo, write_info  # noqa: E402
 from pipeline.config import ModelConfig, preset  # noqa: E402
-from pipeline.export.registry import DECODE_PROGRAMS  # noqa: E402
+from pipeline.export.registry import DECODE_PROGRAMS, ExportError  # noqa: E402
+from pipeline.memory_limit import limited_memory  # noqa: E402
 from pipeline.model import MekiModel  # noqa: E402
 from pipeline.profile import StageProfiler, release, save_json  # noqa: E402
 from pipeline.tensor_io import SafetensorsReader, SafetensorsWriter, fingerprint  # noqa: E402
@@ -120,6 +122,9 @@ def main() -> int:
                     help="2: the dense bundle lowered beside the MeKi one (forked); default 1, the sequential profile")
     ap.add_argument("--decode-program", choices=DECODE_PROGRAMS,
                     help="own: decode lowered on its own; prefill: decode on prefill's program; default: the target's")
+    ap.add_argument("--memory-limit-gb", type=float,
+                    help="export inside a memory cgroup of this many GB (1e9 bytes): does it fit in so much memory, "
+                         "page cache and mapped files reclaimed as on a machine that size (needs root)")
     a = ap.parse_args()
 
     from pipeline.export.bundle import export_bundles
@@ -145,7 +150,10 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    with StageProfiler(a.interval) as prof:
+    limit = int(a.memory_limit_gb * 1e9) if a.memory_limit_gb else None
+    cgroup_figures: dict = {}
+    failed = None
+    with limited_memory(limit) if limit else contextlib.nullcontext() as cgroup, StageProfiler(a.interval) as prof:
         try:
             if a.load_only:
                 load_only(ckpt, a.target, settings)
@@ -154,15 +162,24 @@ def main() -> int:
         except KeyboardInterrupt:
             stopped[:] = stopped or ["interrupted"]
             print(f"stopped during {stopped[0]!r}: the figures below are partial", flush=True)
+        except ExportError as exc:  # refused up front, or a helper killed: still report the stages run
+            failed = str(exc)
+            print(f"export failed: {failed}", flush=True)
+        if cgroup is not None:
+            cgroup_figures = {"memory_limit_bytes": limit, "cgroup_peak_bytes": cgroup.peak(),
+                              "oom_kills": cgroup.oom_kills()}
+            print(f"memory cgroup: limit {limit / 2**30:.2f} GiB, peak charge {(cgroup.peak() or 0) / 2**30:.2f} GiB "
+                  f"(page cache included), OOM kills {cgroup.oom_kills()}", flush=True)
     print(prof.table())
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     print(json.dumps(sizes, indent=1))
     if a.json:
         save_json(prof, str(a.json), shape=a.shape, layers=cfg.num_layers, targets=a.target, quant=a.quant, jobs=a.jobs,
                   settings=settings.__dict__, config=cfg.to_dict(), **param_counts(cfg), files=sizes,
-                  stopped_during=stopped[0] if stopped else None, loadavg_start=load0, loadavg_end=os.getloadavg())
+                  stopped_during=stopped[0] if stopped else None, loadavg_start=load0, loadavg_end=os.getloadavg(),
+                  failed=failed, **cgroup_figures)
     shutil.rmtree(out, ignore_errors=True)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -78,14 +78,6 @@ def tree_pss_kib(pids: list[int]) -> int:
     return total
 
 
-def mem_available_kib() -> int:
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1])
-    return 0
-
-
 def _reset_hwm() -> None:
     try:
         with open("/proc/self/clear_refs", "w") as fh:

@@ -4,7 +4,6 @@ and turn its failure into one line that says what happened, the full output goin
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import signal
 import subprocess
@@ -12,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.export.registry import ExportError
+from pipeline.memory_limit import memory_cap, physical_bytes
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -37,10 +37,13 @@ def child_failure(what: str, returncode: int, output: str,
                   pick: Callable[[list[str]], list[str]] = last_line) -> str:
     if returncode == -signal.SIGKILL:
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / GIB  # Linux: KiB
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+        cap, machine = memory_cap(), physical_bytes()
+        limited = cap < machine
+        of = f"the {cap / GIB:.1f} GiB this job's memory cgroup allows" if limited else \
+            f"the machine's {machine / GIB:.1f} GiB"
         return (f"{what} was killed by the system (SIGKILL: out of memory, most likely; helper processes peaked at "
-                f"{peak:.1f} GiB of the machine's {total:.1f} GiB): close other programs or use a machine with more "
-                "memory")
+                f"{peak:.1f} GiB of {of}): {'raise that limit, ' if limited else ''}close other programs or use a "
+                "machine with more memory")
     if returncode < 0:
         return f"{what} died of {signal.Signals(-returncode).name}"
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]

@@ -17,6 +17,7 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.export.registry import ExportError, ExportSettings, decode_program
+from pipeline.memory_limit import cgroup_memory, headroom_bytes, memory_cap, physical_bytes
 from pipeline.model import MekiModel
 
 log = logging.getLogger(__name__)
@@ -130,12 +131,11 @@ def _coreml_int4_estimates(cfg: ModelConfig, c: Counts, targets: list[str]) -> d
 
 
 def available_bytes() -> int:
-    """MemAvailable plus this process's resident set (what a stage can grow into)."""
-    with open("/proc/meminfo") as fh:
-        avail = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:")) * 1024
+    """What a stage can grow into: MemAvailable, or a memory cgroup's headroom where that is less (in a
+    container /proc/meminfo shows the host's memory), plus this process's resident set."""
     with open(f"/proc/{os.getpid()}/status") as fh:
         rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) * 1024
-    return avail + rss
+    return min(headroom_bytes() + rss, memory_cap())  # the file pages mapped in are counted once
 
 
 def check_memory(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eager_quant: bool,
@@ -191,5 +191,8 @@ def _advice(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eage
     elif not eager_quant and len(targets) > 1:
         tips.append("export one --target per run (executorch-xnnpack alone, or coreml alone with --quant int4, "
                     "quantises while loading)")
+    cg = cgroup_memory()
+    if cg is not None and cg.limit < physical_bytes():
+        tips.append(f"raise the memory limit of this job's container or cgroup ({cg.limit / GIB:.1f} GiB)")
     tips.append("close other programs or use a machine with more memory")
     return "instead: " + "; or ".join(tips)
