@@ -3,11 +3,14 @@ and turn its failure into one line that says what happened, the full output goin
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import resource
 import signal
 import subprocess
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.export.registry import ExportError
@@ -22,9 +25,29 @@ def last_line(lines: list[str]) -> list[str]:
     return lines[-1:]
 
 
+_SCRATCH: list[Path] = []  # the scratch_dir blocks open now, innermost last
+
+
+@contextlib.contextmanager
+def scratch_dir(near: Path, what: str) -> Iterator[Path]:
+    """A directory for an export's intermediates beside its output `near` (the disk the user chose for
+    the bundle; removed on leaving), which is also the temp dir of the helpers run_child starts inside
+    the block (TMPDIR). Not the system temp dir: /tmp is memory (tmpfs, half the RAM) on many systems
+    (Debian 13, Fedora, Arch), where the Qwen3-4B fp32 handoff to LiteRT's converter (18 GB) would fill
+    it, or hold memory that the estimate counts as reclaimable page cache."""
+    with tempfile.TemporaryDirectory(prefix=f".meki-{what}-", dir=near) as work:
+        _SCRATCH.append(Path(work))
+        try:
+            yield Path(work)
+        finally:
+            _SCRATCH.pop()
+
+
 def run_child(cmd: list[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None,
               pick: Callable[[list[str]], list[str]] = last_line) -> subprocess.CompletedProcess[str]:
     """Run `cmd`; on failure raise ExportError naming `what` and the lines `pick` chose from its output."""
+    if _SCRATCH:
+        env = (os.environ if env is None else env) | {"TMPDIR": str(_SCRATCH[-1])}
     try:
         return subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=cwd)
     except subprocess.CalledProcessError as exc:

@@ -24,7 +24,6 @@ import logging
 import mmap
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,7 +35,7 @@ from torch import nn
 from contract.atomic import commit_file, temp_sibling
 from contract.manifest import Backbone, MethodSpec, TensorSpec
 from pipeline.config import ModelConfig
-from pipeline.export.child import run_child
+from pipeline.export.child import run_child, scratch_dir
 from pipeline.export.common import NormAt, method_spec, refuse_tables, share_weights_copy, table_shapes
 from pipeline.export.registry import ExportError, ExportSettings
 from pipeline.model import MekiModel
@@ -211,8 +210,8 @@ def convert(model: MekiModel, path: Path, settings: ExportSettings, graph: str =
     if py is None:
         convert_in_process(model, path, settings, graph)
         return
-    with tempfile.TemporaryDirectory(prefix="meki-litert-") as work:
-        src = Path(work) / "model.pt"
+    with scratch_dir(path.parent, "litert") as work:
+        src = work / "model.pt"
         with stage("torch.save for the converter"):
             torch.save({"config": model.cfg.to_dict(), "state": model.state_dict()}, src)
             map_weights(model, src)

@@ -19,14 +19,13 @@ import importlib.util
 import os
 import re
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from contract.manifest import Backbone
-from pipeline.export.child import run_child
+from pipeline.export.child import run_child, scratch_dir
 from pipeline.export.npu_graph import npu_signature_specs
 from pipeline.export.qnn_quant import QNN_QUANTS, RANGE_MARGIN, CalibConfig, Feeds, calibration_tokens, layer_snr, step_feeds
 from pipeline.export.registry import ExportError, ExportSettings, register_target
@@ -206,12 +205,12 @@ def export_qnn(model: MekiModel, out_dir: Path, settings: ExportSettings) -> lis
     calib = CalibConfig()
     held_out = _text_feeds(model, out_dir, settings, replace(calib, windows=1,
                            skip_tokens=calib.windows * (calib.prefill_chunks * settings.prefill_len + calib.decode_steps)))
-    with tempfile.TemporaryDirectory(prefix="meki-qnn-") as work:
-        src = Path(work) / "model_npu_graph.tflite"
+    with scratch_dir(out_dir, "qnn") as work:
+        src = work / "model_npu_graph.tflite"
         convert(model, src, replace(settings, quant="none"), graph="npu")
         if settings.quant != "none":
-            float_src, src = src, Path(work) / f"model_npu_graph_{settings.quant}.tflite"
-            quantize(float_src, src, settings.quant, _text_feeds(model, out_dir, settings, calib)[0], Path(work))
+            float_src, src = src, work / f"model_npu_graph_{settings.quant}.tflite"
+            quantize(float_src, src, settings.quant, _text_feeds(model, out_dir, settings, calib)[0], work)
         cpu = tflite_facts(src, cfg)
         if cpu["tables"]:
             raise ExportError(f"tflite-qnn: the graph holds MeKi-table-shaped tensors: {', '.join(cpu['tables'])}")
@@ -236,8 +235,8 @@ def simulator_snr(path: Path, held_out: tuple[Feeds, Feeds]) -> dict[str, float]
     from mobile_runtime.qnn_sim import read_model, sim_signatures
 
     model = read_model(path)
-    with tempfile.TemporaryDirectory(prefix="meki-qnn-sim-") as work:
-        sigs = sim_signatures(model, {sig: sig for sig in model.signatures}, Path(work))
+    with scratch_dir(path.parent, "qnn-sim") as work:
+        sigs = sim_signatures(model, {sig: sig for sig in model.signatures}, work)
     del model
     feeds, outs = held_out
     return layer_snr(outs, lambda sig, feed: sigs[sig](**feed), feeds)

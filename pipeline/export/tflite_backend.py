@@ -10,11 +10,11 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import re
-import tempfile
 from pathlib import Path
 
 from contract.atomic import atomic_write_bytes
 from contract.manifest import Backbone
+from pipeline.export.child import scratch_dir
 from pipeline.export.litert import TFLITE_QUANTS, converter_missing, export_tflite
 from pipeline.export.registry import ExportError, ExportSettings, register_target
 from pipeline.model import MekiModel
@@ -89,8 +89,8 @@ def aot_compile(src: Path, out: Path, target: str) -> None:
 
     vendor, soc, _, _ = NPU[target]
     lib = qualcomm if vendor == "qualcomm" else mediatek
-    with tempfile.TemporaryDirectory(prefix="meki-aot-") as work:
-        result = aot.aot_compile(str(src), output_dir=work, target=lib.Target(soc_model=lib.SocModel[soc]),
+    with scratch_dir(out.parent, "aot") as work:
+        result = aot.aot_compile(str(src), output_dir=str(work), target=lib.Target(soc_model=lib.SocModel[soc]),
                                  keep_going=True)
         if result.failed_backends or not result.models_with_backend:
             why = "; ".join(_aot_failure(msg) for _, msg in result.failed_backends) or "no model came back"
@@ -101,10 +101,10 @@ def aot_compile(src: Path, out: Path, target: str) -> None:
 
 def export_npu(model: MekiModel, out_dir: Path, settings: ExportSettings, target: str) -> Backbone:
     vendor, soc, _, _ = NPU[target]
-    with tempfile.TemporaryDirectory(prefix="meki-npu-") as work:
-        cpu = export_tflite(model, Path(work) / "model_litert.tflite", settings, target)
+    with scratch_dir(out_dir, "npu") as work:
+        cpu = export_tflite(model, work / "model_litert.tflite", settings, target)
         out = out_dir / f"model_litert_{vendor}_{soc.lower()}.tflite"
-        aot_compile(Path(work) / cpu.file, out, target)
+        aot_compile(work / cpu.file, out, target)
     cpu.file = out.name
     cpu.extra |= {"soc": soc, "vendor": vendor}
     return cpu

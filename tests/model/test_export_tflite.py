@@ -3,8 +3,13 @@
 The conversion runs in .venv-litert (made by `make setup`) unless litert-torch imports here.
 """
 
+import contextlib
 import json
+import os
 import sys
+import tempfile
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,15 +30,53 @@ pytestmark = pytest.mark.slow
 SETTINGS = dict(max_seq_len=60, prefill_len=8)
 
 
+SEEN_IN_SYSTEM_TEMP: dict[str, set[str]] = {}  # per quant: what the export put in the system temp dir
+
+
+@contextlib.contextmanager
+def watched_system_temp(root: Path, seen: set[str]):
+    """The system temp dir (tempfile's and the children's TMPDIR) pointed at an empty directory, polled
+    for whatever appears in it while the block runs."""
+    temp = root / "system-tmp"
+    temp.mkdir()
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.005):
+            seen.update(os.listdir(temp))
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(temp))
+        mp.setenv("TMPDIR", str(temp))
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+    seen.update(os.listdir(temp))
+
+
 @pytest.fixture(scope="module", params=["none", "int8", "int8wo"])
 def bundles(request, tmp_path_factory):
     if litert.converter_missing():
         pytest.skip(litert.converter_missing())
     root = tmp_path_factory.mktemp(f"tflite-{request.param}")
     save_checkpoint(trained_like_model(), root / "ck")
-    export_bundles(root / "ck", root / "out", ["tflite"], ExportSettings(quant=request.param, **SETTINGS),
-                   pack_dtype="fp16")
+    with watched_system_temp(root, SEEN_IN_SYSTEM_TEMP.setdefault(request.param, set())):
+        export_bundles(root / "ck", root / "out", ["tflite"], ExportSettings(quant=request.param, **SETTINGS),
+                       pack_dtype="fp16")
     return root / "out", request.param
+
+
+def test_intermediates_stay_beside_the_bundle(bundles):
+    """The converter's fp32 handoff and the quantiser's files go beside the output, not into the system
+    temp dir (memory on tmpfs systems), and nothing of them is left in the bundle."""
+    out, quant = bundles
+    caches = {name for name in SEEN_IN_SYSTEM_TEMP[quant] if name.startswith("torchinductor_")}  # torch's own, kept
+    assert SEEN_IN_SYSTEM_TEMP[quant] - caches == set()
+    assert not [p for p in out.rglob(".meki-*")]
 
 
 def traces(bundle, prompt, steps):
