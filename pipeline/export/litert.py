@@ -18,14 +18,17 @@ venv's pydantic and cattrs need newer): when it is not importable here, the conv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib.util
 import logging
+import math
 import mmap
 import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,7 @@ from torch import nn
 from contract.atomic import commit_file, temp_sibling
 from contract.manifest import Backbone, MethodSpec, TensorSpec
 from pipeline.config import ModelConfig
-from pipeline.export.child import run_child, scratch_dir
+from pipeline.export.child import check_free_space, run_child, scratch_dir
 from pipeline.export.common import NormAt, method_spec, refuse_tables, share_weights_copy, table_shapes
 from pipeline.export.registry import ExportError, ExportSettings
 from pipeline.model import MekiModel
@@ -124,6 +127,38 @@ def quant_config(quant: str) -> Any:
     return recipes[quant]()
 
 
+def clamp_without_writing(tensor: torch.Tensor) -> torch.Tensor:
+    """litert-torch's clamp of a constant to its dtype's finite range, without writing to the tensor: a
+    min/max pass (no full-size temporaries) and, only where an inf or NaN is found, a clamped copy."""
+    if not torch.is_floating_point(tensor) or tensor.numel() == 0:
+        return tensor
+    lo, hi = torch.aminmax(tensor)
+    if math.isfinite(lo) and math.isfinite(hi):
+        return tensor
+    info = torch.finfo(tensor.dtype)
+    return tensor.clamp(min=info.min, max=info.max)
+
+
+@contextlib.contextmanager
+def weights_left_unwritten() -> Iterator[None]:
+    """While converting: litert-torch (0.10.0) clamps every float constant to the finite range in place
+    as it inlines it (backend.inline_consts._clamp_inf_values), a write to every page of the weights. In
+    the converter child the weights are mapped from the handoff file (a private mapping), so every page
+    written becomes the process's own copy: the fp32 weights twice, the copy not reclaimable (Qwen3-0.6B:
+    +2.3 GB of anonymous memory at "Create MLIR Module"). clamp_without_writing gives the same values."""
+    from litert_torch.backend import inline_consts
+
+    original = getattr(inline_consts, "_clamp_inf_values", None)
+    if original is None:  # a litert-torch without it: nothing to swap
+        yield
+        return
+    inline_consts._clamp_inf_values = clamp_without_writing
+    try:
+        yield
+    finally:
+        inline_consts._clamp_inf_values = original
+
+
 def convert_float(model: MekiModel, tmp: Path, settings: ExportSettings, graph: str = "cpu") -> Any | None:
     """litert-torch: both signatures over one wrapped copy of the model -> a .tflite at `tmp`. Returns
     the quantisation recipe still to apply to that file (quantise_file), or None when it is done.
@@ -145,7 +180,7 @@ def convert_float(model: MekiModel, tmp: Path, settings: ExportSettings, graph: 
     # converter peak 4,035 -> 2,586 MiB, 93 -> 50 s, the same context binary byte for byte in size
     recipe = quant_config(settings.quant)
     after = recipe is not None and recipe._quantizer_mode == recipe._QuantizerMode.AI_EDGE_QUANTIZER
-    with torch.no_grad():
+    with torch.no_grad(), weights_left_unwritten():
         edge = (litert_torch.signature("prefill", step, sample_kwargs=feeds["prefill"])
                 .signature("decode", step, sample_kwargs=feeds["decode"])
                 .convert(quant_config=None if after else recipe, lightweight_conversion=True))
@@ -210,11 +245,15 @@ def convert(model: MekiModel, path: Path, settings: ExportSettings, graph: str =
     if py is None:
         convert_in_process(model, path, settings, graph)
         return
-    with scratch_dir(path.parent, "litert") as work:
+    fp32 = sum(t.numel() for t in model.state_dict().values()) * 4
+    with scratch_dir(path.parent, "litert", need=fp32) as work:  # the fp32 handoff first
         src = work / "model.pt"
         with stage("torch.save for the converter"):
             torch.save({"config": model.cfg.to_dict(), "state": model.state_dict()}, src)
             map_weights(model, src)
+        # then the float .tflite and, beside it, the int8 one (~0.27x); checked only now: the weights were
+        # mapped from the previous bundle's handoff, whose disk space the re-mapping just gave back
+        check_free_space(path.parent, int(fp32 * (1 if settings.quant == "none" else 1.3)), "LiteRT's converter")
         cmd = [py, "-m", "pipeline.export.litert", "--model", str(src), "--out", str(path),
                "--quant", settings.quant, "--max-seq-len", str(settings.max_seq_len),
                "--prefill-len", str(settings.prefill_len), "--graph", graph]
