@@ -95,6 +95,9 @@ class StageRecord:
     peak_tree_mib: float = 0.0  # highest sampled RSS of the process tree
     peak_self_mib: float = 0.0  # kernel high-water mark of this process during the stage
     peak_pss_mib: float = 0.0  # highest sampled Pss of the process tree (sampled only while it has children)
+    # highest sampled anonymous memory of the tree (RssAnon): what the kernel cannot reclaim without swap,
+    # unlike the file pages in RSS (page cache, weights mapped from a file)
+    peak_anon_mib: float = 0.0
     children: list[str] = field(default_factory=list)
 
     @property
@@ -113,6 +116,7 @@ class StageProfiler:
         self.t0 = time.perf_counter()
         self.peak_mib = 0.0
         self.peak_pss_mib = 0.0
+        self.peak_anon_mib = 0.0
 
     def __enter__(self) -> "StageProfiler":
         global _ACTIVE
@@ -130,7 +134,7 @@ class StageProfiler:
         """In a forked child: new lock and sampler (the parent's thread is not copied and its lock may have
         been held at the fork). The child's stages are the records from the returned index on."""
         self._lock, self._stop = threading.Lock(), threading.Event()
-        self.peak_mib = self.peak_pss_mib = 0.0
+        self.peak_mib = self.peak_pss_mib = self.peak_anon_mib = 0.0
         _reset_hwm()
         self._start_sampler()
         return len(self.records)
@@ -161,11 +165,14 @@ class StageProfiler:
                 if kids:  # Pss walks the page tables (~10 ms per GB): with the scan, only while there are children
                     pss = tree_pss_kib([os.getpid(), *kids]) / 1024
             mib = (_status_kib("self", "VmRSS") + sum(_status_kib(p, "VmRSS") for p in kids)) / 1024
+            anon = (_status_kib("self", "RssAnon") + sum(_status_kib(p, "RssAnon") for p in kids)) / 1024
             with self._lock:
                 self.peak_mib = max(self.peak_mib, mib)
                 self.peak_pss_mib = max(self.peak_pss_mib, pss)
+                self.peak_anon_mib = max(self.peak_anon_mib, anon)
                 for rec in self._stack:
                     rec.peak_tree_mib = max(rec.peak_tree_mib, mib)
+                    rec.peak_anon_mib = max(rec.peak_anon_mib, anon)
                     rec.peak_pss_mib = max(rec.peak_pss_mib, pss)
 
     def _fold_hwm(self) -> None:
@@ -200,18 +207,19 @@ class StageProfiler:
 
     def to_json(self) -> dict:
         return {"total_s": round(time.perf_counter() - self.t0, 2), "peak_mib": round(self.peak_mib, 1),
-                "peak_pss_mib": round(self.peak_pss_mib, 1),
+                "peak_pss_mib": round(self.peak_pss_mib, 1), "peak_anon_mib": round(self.peak_anon_mib, 1),
                 "stages": [{**{k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(r).items()},
                             "peak_mib": round(r.peak_mib, 1)} for r in self.records]}
 
     def table(self) -> str:
-        lines = [f"{'stage':<44} {'wall s':>8} {'start MiB':>10} {'peak MiB':>9} {'end MiB':>9}"]
+        lines = [f"{'stage':<44} {'wall s':>8} {'start MiB':>10} {'peak MiB':>9} {'end MiB':>9} {'anon MiB':>9}"]
         for r in self.records:
             depth = r.name.count("/")
             label = ("  " * depth + r.name.rsplit("/", 1)[-1])[:44]
             lines.append(f"{label:<44} {r.wall_s:>8.1f} {r.rss_start_mib:>10.0f} {r.peak_mib:>9.0f} "
-                         f"{r.rss_end_mib:>9.0f}")
-        lines.append(f"{'total':<44} {time.perf_counter() - self.t0:>8.1f} {'':>10} {self.peak_mib:>9.0f}")
+                         f"{r.rss_end_mib:>9.0f} {r.peak_anon_mib:>9.0f}")
+        lines.append(f"{'total':<44} {time.perf_counter() - self.t0:>8.1f} {'':>10} {self.peak_mib:>9.0f} {'':>9} "
+                     f"{self.peak_anon_mib:>9.0f}")
         if self.peak_pss_mib:
             lines.append(f"{'peak Pss of the process tree (shared pages once)':<55} {self.peak_pss_mib:>18.0f}")
         return "\n".join(lines)

@@ -280,10 +280,14 @@ def test_coreml_int4_estimate_covers_what_was_measured(shape, load_mib, convert_
     assert max(est.values()) < 1.25 * (max(load_mib, convert_mib) << 20)  # and not far above
 
 
-@pytest.mark.parametrize("shape,quant,peak_mib", [  # benchmarks/results/export-*-tflite-*-s1[01].json
-    ("qwen3-0.6b", "none", 3961), ("qwen3-0.6b", "int8", 4684), ("qwen3-1.7b", "none", 9520),
-    ("qwen3-1.7b", "int8", 11256), ("qwen3-4b", "int8", 23623)])  # 4B: run with the check overridden
-def test_tflite_estimate_covers_what_was_measured(shape, quant, peak_mib):
+@pytest.mark.parametrize("shape,load_anon_mib,convert_anon_mib,limit_gb", [  # export-*-tflite-int8-limit*-s12.json
+    ("qwen3-0.6b", 2699, 1646, 6), ("qwen3-1.7b", 7555, 4021, 12), ("qwen3-4b", 17412, 6247, 22)])
+def test_tflite_estimate_covers_what_was_measured(shape, load_anon_mib, convert_anon_mib, limit_gb):
+    """The int8 pairs ran inside memory cgroups of the issue's goals (bench_export.py --memory-limit-gb) with
+    no OOM kill: the estimates stay within those limits, so the check lets them run, and above what the
+    process tree held that the kernel could not reclaim (its peak RssAnon; the rest is the handoff file's
+    pages, reclaimable: the estimate adds 0.8 copies of them, what the 4B conversion had resident)."""
     cfg = preset(shape).replace(folded=True)
-    est = stage_estimates(cfg, ["tflite"], ExportSettings(quant, 512, 32), eager_quant=False)
-    assert peak_mib << 20 <= est["tflite"] < 1.6 * (peak_mib << 20)
+    est = stage_estimates(cfg, ["tflite"], ExportSettings("int8", 512, 32), eager_quant=False)
+    assert est["load"] >= load_anon_mib << 20 and est["tflite"] >= convert_anon_mib << 20
+    assert max(est.values()) <= limit_gb * 10**9 - (256 << 20)  # the cgroup's own charge at the check
