@@ -40,10 +40,11 @@ LOWERING_COPIES = {"own": 3.8, "prefill": 3.2}
 # 2.25 GiB, i.e. 2.7 copies beyond it (bench_export.py --shape qwen3-0.6b --target coreml)
 CONVERTER_COPIES = {"tflite": 1.0, "coreml": 3.0}
 # Since litert.weights_left_unwritten (twelfth session) LiteRT's child no longer copies the weights it maps:
-# beside the parent's model, which is that same file's pages by then, it holds ~0.3 copies of its own
-# (anonymous: the tree's peak RssAnon in the converter stage, parent and child, was 0.3 of the fp32 weights at
-# 0.6B, 1.7B and 4B). The file's pages are reclaimable, but read over and over: the 4B pair converted at full speed
-# inside a 22 GB memory cgroup with 0.8 copies of them resident. So the stage needs those 0.8 + 0.3 copies.
+# beside the parent's model, which is that same file's pages by then, the tree holds little of its own (peak
+# RssAnon in the converter stage, parent and child: 1.6 / 3.9 / 6.0 GiB at 0.6B / 1.7B / 4B, i.e. ~1 GiB of the
+# two runtimes, which SLACK stands for, and 0.2-0.4 copies of the fp32 weights). The file's pages are
+# reclaimable, but read over and over: the 4B pair converted at full speed inside a 22 GB memory cgroup with
+# ~0.8 copies of them resident. So the stage needs 0.8 + 0.3 copies.
 LITERT_ANON, LITERT_PAGE_CACHE = 0.3, 0.8
 # LiteRT's int8 / int8wo recipes quantise after conversion: ai-edge-quantizer in the converter child, once
 # the float file is written and the converter's module gone, file to file (litert.quantise_file: the float
