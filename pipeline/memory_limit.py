@@ -88,8 +88,18 @@ def _located(mount: Path, path: str) -> Path:
     return here if here.is_dir() else mount
 
 
-def _v1(mount: Path, path: str) -> CgroupMemory | None:
-    where = _located(mount, path)
+def _own_cgroups(proc_cgroup: Path, root: Path) -> tuple[Path | None, tuple[Path, Path] | None]:
+    """This process's v1 memory cgroup directory, and its v2 mount and directory (None where absent)."""
+    v1_path, v2_path = _own_paths(proc_cgroup)
+    v1 = _located(root / "memory", v1_path) if v1_path is not None and (root / "memory").is_dir() else None
+    v2 = None
+    if v2_path is not None:
+        mount = root / "unified" if (root / "unified").is_dir() else root  # hybrid layouts mount v2 there
+        v2 = (mount, _located(mount, v2_path))
+    return v1, v2
+
+
+def _v1(where: Path) -> CgroupMemory | None:
     stat = _stat(where / "memory.stat")
     own = _read_int(where / "memory.limit_in_bytes")
     usage = _read_int(where / "memory.usage_in_bytes")
@@ -101,9 +111,8 @@ def _v1(mount: Path, path: str) -> CgroupMemory | None:
     return CgroupMemory(where, 1, limit, usage, file)
 
 
-def _v2(mount: Path, path: str) -> CgroupMemory | None:
+def _v2(mount: Path, where: Path) -> CgroupMemory | None:
     """The level with the least headroom from this cgroup up to the mount's root."""
-    where = _located(mount, path)
     tightest = None
     level = where
     while True:
@@ -121,13 +130,8 @@ def _v2(mount: Path, path: str) -> CgroupMemory | None:
 def cgroup_memory(proc_cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT) -> CgroupMemory | None:
     """This process's memory cgroup, where a limit applies to it; None when none does (or cgroups are
     not mounted, as on macOS or in some sandboxes)."""
-    v1_path, v2_path = _own_paths(proc_cgroup)
-    found = []
-    if v1_path is not None and (root / "memory").is_dir():
-        found.append(_v1(root / "memory", v1_path))
-    if v2_path is not None:
-        mount = root / "unified" if (root / "unified").is_dir() else root  # hybrid layouts mount v2 there
-        found.append(_v2(mount, v2_path))
+    v1, v2 = _own_cgroups(proc_cgroup, root)
+    found = [_v1(v1) if v1 is not None else None, _v2(*v2) if v2 is not None else None]
     limited = [c for c in found if c is not None and c.limit < UNLIMITED]
     return min(limited, key=lambda c: c.headroom) if limited else None
 
@@ -136,18 +140,17 @@ def physical_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def memory_cap() -> int:
-    """The most memory this process's jobs may hold: the machine's, or its cgroup's limit if lower."""
-    cg = cgroup_memory()
+def memory_cap(cg: CgroupMemory | None) -> int:
+    """The most memory this process's jobs may hold: the machine's, or its cgroup's (cgroup_memory())
+    limit if lower."""
     return min(physical_bytes(), cg.limit) if cg is not None else physical_bytes()
 
 
-def headroom_bytes() -> int:
+def headroom_bytes(cg: CgroupMemory | None) -> int:
     """What this process and its children may still grow into: MemAvailable, or less where the cgroup's
-    limit leaves less (its headroom counts the reclaimable file pages too)."""
+    (cgroup_memory()) limit leaves less (its headroom counts the reclaimable file pages too)."""
     with open("/proc/meminfo") as fh:
         avail = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:")) * 1024
-    cg = cgroup_memory()
     return min(avail, cg.headroom) if cg is not None else avail
 
 
@@ -176,12 +179,11 @@ def limited_memory(limit: int) -> Iterator[LimitedCgroup]:
     kernel reclaiming page cache and mapped files within it as it would on a machine that size. Needs
     write access to the cgroup filesystem (root, or a delegated v2 subtree); raises OSError naming
     what failed otherwise. On leaving, the process moves back and the cgroup is removed."""
-    v1_path, v2_path = _own_paths(PROC_CGROUP)
-    if v1_path is not None and (CGROUP_ROOT / "memory").is_dir():
-        parent, version, limit_file = _located(CGROUP_ROOT / "memory", v1_path), 1, "memory.limit_in_bytes"
-    elif v2_path is not None:
-        mount = CGROUP_ROOT / "unified" if (CGROUP_ROOT / "unified").is_dir() else CGROUP_ROOT
-        parent, version, limit_file = _located(mount, v2_path), 2, "memory.max"
+    v1, v2 = _own_cgroups(PROC_CGROUP, CGROUP_ROOT)
+    if v1 is not None:
+        parent, version, limit_file = v1, 1, "memory.limit_in_bytes"
+    elif v2 is not None:
+        parent, version, limit_file = v2[1], 2, "memory.max"
     else:
         raise OSError("no memory cgroup to limit: cgroups are not mounted at /sys/fs/cgroup")
     path = parent / f"meki-limit-{os.getpid()}"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.export.registry import ExportError
-from pipeline.memory_limit import memory_cap, physical_bytes
+from pipeline.memory_limit import cgroup_memory, memory_cap, physical_bytes
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -73,7 +73,7 @@ def child_failure(what: str, returncode: int, output: str,
                   pick: Callable[[list[str]], list[str]] = last_line) -> str:
     if returncode == -signal.SIGKILL:
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / GIB  # Linux: KiB
-        cap, machine = memory_cap(), physical_bytes()
+        cap, machine = memory_cap(cgroup_memory()), physical_bytes()
         limited = cap < machine
         of = f"the {cap / GIB:.1f} GiB this job's memory cgroup allows" if limited else \
             f"the machine's {machine / GIB:.1f} GiB"

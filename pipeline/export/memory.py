@@ -144,7 +144,8 @@ def available_bytes() -> int:
     container /proc/meminfo shows the host's memory), plus this process's resident set."""
     with open(f"/proc/{os.getpid()}/status") as fh:
         rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) * 1024
-    return min(headroom_bytes() + rss, memory_cap())  # the file pages mapped in are counted once
+    cg = cgroup_memory()  # read once for both
+    return min(headroom_bytes(cg) + rss, memory_cap(cg))  # the file pages mapped in are counted once
 
 
 def check_memory(cfg: ModelConfig, targets: list[str], settings: ExportSettings, eager_quant: bool,
