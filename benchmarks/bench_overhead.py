@@ -10,7 +10,9 @@ and are measured two ways:
                 thread, after a warm-up generation (the first prefill after loading, which also pays
                 XNNPACK's set-up, reported apart; see overhead_lib.py): repeatable whatever else the
                 machine does;
-  wall clock    interleaved rounds (--rounds, median), default threads; plus both runners on our
+  wall clock    interleaved rounds (--rounds, median), the runners' decode thread rule (decode on the
+                calling thread for small models: mobile_runtime/threads.py; the raw programs' decode loaded
+                the same way, `step_bench --decode-calling-thread`); plus both runners on our
                 two bundles: the native runner (meki_runner, fresh process per run, the pair's order
                 alternating; and runner_ab: its loop over both bundles in one process, steps alternating
                 as below) and the Python loop (mobile_runtime.generate, one warm Generator per
@@ -125,18 +127,23 @@ def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype:
         res["programs"][p.name] = callgrind_phases(tool_dir / "step_bench", p, a.prompt_len, a.new_tokens) \
             if not a.no_callgrind else {}
     from mobile_runtime.generate import Generator
+    from mobile_runtime.threads import decode_on_calling_thread
 
     gens = {kind: Generator(work / f"ours-{quant}" / kind, check_hashes=False) for kind in ("dense", "meki")}
     for g in gens.values():  # first-call costs out of the timed rounds
         generate_fixed(g, a)
     per_step = larger_than_cache(*(g.bundle / g.backbone.file for g in gens.values()))
     res["python_loop_interleaved"] = "steps" if per_step else "runs"
+    # the runners' decode thread rule (auto), applied to the raw programs too, so that all rows compare alike
+    calling = decode_on_calling_thread("auto", cfg)
+    res["decode_threads"] = "calling" if calling else "pool"
+    raw_extra = ["--decode-calling-thread"] if calling else []
     runs: dict[str, list[dict]] = {p.name: [] for p in progs} | {f"{r}-{k}": [] for r in ("runner", "python")
                                                                    for k in ("dense", "meki")}
     for i in range(a.rounds):  # interleaved: every program once per round; the pairs in both orders
         order = ["dense", "meki"] if i % 2 == 0 else ["meki", "dense"]
         for p in progs if i % 2 == 0 else progs[::-1]:
-            runs[p.name].append(wall_clock(tool_dir / "step_bench", p, a.prompt_len, a.new_tokens))
+            runs[p.name].append(wall_clock(tool_dir / "step_bench", p, a.prompt_len, a.new_tokens, raw_extra))
         for kind in order:
             runs[f"runner-{kind}"].append(native_runner(tool_dir, work / f"ours-{quant}" / kind, a))
         for kind, r in python_loop_round(gens, a, order, per_step).items():
@@ -205,7 +212,8 @@ def print_table(shape: str, results: dict, a: argparse.Namespace) -> None:
               "decode_efficiency": ">= 0.995 (0.6B)", "prefill_efficiency": ">= 0.99 (0.6B)"}
     for quant, r in results.items():
         print(f"\n{quant}: ideal MeKi/dense decode {r['ideal']['decode_ratio']:.4f}, "
-              f"prefill {r['ideal']['prefill_ratio']:.4f}")
+              f"prefill {r['ideal']['prefill_ratio']:.4f}; wall-clock decode on the "
+              f"{'calling thread' if r['decode_threads'] == 'calling' else 'threadpool'} (mobile_runtime/threads.py)")
         for k, v in r["ratios"].items():
             print(f"  {k:36} {v:8.4f}   limit {limits.get(k, '')}")
         for k, v in r.get("paired", {}).items():  # the decode ratio of each round's pair, then its median

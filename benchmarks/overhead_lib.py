@@ -222,9 +222,10 @@ def top_functions(text: str, n: int = 8) -> list[tuple[str, float]]:
     return [(re.sub(r"\(.*", "", names.get(k, k))[:80], round(v / total, 4)) for k, v in top]
 
 
-def wall_clock(tool: Path, prog: Program, prompt_len: int, new_tokens: int) -> dict:
-    res = subprocess.run(step_bench_cmd(tool, prog, prompt_len, new_tokens, ["--warmup", str(WARMUP)]), check=True,
-                         capture_output=True, text=True)
+def wall_clock(tool: Path, prog: Program, prompt_len: int, new_tokens: int, extra: list[str] = ()) -> dict:
+    """extra: step_bench flags (bench_overhead passes the runners' decode thread policy)."""
+    res = subprocess.run(step_bench_cmd(tool, prog, prompt_len, new_tokens, ["--warmup", str(WARMUP), *extra]),
+                         check=True, capture_output=True, text=True)
     run = json.loads(res.stdout.strip().splitlines()[-1])
     return {"prefill_tok_s": prompt_len / run["prefill_s"], "decode_tok_s": run["decode_steps"] / run["decode_s"]}
 

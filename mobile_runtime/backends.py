@@ -23,19 +23,27 @@ class Runner(Protocol):
 
 
 class ExecuTorchRunner:
-    """A .pte through ExecuTorch's Python runtime (the same C++ runtime as on the phone)."""
+    """A .pte through ExecuTorch's Python runtime (the same C++ runtime as on the phone).
 
-    def __init__(self, bundle: Path, backbone: Backbone) -> None:
+    decode_calling_thread: XNNPACK on one thread (mobile_runtime/threads.py: in this runtime the
+    process's one threadpool, so prefill too); `calling_thread` says what it got."""
+
+    def __init__(self, bundle: Path, backbone: Backbone, decode_calling_thread: bool = False) -> None:
         import torch  # executorch's Python API exchanges torch tensors
         from executorch.runtime import Runtime
 
+        from mobile_runtime import threads
+
         self._torch = torch
         self.backbone = backbone
+        with filtered_native_stderr():  # XNNPACK's first start prints cpuinfo chatter on x86 hosts
+            self.calling_thread = threads.prepare_pool(decode_calling_thread)
         if "llama" in backbone.extra.get("kernels", []):  # llama::custom_sdpa / update_cache kernels
             from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
         program = Runtime.get().load_program(str(Path(bundle) / backbone.file))
         with filtered_native_stderr():  # XNNPACK's first start prints cpuinfo chatter on x86 hosts
             self._methods = {step: program.load_method(spec.entry or step) for step, spec in backbone.methods.items()}
+        threads.holds_pool(self)
 
     def step(self, method: str, tokens: np.ndarray, input_pos: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         t = self._torch
@@ -104,8 +112,11 @@ RUNNERS: dict[str, Callable[[Path, Backbone], Runner]] = {"executorch-xnnpack": 
                                                           "tflite-qnn": _qnn_sim}
 
 
-def open_runner(bundle: Path, backbone: Backbone) -> Runner:
+def open_runner(bundle: Path, backbone: Backbone, decode_calling_thread: bool = False) -> Runner:
+    """decode_calling_thread: XNNPACK's decode on one thread (ExecuTorch only; the others ignore it)."""
     if backbone.target not in RUNNERS:
         raise BundleError(f"no runner on this host for target {backbone.target!r} "
                           f"(runnable here: {', '.join(sorted(RUNNERS))})")
+    if RUNNERS[backbone.target] is ExecuTorchRunner:
+        return ExecuTorchRunner(bundle, backbone, decode_calling_thread)
     return RUNNERS[backbone.target](bundle, backbone)

@@ -22,6 +22,7 @@ from mobile_runtime.pack import PrefetchHandle
 from mobile_runtime.row_cache import RowCache
 from mobile_runtime.sampling import SamplingConfig, sample
 from mobile_runtime.stats import RunStats
+from mobile_runtime.threads import DECODE_THREADS, decode_on_calling_thread
 
 BACKENDS = {"executorch": "executorch-xnnpack", "litert": "tflite", "qnn-sim": "tflite-qnn"}
 # How a decode step's pack rows are read (benchmarks/bench_prefetch.py compares them):
@@ -54,9 +55,12 @@ class Generator:
 
     def __init__(self, bundle: Path, backend: str = "executorch", pack_mode: str = "pread",
                  cache_bytes: int = 8 << 20, check_hashes: bool = True, lookup: str = "prefetch",
-                 row_cache_bytes: int = 4 << 20) -> None:
+                 row_cache_bytes: int = 4 << 20, decode_threads: str = "auto") -> None:
+        """decode_threads: auto | pool | calling, where XNNPACK runs decode steps (mobile_runtime/threads.py)."""
         if lookup not in LOOKUPS:
             raise ValueError(f"lookup must be one of {', '.join(LOOKUPS)}, got {lookup!r}")
+        if decode_threads not in DECODE_THREADS:
+            raise ValueError(f"decode_threads must be one of {', '.join(DECODE_THREADS)}, got {decode_threads!r}")
         self.bundle = Path(bundle)
         self.lookup_mode = lookup
         # decoded rows are the prefetch mode's; thread/sync stay what bench_prefetch.py compares
@@ -64,7 +68,8 @@ class Generator:
         target = BACKENDS.get(backend, backend)
         self.manifest = verify_bundle(self.bundle, check_hashes)  # sizes always; sha256 unless told not to
         self.backbone = self.manifest.backbone(target)
-        self.runner = open_runner(self.bundle, self.backbone)
+        self.runner = open_runner(self.bundle, self.backbone,
+                                  decode_on_calling_thread(decode_threads, self.manifest.config))
         self.pack = None
         if self.manifest.memory_pack is not None:   # fingerprint and dimensions checked against the manifest
             from mobile_runtime.bundle_pack import open_bundle_pack

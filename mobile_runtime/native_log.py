@@ -1,8 +1,9 @@
 """Native libraries' stderr, filtered: drop the lines we know are noise, pass everything else through.
 
 ExecuTorch's cpuinfo prints five `[cpuinfo_utils.cpp:N] Reading file ... / Failed to open midr file ...`
-lines the first time XNNPACK starts on a machine without ARM's midr files (every x86 host): they say
-nothing about the model. C++ writes to fd 2 directly, so the filter works at the file-descriptor level,
+lines the first time XNNPACK starts on a machine without ARM's midr files (every x86 host), and its
+threadpool one `[threadpool.cpp:N] Resetting threadpool to N threads.` when mobile_runtime/threads.py
+sizes it: they say nothing about the model. C++ writes to fd 2 directly, so the filter works at the file-descriptor level,
 around one call only, and re-emits every other line (real errors stay visible).
 """
 
@@ -15,7 +16,7 @@ import sys
 import tempfile
 from typing import Iterator
 
-NOISE = re.compile(r"^\[cpuinfo_utils\.cpp:\d+\] ")
+NOISE = re.compile(r"^\[(cpuinfo_utils\.cpp:\d+\] |threadpool\.cpp:\d+\] Resetting threadpool to \d+ threads)")
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from contract.inputs import (nonneg_float, nonneg_int, output_file, positive_flo
                              unit_interval)
 from contract.manifest import BundleError
 from mobile_runtime.sampling import SamplingConfig
+from mobile_runtime.threads import DECODE_THREADS
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -39,6 +40,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lookup", choices=LOOKUPS, default="prefetch",
                    help="decode rows: prefetched by a worker thread unless cached (prefetch), always by the "
                         "worker (thread), or on the decode thread (sync); benchmarks/bench_prefetch.py")
+    p.add_argument("--decode-threads", choices=DECODE_THREADS, default="auto",
+                   help="where XNNPACK runs decode steps: its threadpool (pool), one thread (calling), or auto: one "
+                        "thread for models whose FFN projection (dim x ffn_dim) is under 2^20 multiply-adds; in "
+                        "this runtime the choice applies to prefill too (one threadpool per process)")
     p.add_argument("--skip-hash-check", action="store_true", help="trust file sizes, skip sha256 (large bundles)")
 
 
@@ -71,7 +76,7 @@ def run(a: argparse.Namespace) -> int:
     prompt = checked_prompt(a.prompt) if a.prompt is not None else None
     require_bundle(a.bundle)
     gen = Generator(a.bundle, a.backend, a.pack_mode, int(a.cache_mib * (1 << 20)), not a.skip_hash_check,
-                    lookup=a.lookup)
+                    lookup=a.lookup, decode_threads=a.decode_threads)
     vocab = int(gen.manifest.config["vocab_size"])
     ids = prompt_token_ids(a.prompt_ids, vocab) if a.prompt_ids is not None else gen.encode(prompt)
     stop = () if a.ignore_eos or gen.manifest.tokenizer is None else tuple(gen.manifest.tokenizer.eos_token_ids)

@@ -2,6 +2,7 @@
 #include "generator.h"
 
 #include <executorch/extension/tensor/tensor.h>
+#include <executorch/extension/threadpool/threadpool_guard.h>
 
 #include <algorithm>
 #include <chrono>
@@ -9,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 #include <numeric>
+#include <optional>
 #include <sstream>
 
 namespace meki {
@@ -98,8 +100,20 @@ int64_t sample(const float* logits, int64_t V, const SamplingConfig& cfg, std::m
   return dist(rng);
 }
 
+bool decode_on_calling_thread(DecodeThreads t, const Manifest& m) {
+  if (t != DecodeThreads::kAuto) return t == DecodeThreads::kCalling;
+  return m.dim > 0 && m.ffn_dim > 0 && m.dim * m.ffn_dim < kPooledDecodeMacs;  // widths unknown: the pool
+}
+
+DecodeThreads parse_decode_threads(const std::string& s) {
+  if (s == "auto") return DecodeThreads::kAuto;
+  if (s == "pool") return DecodeThreads::kPool;
+  if (s == "calling") return DecodeThreads::kCalling;
+  throw std::invalid_argument("--decode-threads must be auto, pool or calling, got " + s);
+}
+
 Generator::Generator(const std::string& bundle, const std::string& target, const PackOptions& pack_opts,
-                     Lookup lookup)
+                     Lookup lookup, DecodeThreads decode_threads)
     : manifest_(load_manifest(bundle)), lookup_(lookup) {
   check_bundle_files(bundle, manifest_);
   backbone_ = &manifest_.backbone(target);
@@ -117,8 +131,12 @@ Generator::Generator(const std::string& bundle, const std::string& target, const
   module_ = std::make_unique<Module>(bundle + "/" + backbone_->file, Module::LoadMode::File, nullptr, nullptr,
                                      nullptr, /*share_memory_arenas=*/true);
   // Load both methods before the first execute: loading a method re-initialises the mutable
-  // buffers it owns, so a lazy load of decode after prefill would zero the KV cache.
+  // buffers it owns, so a lazy load of decode after prefill would zero the KV cache. XNNPACK takes
+  // its threadpool when a method's delegates are initialised, so decode's is chosen here.
+  decode_calling_ = meki::decode_on_calling_thread(decode_threads, manifest_);
   for (const auto* m : {&backbone_->prefill, &backbone_->decode}) {
+    std::optional<executorch::extension::threadpool::NoThreadPoolGuard> calling;  // thread-local, this load only
+    if (m == &backbone_->decode && decode_calling_) calling.emplace();
     const Error e = module_->load_method(m->entry);
     if (e != Error::Ok) throw RuntimeError("cannot load method '" + m->entry + "' of " + backbone_->file + ": " + hex_error(e));
   }

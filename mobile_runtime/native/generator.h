@@ -75,6 +75,15 @@ int tool_main(int argc, char** argv, Args (*parse)(int, char**), int (*run)(cons
 // "3,1,4" -> {3, 1, 4}; std::invalid_argument naming the bad item (the runners' --prompt-ids).
 std::vector<int64_t> parse_token_ids(const std::string& s);
 
+// Where XNNPACK runs the decode method (prefill always gets ExecuTorch's threadpool). A decode step of a
+// small model is hundreds of tiny ops, and handing each to the pool's threads costs more than the op
+// saves (docs/speed.md, thirteenth session): kAuto keeps decode on the calling thread when the widest op
+// of a layer, the FFN's [dim x ffn_dim] projection, has fewer than kPooledDecodeMacs multiply-adds.
+enum class DecodeThreads { kAuto, kPool, kCalling };
+constexpr int64_t kPooledDecodeMacs = int64_t(1) << 20;
+bool decode_on_calling_thread(DecodeThreads t, const Manifest& m);
+DecodeThreads parse_decode_threads(const std::string& s);  // auto | pool | calling; invalid_argument otherwise
+
 class Generator {
  public:
   // How a decode step's pack rows are read (benchmarks/bench_prefetch.py compares them):
@@ -84,13 +93,14 @@ class Generator {
   //   kThread    every row by the worker;  kSync  every row on the decode thread, just before the step
   enum class Lookup { kPrefetch, kThread, kSync };
   Generator(const std::string& bundle, const std::string& target, const PackOptions& pack_opts,
-            Lookup lookup = Lookup::kPrefetch);
+            Lookup lookup = Lookup::kPrefetch, DecodeThreads decode_threads = DecodeThreads::kAuto);
   ~Generator();
   RunResult generate(const std::vector<int64_t>& prompt, const SamplingConfig& cfg,
                      const std::function<void(int64_t)>& on_token);
   const Manifest& manifest() const { return manifest_; }
   const BackboneRef& backbone() const { return *backbone_; }
   const MemoryPack* pack() const { return pack_.get(); }
+  bool decode_on_calling_thread() const { return decode_calling_; }
 
  private:
   void prefill(const std::vector<int64_t>& prompt, RunResult& r);      // leaves logits in logits_
@@ -107,6 +117,7 @@ class Generator {
   std::unique_ptr<MemoryPack> pack_;
   std::unique_ptr<Prefetcher> prefetcher_;
   Lookup lookup_ = Lookup::kPrefetch;
+  bool decode_calling_ = false;  // the decode method was loaded without the threadpool
   bool issued_ = false;  // the worker is reading the rows of the token to decode next
   std::vector<float> logits_, rows_;  // logits [V] of the last call; decode rows [1, 1, L, m]
   std::vector<int64_t> history_;      // prompt + tokens so far (the repetition penalty's look-back)

@@ -23,6 +23,7 @@ namespace {
 
 struct Args {
   std::string bundle, prompt_ids, backend = "executorch", pack_mode = "pread", stats, lookup = "prefetch";
+  meki::DecodeThreads decode_threads = meki::DecodeThreads::kAuto;
   int64_t max_new_tokens = 64;
   double temperature = 0.0, top_p = 1.0, cache_mib = 8.0, repeat_penalty = 1.0;
   int64_t top_k = 0, warmup = 0, repeat_last_n = 64;
@@ -35,11 +36,14 @@ const char* kUsage =
     "       [--pack-mode pread|mmap] [--cache-mib MIB] [--temperature T] [--top-k K] [--top-p P]\n"
     "       [--repeat-penalty R] [--repeat-last-n N]\n"
     "       [--seed S] [--backend executorch|TARGET] [--warmup N] [--quiet] [--lookup prefetch|thread|sync]\n"
-    "       [--single-thread]\n"
+    "       [--decode-threads auto|pool|calling] [--single-thread]\n"
     "  --warmup N: an untimed generate of N tokens first (as ExecuTorch's LLM runner does)\n"
     "  --lookup: prefetch (default): rows not in the pack cache read by a worker thread from the moment\n"
     "            the token is sampled, cached rows on the decode thread; thread: every row by the worker;\n"
     "            sync: every row on the decode thread (benchmarks/bench_prefetch.py compares them)\n"
+    "  --decode-threads: where XNNPACK runs decode steps: ExecuTorch's threadpool (pool), this thread\n"
+    "            (calling), or auto (default): calling when the model's FFN projection (dim x ffn_dim) has\n"
+    "            fewer than 2^20 multiply-adds (per-op dispatch to the pool costs more than it saves), else pool\n"
     "  --single-thread: no XNNPACK threadpool (everything on the calling thread: callgrind counts)\n";
 
 Args parse_args(int argc, char** argv) {
@@ -68,6 +72,7 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--warmup") a.warmup = std::stoll(val());
     else if (k == "--lookup") a.lookup = val();
     else if (k == "--single-thread") a.single_thread = true;
+    else if (k == "--decode-threads") a.decode_threads = meki::parse_decode_threads(val());
     else if (k == "-h" || k == "--help") { std::fputs(kUsage, stdout); std::exit(0); }
     else if (!k.empty() && k[0] == '-') throw std::invalid_argument("unknown option " + k);
     else if (a.bundle.empty()) a.bundle = k;
@@ -125,6 +130,7 @@ nlohmann::ordered_json stats_json(const meki::Generator& gen, size_t prompt_toke
   j["format"] = "meki-run-stats";
   j["version"] = 1;
   j["x_decode_step_s"] = r.decode_step_s;
+  j["x_decode_threads"] = gen.decode_on_calling_thread() ? "calling" : "pool";
   return j;
 }
 
@@ -147,7 +153,8 @@ int run(const Args& a) {
   if (a.single_thread) executorch::extension::threadpool::NoThreadPoolGuard::set_enabled(true);
   using L = meki::Generator::Lookup;
   meki::Generator gen(a.bundle, target, po,
-                      a.lookup == "sync" ? L::kSync : a.lookup == "thread" ? L::kThread : L::kPrefetch);
+                      a.lookup == "sync" ? L::kSync : a.lookup == "thread" ? L::kThread : L::kPrefetch,
+                      a.single_thread ? meki::DecodeThreads::kCalling : a.decode_threads);
   const std::vector<int64_t> ids = meki::parse_token_ids(a.prompt_ids);
   meki::SamplingConfig cfg;
   cfg.max_new_tokens = a.max_new_tokens;

@@ -30,10 +30,12 @@ struct Args {
   std::string bundles[2], prompt_ids;
   int64_t max_new_tokens = 32, rounds = 10, warmup = 4;
   bool whole_runs = false;
+  meki::DecodeThreads decode_threads = meki::DecodeThreads::kAuto;
 };
 
 const char* kUsage =
-    "usage: runner_ab BUNDLE_A BUNDLE_B --prompt-ids IDS [--max-new-tokens N] [--rounds R] [--warmup W] [--whole-runs]\n";
+    "usage: runner_ab BUNDLE_A BUNDLE_B --prompt-ids IDS [--max-new-tokens N] [--rounds R] [--warmup W] [--whole-runs]\n"
+    "       [--decode-threads auto|pool|calling]   (as meki_runner's)\n";
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -49,6 +51,7 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--rounds") a.rounds = std::stoll(val());
     else if (k == "--warmup") a.warmup = std::stoll(val());
     else if (k == "--whole-runs") a.whole_runs = true;
+    else if (k == "--decode-threads") a.decode_threads = meki::parse_decode_threads(val());
     else if (k == "-h" || k == "--help") { std::fputs(kUsage, stdout); std::exit(0); }
     else if (!k.empty() && k[0] == '-') throw std::invalid_argument("unknown option " + k);
     else if (given < 2) a.bundles[given++] = k;
@@ -130,7 +133,9 @@ nlohmann::ordered_json round(meki::Generator* gens[2], const std::vector<int64_t
 
 int run(const Args& a) {
   meki::PackOptions po;
-  meki::Generator ga(a.bundles[0], "executorch-xnnpack", po), gb(a.bundles[1], "executorch-xnnpack", po);
+  using L = meki::Generator::Lookup;
+  meki::Generator ga(a.bundles[0], "executorch-xnnpack", po, L::kPrefetch, a.decode_threads),
+      gb(a.bundles[1], "executorch-xnnpack", po, L::kPrefetch, a.decode_threads);
   meki::Generator* gens[2] = {&ga, &gb};
   const std::vector<int64_t> ids = meki::parse_token_ids(a.prompt_ids);
   meki::SamplingConfig cfg;  // greedy, no stop token: every round decodes max_new_tokens

@@ -13,6 +13,9 @@
 //                  reshape and workspace allocation (a one-time cost the later prompts do not pay)
 //     --single-thread: no threadpool (XNNPACK and kernels run on the calling thread), so that the
 //                  callgrind markers, which toggle collection for the calling thread only, see all work
+//     --decode-calling-thread: only the decode method without the threadpool (the runners' decode
+//                  thread policy, meki::DecodeThreads; a program whose decode is its prefill method
+//                  gets it for both)
 //   -> one JSON line {"prefill_s", "decode_s", "decode_steps", "tokens"}
 // The same phases are marked for qemu-user's instruction count (qemu_insn_phases.c): a getpid with a
 // magic first argument beside each callgrind request, outside the callgrind-counted span.
@@ -35,6 +38,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,7 +52,7 @@ namespace {
 struct Options {
   std::string model, prefill = "prefill", decode = "decode";
   int prompt_len = 0, new_tokens = 0, warmup = 0, rows_l = 0, rows_m = 0;
-  bool start_pos = false, single_thread = false;
+  bool start_pos = false, single_thread = false, decode_calling = false;
 };
 
 struct Result {
@@ -138,6 +142,8 @@ bool parse(int argc, char** argv, Options* o) {
       o->start_pos = true;
     } else if (a == "--single-thread") {
       o->single_thread = true;
+    } else if (a == "--decode-calling-thread") {
+      o->decode_calling = true;
     } else if (a == "--prefill" && has_value) {
       o->prefill = argv[++i];
     } else if (a == "--decode" && has_value) {
@@ -159,14 +165,21 @@ int main(int argc, char** argv) {
   Options o;
   if (!parse(argc, argv, &o)) {
     std::fprintf(stderr, "usage: %s MODEL.pte PROMPT_LEN NEW_TOKENS [--prefill M] [--decode M] [--start-pos] "
-                 "[--rows L,M] [--warmup N] [--single-thread]\n", argv[0]);
+                 "[--rows L,M] [--warmup N] [--single-thread] [--decode-calling-thread]\n", argv[0]);
     return 2;
   }
   // before load: XNNPACK takes its threadpool when the delegate is initialised
   if (o.single_thread) executorch::extension::threadpool::NoThreadPoolGuard::set_enabled(true);
   Module mod(o.model, Module::LoadMode::File, nullptr, nullptr, nullptr, /*share_memory_arenas=*/true);
-  if (mod.load_method(o.prefill) != executorch::runtime::Error::Ok ||
-      mod.load_method(o.decode) != executorch::runtime::Error::Ok) {
+  auto load = [&](const std::string& method, bool calling) {  // XNNPACK takes its threadpool at method load
+    std::optional<executorch::extension::threadpool::NoThreadPoolGuard> guard;
+    if (calling) guard.emplace();
+    return mod.load_method(method);
+  };
+  // ExecuTorch's export decodes on its prefill method: one load, so the decode setting applies to both
+  const bool prefill_calling = o.decode_calling && o.decode == o.prefill;
+  if (load(o.prefill, prefill_calling) != executorch::runtime::Error::Ok ||
+      load(o.decode, o.decode_calling) != executorch::runtime::Error::Ok) {
     std::fprintf(stderr, "error: cannot load %s/%s of %s\n", o.prefill.c_str(), o.decode.c_str(), o.model.c_str());
     return 4;
   }

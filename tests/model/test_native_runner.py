@@ -167,3 +167,43 @@ def test_runner_refuses_what_the_manifest_rules_refuse(native, bundles, tmp_path
         (bad / "manifest.json").write_text(json.dumps(m))
         res = run_native(native, bad, "--prompt-ids", "0,1,2", "--max-new-tokens", "4")
         assert res.returncode == 2 and f"({check})" in res.stderr, (name, res.stderr)
+
+
+@pytest.mark.parametrize("bundles", ["none"], indirect=True)
+def test_decode_thread_rule_is_the_python_runtimes_and_changes_no_token(native, bundles, tmp_path):
+    """--decode-threads: decode loaded without XNNPACK's threadpool (calling) or with it (pool); auto
+    decides by the manifest's dim x ffn_dim as mobile_runtime/threads.py does, widths unknown: pool.
+    The greedy tokens are the same every way, and step_bench's --decode-calling-thread too."""
+    from mobile_runtime.threads import decode_on_calling_thread
+
+    out, _ = bundles
+    wide = tmp_path / "wide"  # the same program, a manifest that says Qwen3-0.6B's widths
+    shutil.copytree(out / "meki", wide)
+    m = json.loads((wide / "manifest.json").read_text())
+    m["config"].update(dim=1024, ffn_dim=3072)
+    (wide / "manifest.json").write_text(json.dumps(m))
+    unknown = tmp_path / "unknown"
+    shutil.copytree(out / "meki", unknown)
+    m["config"].pop("ffn_dim")
+    (unknown / "manifest.json").write_text(json.dumps(m))
+    got = {}
+    for bundle, setting in ((out / "meki", "auto"), (out / "meki", "pool"), (out / "meki", "calling"), (wide, "auto"),
+                            (unknown, "auto")):
+        path = tmp_path / f"{bundle.name}-{setting}.json"
+        res = run_native(native, bundle, "--prompt-ids", "7,8,9", "--max-new-tokens", "12", "--decode-threads", setting,
+                         "--stats", str(path))
+        assert res.returncode == 0, res.stderr
+        stats = json.loads(path.read_text())
+        config = json.loads((bundle / "manifest.json").read_text())["config"]
+        want = "calling" if decode_on_calling_thread(setting, config) else "pool"
+        assert stats["x_decode_threads"] == want, (bundle.name, setting)
+        got[(bundle.name, setting)] = (want, stats["tokens"])
+    assert [w for w, _ in got.values()] == ["calling", "pool", "calling", "pool", "pool"]
+    assert all(t == got[("meki", "auto")][1] for _, t in got.values())
+    pte = out / "dense" / "model_xnnpack.pte"
+    plain, calling = (json.loads(subprocess.run([str(native / "step_bench"), str(pte), "6", "8", *flag], check=True,
+                                                capture_output=True, text=True).stdout.splitlines()[-1])["tokens"]
+                      for flag in ([], ["--decode-calling-thread"]))
+    assert plain == calling
+    bad = run_native(native, out / "meki", "--prompt-ids", "1", "--decode-threads", "four")
+    assert bad.returncode == 2 and "--decode-threads must be auto, pool or calling, got four" in bad.stderr

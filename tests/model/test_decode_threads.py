@@ -1,0 +1,69 @@
+"""Where XNNPACK runs decode steps in the Python runtime (mobile_runtime/threads.py): the rule, the
+process's threadpool sized before a program loads and left alone while a loaded program holds it, and
+the same greedy tokens either way. The pool is process-wide, so the runtime parts run in a child."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mobile_runtime.threads import POOLED_DECODE_MACS, decode_on_calling_thread
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("setting,config,calling", [
+    ("auto", {"dim": 256, "ffn_dim": 768}, True),             # the demo pair
+    ("auto", {"dim": 1024, "ffn_dim": 3072}, False),          # Qwen3-0.6B
+    ("auto", {"dim": 1024, "ffn_dim": POOLED_DECODE_MACS // 1024}, False),  # the threshold itself: pool
+    ("auto", {"dim": 256}, False),                            # widths unknown: pool
+    ("auto", {"dim": True, "ffn_dim": 768}, False),           # not an integer
+    ("pool", {"dim": 256, "ffn_dim": 768}, False),
+    ("calling", {"dim": 4096, "ffn_dim": 12288}, True),
+])
+def test_rule(setting, config, calling):
+    assert decode_on_calling_thread(setting, config) is calling
+
+
+def test_bad_setting_names_the_choices():
+    with pytest.raises(ValueError, match="decode_threads must be one of auto, pool, calling, got 'four'"):
+        decode_on_calling_thread("four", {})
+
+
+CHILD = """
+import gc, json, os, sys
+from pathlib import Path
+from executorch.extension.pybindings import portable_lib as lib
+from mobile_runtime.generate import Generator
+from mobile_runtime.sampling import SamplingConfig
+
+bundle, out = Path(sys.argv[1]), {}
+cfg = SamplingConfig(max_new_tokens=10)
+g = Generator(bundle, decode_threads="calling")
+out["calling"] = (g.runner.calling_thread, lib._threadpool_get_thread_count(), g.generate([3, 1, 4], cfg).tokens)
+h = Generator(bundle, decode_threads="pool")  # g still holds the one-thread pool: kept
+out["kept"] = (h.runner.calling_thread, lib._threadpool_get_thread_count(), h.generate([3, 1, 4], cfg).tokens)
+del g, h
+gc.collect()
+p = Generator(bundle, decode_threads="pool")
+out["pool"] = (p.runner.calling_thread, lib._threadpool_get_thread_count(), p.generate([3, 1, 4], cfg).tokens)
+out["cpus"] = os.cpu_count()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundles", ["8da4w"], indirect=True)
+def test_threadpool_sized_before_load_and_kept_while_held(bundles):
+    out, _ = bundles
+    res = subprocess.run([sys.executable, "-c", CHILD, str(out / "meki")], capture_output=True, text=True, cwd=REPO,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.splitlines()[-1])
+    assert got["calling"][:2] == [True, 1]
+    assert got["kept"][:2] == [True, 1] and "stays at 1 thread(s)" in res.stderr
+    assert got["pool"][:2] == [got["cpus"] == 1, got["cpus"]]
+    assert got["calling"][2] == got["kept"][2] == got["pool"][2]
+    assert "Resetting threadpool" not in res.stderr  # ExecuTorch's line is filtered as noise
