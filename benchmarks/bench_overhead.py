@@ -45,9 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from overhead_lib import (WARMUP, Program, add_step_args, callgrind_phases, export_et_llm, generate_fixed,  # noqa: E402
-                          ideal_costs, larger_than_cache, parse_step_args, prompt_ids, python_loop_round,
-                          wall_clock)
+from overhead_lib import (WARMUP, Program, add_step_args, callgrind_phases, decode_ops, export_et_llm,  # noqa: E402
+                          generate_fixed, ideal_costs, larger_than_cache, parse_step_args, prompt_ids,
+                          python_loop_round, wall_clock)
 
 PACK_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 
@@ -162,7 +162,25 @@ def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype:
                     "prefill_ratio": ideal["dense"]["prefill_flops_per_token"] / ideal["meki"]["prefill_flops_per_token"],
                     "detail": ideal}
     res["ratios"] = ratios(res)
+    res["meki_adds"] = meki_adds(work / f"ours-{quant}", res)
     return res
+
+
+def meki_adds(ours: Path, res: dict) -> dict:
+    """Where MeKi's decode cost goes: the ops it adds per decode step (counted in the two .pte files) and
+    what the step costs more, by the raw programs' wall clock (medians) and by instructions."""
+    ops = {kind: decode_ops(ours / kind / "model_xnnpack.pte") for kind in ("dense", "meki")}
+    added = {k: ops["meki"].get(k, 0) - ops["dense"].get(k, 0) for k in sorted(set(ops["meki"]) | set(ops["dense"]))}
+    added = {k: v for k, v in added.items() if v}
+    n = sum(added.values())
+    w = res["wall"]
+    extra_s = 1 / w["ours-meki"]["decode_tok_s"] - 1 / w["ours-dense"]["decode_tok_s"]
+    out = {"ops": added, "ops_total": n, "xnnpack_nodes_dense": sum(v for k, v in ops["dense"].items() if k.startswith("xnn:")),
+           "wall_extra_us_per_step": extra_s * 1e6, "wall_extra_ns_per_added_op": extra_s * 1e9 / n if n else None}
+    p = res["programs"]
+    if p.get("ours-dense"):
+        out["instr_extra_per_step"] = p["ours-meki"]["decode_instr_per_step"] - p["ours-dense"]["decode_instr_per_step"]
+    return out
 
 
 def paired_ratio(top: list[dict], bottom: list[dict]) -> dict:
@@ -219,6 +237,12 @@ def print_table(shape: str, results: dict, a: argparse.Namespace) -> None:
         for k, v in r.get("paired", {}).items():  # the decode ratio of each round's pair, then its median
             print(f"  {k + ', paired':36} {v['median']:8.4f}   middle half {v['q1']:.4f}-{v['q3']:.4f} of "
                   f"{v['rounds']} rounds; limit {limits[k]}")
+        m = r["meki_adds"]
+        instr = f", {m['instr_extra_per_step'] / 1e3:.1f} k instructions" if "instr_extra_per_step" in m else ""
+        print(f"  where MeKi's decode cost goes: {m['ops_total']} ops more per step than dense's "
+              f"{m['xnnpack_nodes_dense']} XNNPACK nodes ({', '.join(f'{v} {k}' for k, v in m['ops'].items())}); "
+              f"the step takes {m['wall_extra_us_per_step']:.1f} us more (raw programs, medians{instr}): "
+              f"{m['wall_extra_ns_per_added_op'] or 0:.0f} ns per added op")
 
 
 def main(argv: list[str] | None = None) -> int:

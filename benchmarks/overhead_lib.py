@@ -230,6 +230,43 @@ def wall_clock(tool: Path, prog: Program, prompt_len: int, new_tokens: int, extr
     return {"prefill_tok_s": prompt_len / run["prefill_s"], "decode_tok_s": run["decode_steps"] / run["decode_s"]}
 
 
+def decode_ops(pte: Path, method: str = "decode") -> dict[str, int]:
+    """What one call of `method` dispatches: ExecuTorch's instructions by kernel ("<delegate>" per delegate
+    call) and the XNNPACK nodes inside its delegates by type ("xnn:Type"), read from the .pte (the
+    delegate blobs' flatbuffers decoded with the wheel's own flatc and schema)."""
+    import collections
+    import sys
+
+    from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    prog = deserialize_pte_binary(Path(pte).read_bytes())
+    prog = getattr(prog, "program", prog)
+    plan = next(p for p in prog.execution_plan if p.name == method)
+    counts: collections.Counter = collections.Counter()
+    for chain in plan.chains:
+        for ins in chain.instructions:
+            kind = type(ins.instr_args).__name__
+            if kind == "KernelCall":
+                counts[plan.operators[ins.instr_args.op_index].name] += 1
+            elif kind == "DelegateCall":
+                counts["<delegate>"] += 1
+    schema = Path(sys.modules[XNNHeader.__module__].__file__).with_name("schema.fbs")
+    flatc = shutil.which("flatc", path=str(Path(sys.executable).parent)) or "flatc"
+    with tempfile.TemporaryDirectory(prefix="xnn-") as work:
+        for i, d in enumerate(plan.delegates):
+            if d.id != "XnnpackBackend" or d.processed.location.name != "INLINE":
+                continue
+            blob = prog.backend_delegate_data[d.processed.index].data
+            h = XNNHeader.from_bytes(blob[:XNNHeader.EXPECTED_LENGTH])
+            (Path(work) / f"{i}.bin").write_bytes(blob[h.flatbuffer_offset:h.flatbuffer_offset + h.flatbuffer_size])
+            subprocess.run([flatc, "--json", "--strict-json", "--raw-binary", "-o", work, str(schema), "--",
+                            f"{work}/{i}.bin"], check=True, capture_output=True)
+            for node in json.loads((Path(work) / f"{i}.json").read_text())["xnodes"]:
+                counts["xnn:" + node["xnode_union_type"].removeprefix("XNN")] += 1
+    return dict(counts)
+
+
 # ---- the ideal cost (what the bytes and FLOPs alone say)
 
 def bytes_per_weight(quant: str, group: int = 32) -> float:

@@ -1,6 +1,7 @@
 """ExecuTorch XNNPACK export of the fake preset: bundles, graph checks, and verify against eager."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,6 +80,26 @@ def test_decode_is_an_entry_point_to_prefills_program(bundles):
                  for plan in program.execution_plan}
         assert sorted(blobs) == ["decode", "prefill"]
         assert blobs["decode"] == blobs["prefill"] and blobs["decode"]
+
+
+@pytest.mark.parametrize("bundles", ["8da4w"], indirect=True)
+def test_meki_adds_its_fusion_ops_and_no_delegate_call(bundles, monkeypatch):
+    """What a MeKi decode step dispatches beyond the dense one (bench_overhead.py's "where MeKi's decode cost
+    goes"): per layer, its row (a select), two int4 projections with their activation quantisations, the
+    post-norm's mean (a [d -> 1] fully connected), the sigmoid gate, the adds and muls; no extra delegate
+    call (the branch sits inside the layer's XNNPACK partition) and no other portable op."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from overhead_lib import decode_ops
+
+    out, _ = bundles
+    ops = {kind: decode_ops(out / kind / "model_xnnpack.pte") for kind in ("dense", "meki")}
+    cfg = json.loads((out / "meki" / "manifest.json").read_text())["config"]
+    layers = cfg["num_layers"]
+    added = {k: ops["meki"].get(k, 0) - ops["dense"].get(k, 0) for k in set(ops["meki"]) | set(ops["dense"])}
+    # out_proj reads d_mem inputs: int4 in groups of 32 only where they divide (the fake model's 16: fp32)
+    per_layer = {"aten::select_copy": 1, "xnn:FullyConnected": 3, "xnn:Convert": 1 + (cfg["d_mem"] % 32 == 0),
+                 "xnn:Sigmoid": 1, "xnn:Add": 2, "xnn:Multiply": 2, "xnn:ReciprocalSquareRoot": 1}
+    assert {k: v for k, v in added.items() if v} == {k: v * layers for k, v in per_layer.items()}
 
 
 @pytest.mark.parametrize("bundles", ["8da4w"], indirect=True)  # one quantisation: the methods differ in shape only
