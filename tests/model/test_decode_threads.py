@@ -67,3 +67,16 @@ def test_threadpool_sized_before_load_and_kept_while_held(bundles):
     assert got["pool"][:2] == [got["cpus"] == 1, got["cpus"]]
     assert got["calling"][2] == got["kept"][2] == got["pool"][2]
     assert "Resetting threadpool" not in res.stderr  # ExecuTorch's line is filtered as noise
+
+
+def test_xnnpack_node_benchmark_runs(tmp_path):
+    """benchmarks/bench_xnnpack_node.py (the per-node cost docs/speed.md quotes), on tiny settings: a figure
+    per op kind. In a child: it sizes the process's threadpool."""
+    out = tmp_path / "node.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_xnnpack_node.py"), "--chain", "2",
+                          "--calls", "20", "--repeats", "1", "--json", str(out)], capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(out.read_text())
+    assert sorted(got["ns_per_node"]) == ["add", "fully_connected", "multiply", "sigmoid"]
+    assert got["one_node_program_us"] > 0 and "ns per node" in res.stdout
