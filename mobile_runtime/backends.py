@@ -36,12 +36,11 @@ class ExecuTorchRunner:
 
         self._torch = torch
         self.backbone = backbone
-        with filtered_native_stderr():  # XNNPACK's first start prints cpuinfo chatter on x86 hosts
-            self.calling_thread = threads.prepare_pool(decode_calling_thread)
         if "llama" in backbone.extra.get("kernels", []):  # llama::custom_sdpa / update_cache kernels
             from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
-        program = Runtime.get().load_program(str(Path(bundle) / backbone.file))
         with filtered_native_stderr():  # XNNPACK's first start prints cpuinfo chatter on x86 hosts
+            self.calling_thread = threads.prepare_pool(decode_calling_thread)
+            program = Runtime.get().load_program(str(Path(bundle) / backbone.file))
             self._methods = {step: program.load_method(spec.entry or step) for step, spec in backbone.methods.items()}
         threads.holds_pool(self)
 

@@ -15,7 +15,6 @@ loads, applies to prefill too, and is left as it is while a loaded program still
 from __future__ import annotations
 
 import logging
-import os
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +24,7 @@ log = logging.getLogger(__name__)
 DECODE_THREADS = ("auto", "pool", "calling")
 POOLED_DECODE_MACS = 1 << 20  # as kPooledDecodeMacs in mobile_runtime/native/generator.h
 _holders: weakref.WeakSet = weakref.WeakSet()  # loaded programs: their XNNPACK runtimes hold the current pool
+_default_threads: int | None = None
 
 
 def decode_on_calling_thread(setting: str, config: Mapping[str, Any]) -> bool:
@@ -45,10 +45,14 @@ def _pool():
 
 
 def prepare_pool(calling: bool) -> bool:
-    """Before loading a program: the process's threadpool to one thread (calling) or one per core.
-    Returns whether decode will run on one thread (a loaded program's pool is kept as it is)."""
+    """Before loading a program: the process's threadpool to one thread (calling) or to ExecuTorch's own
+    size (pool). Returns whether decode will run on one thread (a loaded program's pool is kept as it is)."""
+    global _default_threads
     lib = _pool()
-    have, want = lib._threadpool_get_thread_count(), 1 if calling else (os.cpu_count() or 1)
+    have = lib._threadpool_get_thread_count()
+    if _default_threads is None:  # before any reset of ours: ExecuTorch's choice (cpuinfo's processor count)
+        _default_threads = have
+    want = 1 if calling else _default_threads
     if have != want:
         if _holders:
             log.warning("XNNPACK threadpool stays at %d thread(s): a program loaded in this process holds it", have)

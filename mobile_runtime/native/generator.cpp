@@ -102,7 +102,9 @@ int64_t sample(const float* logits, int64_t V, const SamplingConfig& cfg, std::m
 
 bool decode_on_calling_thread(DecodeThreads t, const Manifest& m) {
   if (t != DecodeThreads::kAuto) return t == DecodeThreads::kCalling;
-  return m.dim > 0 && m.ffn_dim > 0 && m.dim * m.ffn_dim < kPooledDecodeMacs;  // widths unknown: the pool
+  // widths unknown: the pool; each below the bound first, so the product cannot overflow
+  return m.dim > 0 && m.ffn_dim > 0 && m.dim < kPooledDecodeMacs && m.ffn_dim < kPooledDecodeMacs &&
+         m.dim * m.ffn_dim < kPooledDecodeMacs;
 }
 
 DecodeThreads parse_decode_threads(const std::string& s) {
