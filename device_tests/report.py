@@ -1,7 +1,10 @@
 """A bench's outputs: bench.json (schema: bench_result.schema.json), bench.md, and PNG plots.
 
 Summaries use the measured runs that finished and were not flagged as throttled; medians with
-min-max and the interquartile range; ratios are MeKi's median over dense's.
+min-max and the interquartile range; ratios are MeKi's median over dense's. "paired" ratios divide each
+MeKi run by the dense run of the same rep, which ran next to it (the bench alternates them), and take the
+median of those: a device whose speed drifts (heat, other load) moves both runs of a pair alike, so this
+is the figure to read when whole runs spread more than the difference in question.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from device_tests.results import BenchResult, DeviceReport, RunRecord
 
 SCHEMA_PATH = Path(__file__).with_name("bench_result.schema.json")
 # metric -> (column title, unit, higher is better)
+PAIRED = ("prefill_tok_s", "decode_tok_s", "ttft_ms")  # per-run speeds: the pair ran back to back
 METRICS: dict[str, tuple[str, str, bool]] = {
     "prefill_tok_s": ("prefill", "tok/s", True),
     "decode_tok_s": ("decode", "tok/s", True),
@@ -75,6 +79,9 @@ def summarize(rep: DeviceReport) -> None:
     for m in METRICS:
         a, b = (meki or {}).get(m), (dense or {}).get(m)
         rep.ratios[m] = a["median"] / b["median"] if a and b and b["median"] else None
+    by_rep = {(r.label, r.rep): run_metrics(r) for r in clean}
+    pairs = [(by_rep[("meki", i)], d) for (label, i), d in by_rep.items() if label == "dense" and ("meki", i) in by_rep]
+    rep.paired = {m: spread([a[m] / b[m] for a, b in pairs if a[m] is not None and b[m]]) for m in PAIRED}
 
 
 def validate(data: dict[str, Any]) -> None:
@@ -118,7 +125,8 @@ def markdown(result: BenchResult) -> str:
              f"prompt {cfg['prompt_len']} tokens, {cfg['new_tokens']} new tokens, {cfg['warmup']} warm-up + "
              f"{cfg['reps']} measured runs per bundle, alternating; runner `{cfg['runner']}`. "
              "Cells: median [min–max] over unthrottled runs; memory is the peak while the runner ran "
-             "(sampled from /proc, or the runner's own reading where larger).", "",
+             "(sampled from /proc, or the runner's own reading where larger). MeKi/dense: the medians' "
+             "ratio; paired: the median [middle half] of each MeKi run over the dense run beside it.", "",
              "## MeKi / dense per device", ""]
     head = ["device", "runner", "status"] + [f"{t} ({u})" for t, u, _ in METRICS.values()]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -139,6 +147,12 @@ def markdown(result: BenchResult) -> str:
         if rep.ratios and any(rep.ratios.values()):
             lines.append("| MeKi/dense | | " + " | ".join(
                 f"{_fmt(rep.ratios[m])}×" if rep.ratios[m] else "–" for m in METRICS) + " |")
+        pairs = {m: s for m, s in rep.paired.items() if s}
+        if pairs:
+            n = max(s["n"] for s in pairs.values())
+            lines.append(f"| MeKi/dense, paired | {n} pairs | " + " | ".join(
+                f"{_fmt(pairs[m]['median'])}× [{_fmt(pairs[m]['q1'])}–{_fmt(pairs[m]['q3'])}]" if m in pairs else "–"
+                for m in METRICS) + " |")
         failed = [r for r in rep.runs if r.error]
         for msg in rep.errors + [f"{r.label} run {r.rep}{' (warm-up)' if r.warmup else ''}: {r.error}" for r in failed]:
             lines.append(f"\n- **error** {' '.join(msg.split())}")

@@ -51,6 +51,7 @@ class DeviceReport:
     runs: list[RunRecord] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)  # filled by report.summarize
     ratios: dict[str, Any] = field(default_factory=dict)
+    paired: dict[str, Any] = field(default_factory=dict)  # speed metric -> spread of each pair's MeKi/dense
 
 
 @dataclass

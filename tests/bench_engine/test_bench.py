@@ -148,6 +148,31 @@ def test_throttling_flags():
     assert snap.max_celsius == 47.2 and snap.cap_khz == {"policy0": 1800000, "policy4": 2400000}
 
 
+def test_paired_ratios_divide_each_meki_run_by_the_dense_run_beside_it():
+    """A device that slows down over the bench (heat): whole-run medians mix fast and slow runs, the pairs
+    (same rep, run back to back) do not. Failed, throttled and warm-up runs make no pair."""
+    from device_tests.results import DeviceReport, RunRecord
+
+    def run(label, i, tok_s, **kw):
+        return RunRecord(label, i, kw.pop("warmup", False), ok=kw.pop("ok", True),
+                         stats={"prefill_tok_s": 10 * tok_s, "decode_tok_s": tok_s, "ttft_s": 1 / tok_s}, **kw)
+
+    speeds = [1000, 800, 600, 400, 300]  # the device's speed at each rep; MeKi 0.95 of dense throughout
+    runs = [run("meki", 0, 5000, warmup=True), run("dense", 0, 10, warmup=True)]
+    for i, v in enumerate(speeds):
+        runs += [run("meki", i, 0.95 * v), run("dense", i, v)]
+    runs += [run("meki", 5, 100, ok=False), run("dense", 5, 2000), run("meki", 6, 50, throttled=True),
+             run("dense", 6, 3000)]
+    rep = DeviceReport("local", runs=runs)
+    report.summarize(rep)
+    assert rep.paired["decode_tok_s"]["n"] == 5 and rep.paired["decode_tok_s"]["median"] == pytest.approx(0.95)
+    assert rep.paired["ttft_ms"]["median"] == pytest.approx(1 / 0.95)
+    assert rep.ratios["decode_tok_s"] == pytest.approx(570 / 800)  # the medians: drift and unpaired runs mixed in
+    assert "| MeKi/dense, paired | 5 pairs | 0.95× [0.95–0.95] | 0.95× [0.95–0.95] | 1.05× [1.05–1.05] | – |" in \
+        report.markdown(report.BenchResult({"prompt_len": 4, "new_tokens": 8, "warmup": 1, "reps": 5, "runner": "native"},
+                                           [], [rep], "now"))
+
+
 def test_aihub_profile_folds_into_the_bench_format(tmp_path):
     profile = json.loads((FIX / "aihub" / "profile_qai_hub_0.56_client_test.json").read_text())
     assert inference_times_us(profile) == [10003.0, 4205.0] and peak_memory_bytes(profile) == 166711296
