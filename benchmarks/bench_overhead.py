@@ -12,7 +12,7 @@ and are measured two ways:
                 machine does;
   wall clock    interleaved rounds (--rounds, median), the runners' decode thread rule (decode on the
                 calling thread for small models: mobile_runtime/threads.py; the raw programs' decode loaded
-                the same way, `step_bench --decode-calling-thread`); plus both runners on our
+                the same way, `step_bench --decode-threads calling`); plus both runners on our
                 two bundles: the native runner (meki_runner, fresh process per run, the pair's order
                 alternating; and runner_ab: its loop over both bundles in one process, steps alternating
                 as below) and the Python loop (mobile_runtime.generate, one warm Generator per
@@ -137,7 +137,7 @@ def measure_quant(tool_dir: Path, work: Path, cfg: dict, quant: str, pack_dtype:
     # the runners' decode thread rule (auto), applied to the raw programs too, so that all rows compare alike
     calling = decode_on_calling_thread("auto", cfg)
     res["decode_threads"] = "calling" if calling else "pool"
-    raw_extra = ["--decode-calling-thread"] if calling else []
+    raw_extra = ["--decode-threads", res["decode_threads"]]
     runs: dict[str, list[dict]] = {p.name: [] for p in progs} | {f"{r}-{k}": [] for r in ("runner", "python")
                                                                    for k in ("dense", "meki")}
     for i in range(a.rounds):  # interleaved: every program once per round; the pairs in both orders

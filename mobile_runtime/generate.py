@@ -22,7 +22,7 @@ from mobile_runtime.pack import PrefetchHandle
 from mobile_runtime.row_cache import RowCache
 from mobile_runtime.sampling import SamplingConfig, sample
 from mobile_runtime.stats import RunStats
-from mobile_runtime.threads import DECODE_THREADS, decode_on_calling_thread
+from mobile_runtime import threads
 
 BACKENDS = {"executorch": "executorch-xnnpack", "litert": "tflite", "qnn-sim": "tflite-qnn"}
 # How a decode step's pack rows are read (benchmarks/bench_prefetch.py compares them):
@@ -59,8 +59,7 @@ class Generator:
         """decode_threads: auto | pool | calling, where XNNPACK runs decode steps (mobile_runtime/threads.py)."""
         if lookup not in LOOKUPS:
             raise ValueError(f"lookup must be one of {', '.join(LOOKUPS)}, got {lookup!r}")
-        if decode_threads not in DECODE_THREADS:
-            raise ValueError(f"decode_threads must be one of {', '.join(DECODE_THREADS)}, got {decode_threads!r}")
+        threads.check_setting(decode_threads)  # before the bundle's files are read
         self.bundle = Path(bundle)
         self.lookup_mode = lookup
         # decoded rows are the prefetch mode's; thread/sync stay what bench_prefetch.py compares
@@ -69,7 +68,7 @@ class Generator:
         self.manifest = verify_bundle(self.bundle, check_hashes)  # sizes always; sha256 unless told not to
         self.backbone = self.manifest.backbone(target)
         self.runner = open_runner(self.bundle, self.backbone,
-                                  decode_on_calling_thread(decode_threads, self.manifest.config))
+                                  threads.decode_on_calling_thread(decode_threads, self.manifest.config))
         self.pack = None
         if self.manifest.memory_pack is not None:   # fingerprint and dimensions checked against the manifest
             from mobile_runtime.bundle_pack import open_bundle_pack

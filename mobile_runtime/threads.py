@@ -27,11 +27,15 @@ _holders: weakref.WeakSet = weakref.WeakSet()  # loaded programs: their XNNPACK 
 _default_threads: int | None = None
 
 
-def decode_on_calling_thread(setting: str, config: Mapping[str, Any]) -> bool:
-    """The rule: `setting` is auto | pool | calling; auto decides by the config's widths (unknown: pool)."""
+def check_setting(setting: str) -> str:
     if setting not in DECODE_THREADS:
         raise ValueError(f"decode_threads must be one of {', '.join(DECODE_THREADS)}, got {setting!r}")
-    if setting != "auto":
+    return setting
+
+
+def decode_on_calling_thread(setting: str, config: Mapping[str, Any]) -> bool:
+    """The rule: `setting` is auto | pool | calling; auto decides by the config's widths (unknown: pool)."""
+    if check_setting(setting) != "auto":
         return setting == "calling"
     dim, ffn = config.get("dim"), config.get("ffn_dim")
     ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (dim, ffn))

@@ -13,9 +13,9 @@
 //                  reshape and workspace allocation (a one-time cost the later prompts do not pay)
 //     --single-thread: no threadpool (XNNPACK and kernels run on the calling thread), so that the
 //                  callgrind markers, which toggle collection for the calling thread only, see all work
-//     --decode-calling-thread: only the decode method without the threadpool (the runners' decode
-//                  thread policy, meki::DecodeThreads; a program whose decode is its prefill method
-//                  gets it for both)
+//     --decode-threads pool|calling: calling loads only the decode method without the threadpool (the
+//                  runners' --decode-threads, which decide `auto` from the manifest; a program whose
+//                  decode is its prefill method gets it for both)
 //   -> one JSON line {"prefill_s", "decode_s", "decode_steps", "tokens"}
 // The same phases are marked for qemu-user's instruction count (qemu_insn_phases.c): a getpid with a
 // magic first argument beside each callgrind request, outside the callgrind-counted span.
@@ -142,8 +142,10 @@ bool parse(int argc, char** argv, Options* o) {
       o->start_pos = true;
     } else if (a == "--single-thread") {
       o->single_thread = true;
-    } else if (a == "--decode-calling-thread") {
-      o->decode_calling = true;
+    } else if (a == "--decode-threads" && has_value) {
+      const std::string v = argv[++i];
+      if (v != "pool" && v != "calling") return false;
+      o->decode_calling = v == "calling";
     } else if (a == "--prefill" && has_value) {
       o->prefill = argv[++i];
     } else if (a == "--decode" && has_value) {
@@ -165,7 +167,7 @@ int main(int argc, char** argv) {
   Options o;
   if (!parse(argc, argv, &o)) {
     std::fprintf(stderr, "usage: %s MODEL.pte PROMPT_LEN NEW_TOKENS [--prefill M] [--decode M] [--start-pos] "
-                 "[--rows L,M] [--warmup N] [--single-thread] [--decode-calling-thread]\n", argv[0]);
+                 "[--rows L,M] [--warmup N] [--single-thread] [--decode-threads pool|calling]\n", argv[0]);
     return 2;
   }
   // before load: XNNPACK takes its threadpool when the delegate is initialised

@@ -173,7 +173,7 @@ def test_runner_refuses_what_the_manifest_rules_refuse(native, bundles, tmp_path
 def test_decode_thread_rule_is_the_python_runtimes_and_changes_no_token(native, bundles, tmp_path):
     """--decode-threads: decode loaded without XNNPACK's threadpool (calling) or with it (pool); auto
     decides by the manifest's dim x ffn_dim as mobile_runtime/threads.py does, widths unknown: pool.
-    The greedy tokens are the same every way, and step_bench's --decode-calling-thread too."""
+    The greedy tokens are the same every way, and step_bench's --decode-threads too."""
     from mobile_runtime.threads import decode_on_calling_thread
 
     out, _ = bundles
@@ -203,7 +203,7 @@ def test_decode_thread_rule_is_the_python_runtimes_and_changes_no_token(native, 
     pte = out / "dense" / "model_xnnpack.pte"
     plain, calling = (json.loads(subprocess.run([str(native / "step_bench"), str(pte), "6", "8", *flag], check=True,
                                                 capture_output=True, text=True).stdout.splitlines()[-1])["tokens"]
-                      for flag in ([], ["--decode-calling-thread"]))
+                      for flag in (["--decode-threads", "pool"], ["--decode-threads", "calling"]))
     assert plain == calling
     bad = run_native(native, out / "meki", "--prompt-ids", "1", "--decode-threads", "four")
     assert bad.returncode == 2 and "--decode-threads must be auto, pool or calling, got four" in bad.stderr
