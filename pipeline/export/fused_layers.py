@@ -123,10 +123,13 @@ class FusedDecoderLayer(nn.Module):
             h = self.ffn_norm(a)
             gate, up = self.w_gate(h), self.w_up(h)
         out = a + self.w_down(F.silu(gate) * up)
-        if self.fusion is not None:  # paper: the gate sees the normalised input; Megatron: A
-            v = rows + torch.sigmoid(self.fusion.gate_proj(h))
-            out = out + self.post_norm(self.out_proj(v))
-        return out
+        return out if self.fusion is None else out + self.meki_branch(h, rows)
+
+    def meki_branch(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """y = RMSNorm_post(W_out (e + sigmoid(W_gate h))); paper: h is the normalised input, Megatron: A.
+        (benchmarks/bench_meki_parts.py times this branch a part at a time.)"""
+        v = rows + torch.sigmoid(self.fusion.gate_proj(h))
+        return self.post_norm(self.out_proj(v))
 
 
 def fuse_layers(model: MekiModel) -> MekiModel:

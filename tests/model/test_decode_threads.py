@@ -80,3 +80,26 @@ def test_xnnpack_node_benchmark_runs(tmp_path):
     got = json.loads(out.read_text())
     assert sorted(got["ns_per_node"]) == ["add", "fully_connected", "multiply", "sigmoid"]
     assert got["one_node_program_us"] > 0 and "ns per node" in res.stdout
+
+
+def test_meki_parts_benchmark_runs(tmp_path):
+    """benchmarks/bench_meki_parts.py (docs/speed.md's cost of each part of the MeKi branch) on the fake
+    preset, tiny settings: five programs, each part adding nodes, a figure per part. In a child: its
+    programs size the process's threadpool."""
+    from pipeline.checkpoint import save_checkpoint
+    from tests.model.helpers import trained_like_model
+
+    save_checkpoint(trained_like_model(), tmp_path / "ck")
+    out = tmp_path / "parts.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_meki_parts.py"), "--checkpoint",
+                          str(tmp_path / "ck"), "--quant", "none", "--rounds", "2", "--prompt-len", "4", "--new-tokens", "4",
+                          "--max-seq-len", "64", "--prefill-len", "8", "--no-callgrind", "--work",
+                          str(tmp_path / "work"), "--json", str(out)], capture_output=True, text=True, cwd=REPO,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(out.read_text())
+    nodes = {n: sum(v for k, v in ops.items() if k.startswith("xnn:")) for n, ops in got["ops"].items()}
+    assert nodes["dense"] < nodes["out"] < nodes["out+norm"] < nodes["full"]
+    assert nodes["out"] < nodes["gate+out"] < nodes["full"]
+    assert sorted(got["parts_us"]) == ["gate", "interaction", "norm", "row + out"]
+    assert all(len(r) == 2 for r in got["rounds"].values()) and "each part of the branch adds" in res.stdout

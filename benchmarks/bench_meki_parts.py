@@ -1,0 +1,179 @@
+"""Where MeKi's decode step goes, a part of its branch at a time (issue 16: "say where they go").
+
+The MeKi branch of a layer, as the XNNPACK export runs it (fused_layers.FusedDecoderLayer.meki_branch):
+  row     the layer's looked-up row e (a select on the program's meki_rows input)
+  gate    v = e + sigmoid(W_gate h)          (activation quantisation, fully connected, sigmoid, add)
+  out     z = W_out v, added to the residual (activation quantisation, fully connected, add)
+  norm    RMSNorm_post(z)                     (square, mean as a [d -> 1] fully connected, rsqrt, multiply)
+Five programs of one checkpoint are exported with the same backbone weights: the dense baseline (the same
+backbone without the branch), the branch with only `out` (the row goes straight to W_out), `out + norm`,
+`gate + out` and the whole branch (the product's program). They are timing programs: only `full` and
+`dense` compute the model. Each decode step is timed in interleaved rounds of the raw programs
+(`step_bench`, the runners' decode-thread rule) and counted with callgrind; a part's cost is the
+difference it makes (gate: full - out+norm; norm: full - gate+out; row and out: out - dense).
+
+    python benchmarks/bench_meki_parts.py                  # demo pair's MeKi checkpoint, 8da4w, 100 rounds
+    python benchmarks/bench_meki_parts.py --quant none --rounds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_overhead import build_native, paired_ratio  # noqa: E402
+from overhead_lib import Program, callgrind_phases, decode_ops, wall_clock  # noqa: E402
+
+from pipeline.export.fused_layers import FusedDecoderLayer  # noqa: E402
+from pipeline.model import DecoderLayer  # noqa: E402
+
+VARIANTS = {"dense": None, "out": frozenset({"out"}), "out+norm": frozenset({"out", "norm"}),
+            "gate+out": frozenset({"gate", "out"}), "full": frozenset({"gate", "out", "norm"})}
+
+
+class PartialBranch(FusedDecoderLayer):
+    """A MeKi layer whose branch keeps only `parts` of gate/out/norm (a timing program: its logits are
+    not the model's unless all three are kept)."""
+
+    def __init__(self, layer: DecoderLayer, parts: frozenset[str]) -> None:
+        super().__init__(layer)
+        self.parts = parts
+
+    def meki_branch(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        v = rows + torch.sigmoid(self.fusion.gate_proj(h)) if "gate" in self.parts else rows
+        z = self.out_proj(v)
+        return self.post_norm(z) if "norm" in self.parts else z
+
+
+def export_variant(folded: Path, name: str, out: Path, quant: str, a: argparse.Namespace) -> Path:
+    """One timing program: the folded checkpoint loaded with its layers as `name` makes them."""
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.export.bundle import dense_baseline
+    from pipeline.export.executorch_xnnpack import export_xnnpack
+    from pipeline.export.registry import ExportSettings
+
+    pte = out / name / "model_xnnpack.pte"
+    if pte.exists():
+        return pte
+    parts = VARIANTS[name]
+    partial = parts is not None and parts != VARIANTS["full"]
+
+    def prepare(module: torch.nn.Module) -> torch.nn.Module | None:
+        return PartialBranch(module, parts) if isinstance(module, DecoderLayer) else None
+
+    model, _ = load_checkpoint(folded, prepare=prepare if partial else None)
+    if parts is None:
+        model = dense_baseline(model)
+    tmp = out / f".{name}.partial"  # renamed once written: an interrupted run leaves no .pte to reuse
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    settings = ExportSettings(quant=quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
+    export_xnnpack(model.eval(), tmp, settings)
+    shutil.rmtree(pte.parent, ignore_errors=True)
+    tmp.rename(pte.parent)
+    return pte
+
+
+def attribute(us: dict[str, float]) -> dict[str, float]:
+    """Microseconds per decode step each part adds (differences of the variants' median steps)."""
+    parts = {"row + out": us["out"] - us["dense"], "gate": us["full"] - us["out+norm"],
+             "norm": us["full"] - us["gate+out"]}
+    parts["interaction"] = us["full"] - us["dense"] - sum(parts.values())
+    return parts
+
+
+def measure(tool: Path, ptes: dict[str, Path], rows: list[str], a: argparse.Namespace, threads: str) -> dict:
+    progs = {n: Program(n, p, [] if n == "dense" else rows) for n, p in ptes.items()}
+    res: dict = {"ops": {n: decode_ops(p) for n, p in ptes.items()}, "instr": {}, "rounds": {n: [] for n in progs}}
+    if not a.no_callgrind:
+        res["instr"] = {n: callgrind_phases(tool, p, a.prompt_len, a.new_tokens)["decode_instr_per_step"]
+                        for n, p in progs.items()}
+    names = list(progs)
+    for i in range(a.rounds):  # every program once per round, the order rotated and reversed
+        order = names[i % len(names):] + names[:i % len(names)]
+        for n in order if i % 2 == 0 else order[::-1]:
+            res["rounds"][n].append(wall_clock(tool, progs[n], a.prompt_len, a.new_tokens,
+                                               ["--decode-threads", threads]))
+    step_us = {n: 1e6 / statistics.median(r["decode_tok_s"] for r in v) for n, v in res["rounds"].items()}
+    res["step_us"] = step_us
+    res["paired"] = {n: paired_ratio(res["rounds"][n], res["rounds"]["dense"]) for n in names if n != "dense"}
+    res["parts_us"] = attribute(step_us)
+    return res
+
+
+def print_table(res: dict, a: argparse.Namespace, threads: str) -> None:
+    print(f"\n{a.quant}, prompt {a.prompt_len} + {a.new_tokens} new tokens, {a.rounds} interleaved rounds, "
+          f"decode on the {'calling thread' if threads == 'calling' else 'threadpool'}")
+    print(f"{'program':9} {'XNNPACK nodes':>13} {'other ops':>9} {'k instr/step':>12} {'step us':>8} "
+          f"{'/dense paired (middle half)':>28} {'us over dense':>13}")
+    dense_us = res["step_us"]["dense"]
+    for n, us in res["step_us"].items():
+        ops = res["ops"][n]
+        xnn = sum(v for k, v in ops.items() if k.startswith("xnn:"))
+        other = sum(v for k, v in ops.items() if not k.startswith("xnn:") and k != "<delegate>")
+        instr = f"{res['instr'][n] / 1e3:12.1f}" if res["instr"] else f"{'-':>12}"
+        p = res["paired"].get(n)
+        ratio = f"{p['median']:.4f} ({p['q1']:.3f}-{p['q3']:.3f})" if p else "1"
+        print(f"{n:9} {xnn:13d} {other:9d} {instr} {us:8.1f} {ratio:>28} {us - dense_us:13.2f}")
+    layers = res["layers"]
+    print("\nper decode step (and per layer) each part of the branch adds:")
+    for part, us in res["parts_us"].items():
+        print(f"  {part:12} {us:6.2f} us  ({us / layers * 1e3:5.0f} ns per layer)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, default=REPO / "models" / "demo" / "meki",
+                    help="a MeKi checkpoint folder (train or folded form)")
+    ap.add_argument("--quant", default="8da4w")
+    ap.add_argument("--rounds", type=int, default=100)
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--max-seq-len", type=int, default=256)
+    ap.add_argument("--prefill-len", type=int, default=32)
+    ap.add_argument("--no-callgrind", action="store_true")
+    ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_meki_parts")
+    ap.add_argument("--json", type=Path, default=None, help="default: WORK/results-QUANT.json")
+    a = ap.parse_args(argv)
+    if not 0 < a.prompt_len <= a.prefill_len:
+        ap.error(f"--prompt-len must be 1..--prefill-len ({a.prefill_len}): the prompt is one prefill call")
+    if a.prompt_len + a.new_tokens > a.max_seq_len:
+        ap.error(f"--prompt-len + --new-tokens must fit --max-seq-len ({a.max_seq_len})")
+    from pipeline.checkpoint import read_config
+    from pipeline.fold import fold_checkpoint
+    from mobile_runtime.threads import decode_on_calling_thread
+
+    cfg, _ = read_config(a.checkpoint)
+    if not cfg.has_meki:
+        ap.error(f"{a.checkpoint} is a dense checkpoint: the parts are MeKi's")
+    tool = build_native() / "step_bench"
+    work = a.work / a.checkpoint.name
+    folded = a.checkpoint
+    if not cfg.folded:
+        folded = work / "folded"
+        if not (folded / "config.json").exists():
+            fold_checkpoint(a.checkpoint, folded)
+    ptes = {n: export_variant(folded, n, work / a.quant, a.quant, a) for n in VARIANTS}
+    threads = "calling" if decode_on_calling_thread("auto", cfg.to_dict()) else "pool"
+    res = measure(tool, ptes, ["--rows", f"{cfg.num_layers},{cfg.d_mem}"], a, threads)
+    res |= {"layers": cfg.num_layers, "quant": a.quant, "decode_threads": threads, "config": cfg.to_dict(),
+            "prompt_len": a.prompt_len, "new_tokens": a.new_tokens}
+    print_table(res, a, threads)
+    out = a.json or work / f"results-{a.quant}.json"
+    out.write_text(json.dumps(res, indent=1))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
