@@ -149,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--prompt-len must be 1..--prefill-len ({a.prefill_len}): the prompt is one prefill call")
     if a.prompt_len + a.new_tokens > a.max_seq_len:
         ap.error(f"--prompt-len + --new-tokens must fit --max-seq-len ({a.max_seq_len})")
-    from pipeline.checkpoint import read_config
-    from pipeline.fold import fold_checkpoint
     from mobile_runtime.threads import decode_on_calling_thread
+    from pipeline.checkpoint import CheckpointError, read_config
+    from pipeline.fold import fold_checkpoint
 
-    cfg, _ = read_config(a.checkpoint)
+    try:
+        cfg, _ = read_config(a.checkpoint)
+    except CheckpointError as e:
+        ap.error(str(e))
     if not cfg.has_meki:
         ap.error(f"{a.checkpoint} is a dense checkpoint: the parts are MeKi's")
     tool = build_native() / "step_bench"

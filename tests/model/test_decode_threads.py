@@ -92,10 +92,10 @@ def test_meki_parts_benchmark_runs(tmp_path):
     save_checkpoint(trained_like_model(), tmp_path / "ck")
     out = tmp_path / "parts.json"
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_meki_parts.py"), "--checkpoint",
-                          str(tmp_path / "ck"), "--quant", "none", "--rounds", "2", "--prompt-len", "4", "--new-tokens", "4",
-                          "--max-seq-len", "64", "--prefill-len", "8", "--no-callgrind", "--work",
-                          str(tmp_path / "work"), "--json", str(out)], capture_output=True, text=True, cwd=REPO,
-                         timeout=600)
+                          str(tmp_path / "ck"), "--quant", "none", "--rounds", "2", "--prompt-len", "4",
+                          "--new-tokens", "4", "--max-seq-len", "64", "--prefill-len", "8", "--no-callgrind",
+                          "--work", str(tmp_path / "work"), "--json", str(out)], capture_output=True, text=True,
+                         cwd=REPO, timeout=600)
     assert res.returncode == 0, res.stderr
     got = json.loads(out.read_text())
     nodes = {n: sum(v for k, v in ops.items() if k.startswith("xnn:")) for n, ops in got["ops"].items()}
@@ -103,3 +103,12 @@ def test_meki_parts_benchmark_runs(tmp_path):
     assert nodes["out"] < nodes["gate+out"] < nodes["full"]
     assert sorted(got["parts_us"]) == ["gate", "interaction", "norm", "row + out"]
     assert all(len(r) == 2 for r in got["rounds"].values()) and "each part of the branch adds" in res.stdout
+
+
+def test_meki_parts_benchmark_refuses_bad_checkpoints(tmp_path):
+    """One line naming the problem, before anything is built: no folder, a dense checkpoint."""
+    script = str(REPO / "benchmarks" / "bench_meki_parts.py")
+    for ck, says in ((tmp_path / "none", "not a checkpoint folder"), (REPO / "models" / "demo" / "dense", "dense")):
+        res = subprocess.run([sys.executable, script, "--checkpoint", str(ck), "--work", str(tmp_path / "w")],
+                             capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert res.returncode == 2 and says in res.stderr.splitlines()[-1] and "Traceback" not in res.stderr
