@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_overhead import build_native, paired_ratio  # noqa: E402
-from overhead_lib import Program, callgrind_phases, decode_ops, wall_clock  # noqa: E402
+from overhead_lib import (Program, add_step_args, callgrind_phases, decode_ops, parse_step_args,  # noqa: E402
+                          wall_clock)
 
 from pipeline.export.fused_layers import FusedDecoderLayer  # noqa: E402
 from pipeline.model import DecoderLayer  # noqa: E402
@@ -136,16 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", type=Path, default=REPO / "models" / "demo" / "meki",
                     help="a MeKi checkpoint folder (train or folded form)")
     ap.add_argument("--quant", default="8da4w")
-    ap.add_argument("--rounds", type=int, default=100)
-    ap.add_argument("--prompt-len", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--max-seq-len", type=int, default=256)
-    ap.add_argument("--prefill-len", type=int, default=32)
-    ap.add_argument("--no-callgrind", action="store_true")
+    add_step_args(ap)
+    ap.set_defaults(rounds=100, new_tokens=128)  # each round is cheap: enough of them for +-0.5%
     ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_meki_parts")
     ap.add_argument("--json", type=Path, default=None, help="default: WORK/results-QUANT.json")
-    a = ap.parse_args(argv)
-    if not 0 < a.prompt_len <= a.prefill_len:
+    a = parse_step_args(ap, argv)
+    if not 0 < a.prompt_len <= a.prefill_len:  # step_bench prefills the prompt in one call
         ap.error(f"--prompt-len must be 1..--prefill-len ({a.prefill_len}): the prompt is one prefill call")
     if a.prompt_len + a.new_tokens > a.max_seq_len:
         ap.error(f"--prompt-len + --new-tokens must fit --max-seq-len ({a.max_seq_len})")
