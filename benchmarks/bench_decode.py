@@ -2,8 +2,9 @@
 
     python benchmarks/bench_decode.py --workdir /tmp/bench06 [--quant 8da4w] [--reps 3]
 
-1. Builds (once, cached in --workdir) a random folded MeKi model, its int8 memory pack, and two
-   executorch-xnnpack bundles: MeKi and its dense baseline (the same backbone without the branch).
+1. Builds (once, kept in --workdir/bundles for the same settings) a random folded MeKi model, its
+   int8 memory pack, and two executorch-xnnpack bundles: MeKi and its dense baseline (the same
+   backbone without the branch).
 2. backbone (issue 4): prefill of 128 tokens (after one untimed prefill) and 64 decode steps
    through the ExecuTorch runtime, MeKi and dense interleaved; rows come precomputed, so this is
    the graph alone.
@@ -26,7 +27,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from build_cache import reuse_or_build  # noqa: E402
 from mobile_runtime.backends import open_runner  # noqa: E402
 from contract.manifest import load_manifest  # noqa: E402
 from mobile_runtime.pack import MemoryPack  # noqa: E402
@@ -40,29 +43,32 @@ FINGERPRINT = "0123456789abcdef" * 2
 NATIVE = Path(__file__).resolve().parents[1] / "build" / "native" / "meki_runner"
 
 
-def build(work: Path, quant: str, prefill: int, max_seq: int) -> dict[str, float]:
-    """Random folded 0.6B model + int8 pack -> meki/ and dense/ bundles; returns export seconds."""
-    if (work / "dense" / "manifest.json").exists():
-        return json.loads((work / "export_times.json").read_text())
-    cfg = preset("qwen3-0.6b").replace(folded=True, max_seq_len=max_seq)
-    model = init_weights(MekiModel(cfg), seed=0).eval()
-    gen = np.random.default_rng(0)
-    pack = work / "tables.mekipack"
-    with PackWriter(pack, vocab_size=cfg.vocab_size, num_layers=cfg.num_layers, d_mem=cfg.d_mem, dtype="int8",
-                    fingerprint=FINGERPRINT, overwrite=True) as w:
-        for start in range(0, cfg.vocab_size, 8192):
-            n = min(8192, cfg.vocab_size - start)
-            w.write(start, gen.standard_normal((n, cfg.num_layers, cfg.d_mem), dtype=np.float32))
-    settings = ExportSettings(quant=quant, max_seq_len=max_seq, prefill_len=prefill)
-    times = {}
-    for kind, m, p in (("meki", model, pack), ("dense", dense_baseline(model), None)):
-        t0 = time.perf_counter()
-        write_bundle(m, work / kind, ["executorch-xnnpack"], settings, FINGERPRINT, None, p, True, "random")
-        times[kind] = round(time.perf_counter() - t0, 1)
-        print(f"export {kind}: {times[kind]} s", flush=True)
-    pack.unlink()
-    (work / "export_times.json").write_text(json.dumps(times))
-    return times
+def build(work: Path, quant: str, prefill: int, max_seq: int) -> tuple[Path, dict[str, float]]:
+    """Random folded 0.6B model + int8 pack -> meki/ and dense/ bundles under work/bundles (kept from an
+    earlier run with the same settings); returns that folder and the export seconds."""
+
+    def write(out: Path) -> None:
+        cfg = preset("qwen3-0.6b").replace(folded=True, max_seq_len=max_seq)
+        model = init_weights(MekiModel(cfg), seed=0).eval()
+        gen = np.random.default_rng(0)
+        pack = out / "tables.mekipack"
+        with PackWriter(pack, vocab_size=cfg.vocab_size, num_layers=cfg.num_layers, d_mem=cfg.d_mem,
+                        dtype="int8", fingerprint=FINGERPRINT, overwrite=True) as w:
+            for start in range(0, cfg.vocab_size, 8192):
+                n = min(8192, cfg.vocab_size - start)
+                w.write(start, gen.standard_normal((n, cfg.num_layers, cfg.d_mem), dtype=np.float32))
+        settings = ExportSettings(quant=quant, max_seq_len=max_seq, prefill_len=prefill)
+        times = {}
+        for kind, m, p in (("meki", model, pack), ("dense", dense_baseline(model), None)):
+            t0 = time.perf_counter()
+            write_bundle(m, out / kind, ["executorch-xnnpack"], settings, FINGERPRINT, None, p, True, "random")
+            times[kind] = round(time.perf_counter() - t0, 1)
+            print(f"export {kind}: {times[kind]} s", flush=True)
+        pack.unlink()
+        (out / "export_times.json").write_text(json.dumps(times))
+
+    out = reuse_or_build(work / "bundles", {"quant": quant, "prefill_len": prefill, "max_seq_len": max_seq}, write)
+    return out, json.loads((out / "export_times.json").read_text())
 
 
 def time_backbone(bundle: Path, prompt_len: int, steps: int) -> tuple[float, float]:
@@ -115,13 +121,13 @@ def main() -> None:
     a = ap.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    times = build(a.workdir, a.quant, a.prompt_len, a.prompt_len + a.steps + 8)
+    bundles, times = build(a.workdir, a.quant, a.prompt_len, a.prompt_len + a.steps + 8)
     print(f"export times (s): {times}   threads: {torch.get_num_threads()}")
     if a.phase in ("all", "backbone"):
         res = {"meki": [], "dense": []}
         for _ in range(a.reps):
             for kind in ("meki", "dense"):  # interleaved, so drift hits both alike
-                res[kind].append(time_backbone(a.workdir / kind, a.prompt_len, a.steps))
+                res[kind].append(time_backbone(bundles / kind, a.prompt_len, a.steps))
         summarise("backbone prefill tok/s", [r[0] for r in res["meki"]], [r[0] for r in res["dense"]])
         summarise("backbone decode tok/s", [r[1] for r in res["meki"]], [r[1] for r in res["dense"]])
     if a.phase in ("all", "runtime"):
@@ -130,7 +136,7 @@ def main() -> None:
             out = {"meki": [], "dense": []}
             for rep in range(a.reps):
                 for kind in ("meki", "dense"):
-                    out[kind].append(run_loop(loop_cmd(runner, a.workdir / kind, prompt, a.steps),
+                    out[kind].append(run_loop(loop_cmd(runner, bundles / kind, prompt, a.steps),
                                               a.workdir / f"stats_{runner}_{kind}_{rep}.json"))
             summarise(f"{runner} loop decode tok/s", [s["decode_tok_s"] for s in out["meki"]],
                       [s["decode_tok_s"] for s in out["dense"]])

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_overhead import build_native, paired_ratio  # noqa: E402
+from build_cache import files_stamp, reuse_or_build  # noqa: E402
 from overhead_lib import (Program, add_step_args, callgrind_phases, decode_ops, parse_step_args,  # noqa: E402
                           wall_clock)
 
@@ -57,32 +57,29 @@ class PartialBranch(FusedDecoderLayer):
 
 
 def export_variant(folded: Path, name: str, out: Path, quant: str, a: argparse.Namespace) -> Path:
-    """One timing program: the folded checkpoint loaded with its layers as `name` makes them."""
+    """One timing program: the folded checkpoint loaded with its layers as `name` makes them (kept from an
+    earlier run with the same inputs)."""
     from pipeline.checkpoint import load_checkpoint
     from pipeline.export.bundle import dense_baseline
     from pipeline.export.executorch_xnnpack import export_xnnpack
     from pipeline.export.registry import ExportSettings
 
-    pte = out / name / "model_xnnpack.pte"
-    if pte.exists():
-        return pte
     parts = VARIANTS[name]
     partial = parts is not None and parts != VARIANTS["full"]
 
     def prepare(module: torch.nn.Module) -> torch.nn.Module | None:
         return PartialBranch(module, parts) if isinstance(module, DecoderLayer) else None
 
-    model, _ = load_checkpoint(folded, prepare=prepare if partial else None)
-    if parts is None:
-        model = dense_baseline(model)
-    tmp = out / f".{name}.partial"  # renamed once written: an interrupted run leaves no .pte to reuse
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    settings = ExportSettings(quant=quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
-    export_xnnpack(model.eval(), tmp, settings)
-    shutil.rmtree(pte.parent, ignore_errors=True)
-    tmp.rename(pte.parent)
-    return pte
+    def build(tmp: Path) -> None:
+        model, _ = load_checkpoint(folded, prepare=prepare if partial else None)
+        if parts is None:
+            model = dense_baseline(model)
+        settings = ExportSettings(quant=quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
+        export_xnnpack(model.eval(), tmp, settings)
+
+    key = {"variant": name, "quant": quant, "max_seq_len": a.max_seq_len, "prefill_len": a.prefill_len,
+           "source": files_stamp(folded)}
+    return reuse_or_build(out / name, key, build) / "model_xnnpack.pte"
 
 
 def attribute(us: dict[str, float]) -> dict[str, float]:
@@ -160,9 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     work = a.work / a.checkpoint.name
     folded = a.checkpoint
     if not cfg.folded:
-        folded = work / "folded"
-        if not (folded / "config.json").exists():
-            fold_checkpoint(a.checkpoint, folded)
+        folded = reuse_or_build(work / "folded", {"source": files_stamp(a.checkpoint)},
+                                lambda tmp: fold_checkpoint(a.checkpoint, tmp, overwrite=True))
     ptes = {n: export_variant(folded, n, work / a.quant, a.quant, a) for n in VARIANTS}
     threads = "calling" if decode_on_calling_thread("auto", cfg.to_dict()) else "pool"
     res = measure(tool, ptes, ["--rows", f"{cfg.num_layers},{cfg.d_mem}"], a, threads)

@@ -33,7 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from build_cache import reuse_or_build  # noqa: E402
 from contract.manifest import load_manifest, write_manifest  # noqa: E402
 
 PY = sys.executable
@@ -85,6 +87,14 @@ def export_et_llm(model, out: Path, settings, eos_id: int) -> None:
         passes=[InitializedMutableBufferPass(["cache"])],
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False), emit_mutable_buffer_names=True))
     out.write_bytes(program.buffer)
+
+
+def programs(work: Path, a: argparse.Namespace) -> dict[str, Path]:
+    """work/programs: the bundles build_bundles writes, kept from an earlier run with the same model and
+    export options."""
+    key = {k: getattr(a, k) for k in ("preset", "layers", "dim", "seed", "max_seq_len", "prefill_len", "eos_id")}
+    out = reuse_or_build(work / "programs", key, lambda tmp: build_bundles(tmp, a))
+    return {"dense": out / "dense", "et_llm": out / "et_llm", "tokenizer": out / "tokenizer.json"}
 
 
 def build_bundles(work: Path, a: argparse.Namespace) -> dict[str, Path]:
@@ -177,8 +187,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-native-et-") as tmp:
         work = a.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        b = build_bundles(work, a) if not (work / "et_llm" / "manifest.json").exists() else \
-            {"dense": work / "dense", "et_llm": work / "et_llm", "tokenizer": work / "tokenizer.json"}
+        b = programs(work, a)
         prompt = [(7 * i + 3) % 64 + 2 for i in range(a.prompt_len)]  # ids >= 2: never the EOS/BOS
         pte = b["et_llm"] / "model_et_llm.pte"
         runs: dict[str, list[dict]] = {"native_same_pte": [], "native_dense_bundle": [], "et_text_llm_runner": [],

@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from build_cache import files_stamp, reuse_or_build  # noqa: E402
 from overhead_lib import (WARMUP, Program, add_step_args, callgrind_phases, decode_ops, export_et_llm,  # noqa: E402
                           generate_fixed, ideal_costs, larger_than_cache, parse_step_args, prompt_ids,
                           python_loop_round, wall_clock)
@@ -66,8 +67,8 @@ def source_checkpoints(shape: str, work: Path, layers: int | None = None) -> tup
         if layers:
             raise ValueError("--layers applies to the qwen3-0.6b shape (the demo pair is trained)")
         return REPO / "models" / "demo" / "meki", REPO / "models" / "demo" / "dense"
-    src = work / "ck-qwen3-0.6b"
-    if not (src / "config.json").exists():
+
+    def build(tmp: Path) -> None:
         from pipeline.checkpoint import save_checkpoint
         from pipeline.config import preset
         from pipeline.model import MekiModel, init_weights
@@ -75,18 +76,28 @@ def source_checkpoints(shape: str, work: Path, layers: int | None = None) -> tup
         cfg = preset("qwen3-0.6b")
         if layers:
             cfg = cfg.replace(num_layers=layers, name=f"qwen3-0.6b-{layers}L")
-        save_checkpoint(init_weights(MekiModel(cfg)), src, overwrite=True)
-    return src, None
+        save_checkpoint(init_weights(MekiModel(cfg)), tmp, overwrite=True)
+
+    return reuse_or_build(work / "ck-qwen3-0.6b", {"preset": "qwen3-0.6b", "layers": layers, "seed": 0}, build), None
 
 
 def export_ours(src: Path, baseline: Path | None, out: Path, quant: str, a: argparse.Namespace) -> None:
-    if (out / "dense" / "manifest.json").exists():
-        return
+    """Our dense and MeKi bundles in out/dense, out/meki (kept from an earlier run with the same inputs)."""
     from pipeline.export.bundle import export_bundles
     from pipeline.export.registry import ExportSettings
 
     settings = ExportSettings(quant=quant, max_seq_len=a.max_seq_len, prefill_len=a.prefill_len)
-    export_bundles(src, out, ["executorch-xnnpack"], settings, baseline=baseline, overwrite=True)
+    key = {"quant": quant, "max_seq_len": a.max_seq_len, "prefill_len": a.prefill_len,
+           "source": files_stamp(src, baseline)}
+    reuse_or_build(out, key, lambda tmp: export_bundles(src, tmp, ["executorch-xnnpack"], settings,
+                                                        baseline=baseline, overwrite=True))
+
+
+def export_et(cfg: dict, out: Path, quant: str, a: argparse.Namespace) -> Path:
+    """ExecuTorch's own export of the shape (kept from an earlier run with the same inputs)."""
+    key = {"quant": quant, "max_seq_len": a.max_seq_len, "prefill_len": a.prefill_len, "config": cfg}
+    reuse_or_build(out, key, lambda tmp: export_et_llm(cfg, tmp, quant, a.max_seq_len, a.prefill_len))
+    return out / f"et_{quant}.pte"
 
 
 def programs(work: Path, cfg: dict, quant: str) -> list[Program]:
@@ -94,7 +105,7 @@ def programs(work: Path, cfg: dict, quant: str) -> list[Program]:
     rows = ["--rows", f"{cfg['num_layers']},{cfg['d_mem']}"]
     return [Program("ours-dense", ours / "dense" / "model_xnnpack.pte", []),
             Program("ours-meki", ours / "meki" / "model_xnnpack.pte", rows),
-            Program("et-llm", work / "et" / f"et_{quant}.pte", ["--prefill", "forward", "--decode", "forward",
+            Program("et-llm", work / f"et-{quant}" / f"et_{quant}.pte", ["--prefill", "forward", "--decode", "forward",
                                                                 "--start-pos"])]
 
 
@@ -262,8 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for quant in a.quants.split(","):
         export_ours(src, baseline, work / f"ours-{quant}", quant, a)
-        if not (work / "et" / f"et_{quant}.pte").exists():
-            export_et_llm(cfg, work / "et", quant, a.max_seq_len, a.prefill_len)
+        export_et(cfg, work / f"et-{quant}", quant, a)
         pack = json.loads((work / f"ours-{quant}" / "meki" / "manifest.json").read_text())["memory_pack"]["dtype"]
         results[quant] = measure_quant(tool_dir, work, cfg, quant, pack, a)
     print_table(work.name, results, a)

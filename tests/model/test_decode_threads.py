@@ -103,6 +103,16 @@ def test_meki_parts_benchmark_runs(tmp_path):
     assert nodes["out"] < nodes["gate+out"] < nodes["full"]
     assert sorted(got["parts_us"]) == ["gate", "interaction", "norm", "row + out"]
     assert all(len(r) == 2 for r in got["rounds"].values()) and "each part of the branch adds" in res.stdout
+    # another prefill length: every program exported again for it; the fold (same source) kept
+    work = tmp_path / "work" / "ck"
+    folded_key = (work / "folded" / "built-for.json").stat().st_mtime_ns
+    res = subprocess.run([*res.args[:res.args.index("--prefill-len")], "--prefill-len", "6",
+                          *res.args[res.args.index("--prefill-len") + 2:]], capture_output=True, text=True,
+                         cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr
+    keys = [json.loads((work / "none" / n / "built-for.json").read_text()) for n in got["ops"]]
+    assert len(keys) == 5 and all(k["prefill_len"] == 6 and k["max_seq_len"] == 64 for k in keys)
+    assert (work / "folded" / "built-for.json").stat().st_mtime_ns == folded_key
 
 
 def test_meki_parts_benchmark_refuses_bad_checkpoints(tmp_path):

@@ -1,0 +1,72 @@
+"""benchmarks/build_cache.py: a benchmark's exported programs are reused only for the options and the
+source files they were built from, and an interrupted build leaves nothing that looks reusable."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from build_cache import KEY_FILE, built_for, files_stamp, reuse_or_build  # noqa: E402
+
+
+def builder(calls: list, text: str = "programs"):
+    def build(tmp: Path) -> None:
+        calls.append(tmp)
+        (tmp / "model.pte").write_text(text)
+    return build
+
+
+def test_reused_for_the_same_key_rebuilt_for_another(tmp_path):
+    calls: list = []
+    out = reuse_or_build(tmp_path / "work", {"max_seq_len": 256, "quant": "8da4w"}, builder(calls))
+    assert (out / "model.pte").read_text() == "programs" and len(calls) == 1
+    reuse_or_build(out, {"quant": "8da4w", "max_seq_len": 256}, builder(calls, "other"))  # key order: same
+    assert len(calls) == 1 and (out / "model.pte").read_text() == "programs"
+    reuse_or_build(out, {"quant": "8da4w", "max_seq_len": 512}, builder(calls, "other"))
+    assert len(calls) == 2 and (out / "model.pte").read_text() == "other"
+    assert built_for(out) == {"quant": "8da4w", "max_seq_len": 512}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]  # no temporary siblings, no lock left
+
+
+def test_a_failed_build_keeps_the_old_folder_and_leaves_nothing(tmp_path):
+    out = reuse_or_build(tmp_path / "work", {"v": 1}, builder([]))
+
+    def fails(tmp: Path) -> None:
+        (tmp / "model.pte").write_text("half")
+        raise RuntimeError("export failed")
+
+    with pytest.raises(RuntimeError, match="export failed"):
+        reuse_or_build(out, {"v": 2}, fails)
+    assert (out / "model.pte").read_text() == "programs" and built_for(out) == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_a_folder_without_its_record_is_rebuilt(tmp_path):
+    """What an older benchmark left (or anything else) is not taken for a build of this key."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "model.pte").write_text("stale")
+    calls: list = []
+    reuse_or_build(tmp_path / "work", {"v": 1}, builder(calls))
+    assert len(calls) == 1 and (tmp_path / "work" / "model.pte").read_text() == "programs"
+    (tmp_path / "work" / KEY_FILE).write_text("{not json")
+    reuse_or_build(tmp_path / "work", {"v": 1}, builder(calls))
+    assert len(calls) == 2
+
+
+def test_the_stamp_changes_when_a_source_file_is_rewritten(tmp_path):
+    ck = tmp_path / "ck"
+    (ck / "sub").mkdir(parents=True)
+    (ck / "config.json").write_text("{}")
+    (ck / "sub" / "model.safetensors").write_bytes(b"0" * 16)
+    before = files_stamp(ck, None)
+    assert len(before) == 2 and files_stamp(ck) == before
+    st = (ck / "config.json").stat()
+    os.utime(ck / "config.json", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert files_stamp(ck) != before
+    (ck / "extra.json").write_text("{}")
+    assert len(files_stamp(ck)) == 3
+    assert json.loads(json.dumps(files_stamp(ck / "config.json")))[0][1] == 2
