@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_overhead import PACK_BYTES, build_native, export_ours, source_checkpoints  # noqa: E402
-from overhead_lib import Program, callgrind_phases, ideal_costs, step_bench_cmd  # noqa: E402
+from overhead_lib import Program, callgrind_phases, check_step_args, ideal_costs, step_bench_cmd  # noqa: E402
 
 QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
 
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-callgrind", action="store_true", help="skip the x86 callgrind counts")
     ap.add_argument("--json", type=Path, default=None, help="default: WORK/demo/arm64.json")
     a = ap.parse_args(argv)
+    check_step_args(ap, a)
     for tool in ("qemu-aarch64", "aarch64-linux-gnu-g++") + (() if a.no_callgrind else ("valgrind",)):
         if shutil.which(tool) is None:
             ap.error(f"{tool} not found (make system-deps)")

@@ -139,10 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_meki_parts")
     ap.add_argument("--json", type=Path, default=None, help="default: WORK/results-QUANT.json")
     a = parse_step_args(ap, argv)
-    if not 0 < a.prompt_len <= a.prefill_len:  # step_bench prefills the prompt in one call
-        ap.error(f"--prompt-len must be 1..--prefill-len ({a.prefill_len}): the prompt is one prefill call")
-    if a.prompt_len + a.new_tokens > a.max_seq_len:
-        ap.error(f"--prompt-len + --new-tokens must fit --max-seq-len ({a.max_seq_len})")
     from mobile_runtime.threads import decode_on_calling_thread
     from pipeline.checkpoint import CheckpointError, read_config
     from pipeline.fold import fold_checkpoint

@@ -100,9 +100,24 @@ def larger_than_cache(*files: Path) -> bool:
 
 def parse_step_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     a = ap.parse_args(argv)
+    check_step_args(ap, a)
+    if a.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if not a.no_callgrind and shutil.which("valgrind") is None:
         ap.error("valgrind not found (apt-get install valgrind), or pass --no-callgrind")
     return a
+
+
+def check_step_args(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """The prompt is one prefill call and the whole run fits the KV cache: refused here, in one line,
+    before anything is exported, rather than by the runner after it."""
+    if a.new_tokens < 1:
+        ap.error("--new-tokens must be at least 1")
+    if not 0 < a.prompt_len <= a.prefill_len:
+        ap.error(f"--prompt-len must be 1..--prefill-len ({a.prefill_len}): the prompt is one prefill call")
+    if a.prompt_len + a.new_tokens > a.max_seq_len:
+        ap.error(f"--prompt-len + --new-tokens ({a.prompt_len + a.new_tokens}) must fit --max-seq-len "
+                 f"({a.max_seq_len})")
 
 
 def et_params(cfg: dict) -> dict:

@@ -70,3 +70,21 @@ def test_the_stamp_changes_when_a_source_file_is_rewritten(tmp_path):
     (ck / "extra.json").write_text("{}")
     assert len(files_stamp(ck)) == 3
     assert json.loads(json.dumps(files_stamp(ck / "config.json")))[0][1] == 2
+
+
+@pytest.mark.parametrize("script", ["bench_overhead.py", "bench_meki_parts.py", "bench_prefetch.py", "bench_arm64.py"])
+@pytest.mark.parametrize("args,says", [
+    (["--new-tokens", "300"], "must fit --max-seq-len (256)"),
+    (["--prompt-len", "40"], "--prompt-len must be 1..--prefill-len (32)"),
+    (["--new-tokens", "0"], "--new-tokens must be at least 1"),
+])
+def test_step_options_refused_before_anything_is_built(script, args, says, tmp_path):
+    """A run that cannot fit the programs' KV cache or prefill is refused in one line (exit 2), not by the
+    runner after minutes of exports."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, str(repo / "benchmarks" / script), *args, "--no-callgrind",
+                          "--work", str(tmp_path / "w")], capture_output=True, text=True, cwd=repo, timeout=120)
+    assert res.returncode == 2 and says in res.stderr.splitlines()[-1] and "Traceback" not in res.stderr
+    assert not (tmp_path / "w").exists()
