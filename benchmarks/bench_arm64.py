@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_overhead import PACK_BYTES, build_native, export_ours, source_checkpoints  # noqa: E402
-from overhead_lib import Program, callgrind_phases, check_step_args, ideal_costs, step_bench_cmd  # noqa: E402
+from overhead_lib import (Program, callgrind_phases, check_step_args, ideal_costs, quant_list,  # noqa: E402
+                          step_bench_cmd)
 
 QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
 
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="default: WORK/demo/arm64.json")
     a = ap.parse_args(argv)
     check_step_args(ap, a)
+    quants = quant_list(ap, a.quants)
     for tool in ("qemu-aarch64", "aarch64-linux-gnu-g++") + (() if a.no_callgrind else ("valgrind",)):
         if shutil.which(tool) is None:
             ap.error(f"{tool} not found (make system-deps)")
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads(baseline.joinpath("config.json").read_text()) | {
         "d_mem": json.loads((src / "config.json").read_text())["d_mem"]}
     results = {}
-    for quant in a.quants.split(","):
+    for quant in quants:
         export_ours(src, baseline, work / f"ours-{quant}", quant, a)
         results[quant] = measure(arm, x86, work / f"ours-{quant}", cfg, quant, a)
     print_table(results, a)

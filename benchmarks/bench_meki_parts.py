@@ -36,6 +36,7 @@ from overhead_lib import (Program, add_step_args, callgrind_phases, decode_ops, 
                           wall_clock)
 
 from pipeline.export.fused_layers import FusedDecoderLayer  # noqa: E402
+from pipeline.export.quantize import EXECUTORCH_QUANTS  # noqa: E402
 from pipeline.model import DecoderLayer  # noqa: E402
 
 VARIANTS = {"dense": None, "out": frozenset({"out"}), "out+norm": frozenset({"out", "norm"}),
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=REPO / "models" / "demo" / "meki",
                     help="a MeKi checkpoint folder (train or folded form)")
-    ap.add_argument("--quant", default="8da4w")
+    ap.add_argument("--quant", default="8da4w", choices=EXECUTORCH_QUANTS)
     add_step_args(ap)
     ap.set_defaults(rounds=100, new_tokens=128)  # each round is cheap: enough of them for +-0.5%
     ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_meki_parts")

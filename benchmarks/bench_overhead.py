@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from build_cache import files_stamp, reuse_or_build  # noqa: E402
 from overhead_lib import (WARMUP, Program, add_step_args, callgrind_phases, decode_ops, export_et_llm,  # noqa: E402
-                          generate_fixed, ideal_costs, larger_than_cache, parse_step_args, prompt_ids,
+                          generate_fixed, ideal_costs, larger_than_cache, parse_step_args, prompt_ids, quant_list,
                           python_loop_round, wall_clock)
 
 PACK_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
@@ -265,13 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     add_step_args(ap)
     ap.add_argument("--json", type=Path, default=None, help="default: WORK/SHAPE/results.json")
     a = parse_step_args(ap, argv)
+    quants = quant_list(ap, a.quants)
+    if a.layers is not None and (a.shape != "qwen3-0.6b" or a.layers < 1):
+        ap.error("--layers takes a positive layer count, with --shape qwen3-0.6b (the demo pair is trained)")
     tool_dir = build_native()
     work = a.work / (f"{a.shape}-{a.layers}L" if a.layers else a.shape)
     src, baseline = source_checkpoints(a.shape, work, a.layers)
     cfg = json.loads(((baseline or src) / "config.json").read_text())
     cfg["d_mem"] = json.loads((src / "config.json").read_text())["d_mem"]
     results = {}
-    for quant in a.quants.split(","):
+    for quant in quants:
         export_ours(src, baseline, work / f"ours-{quant}", quant, a)
         export_et(cfg, work / f"et-{quant}", quant, a)
         pack = json.loads((work / f"ours-{quant}" / "meki" / "manifest.json").read_text())["memory_pack"]["dtype"]

@@ -108,6 +108,18 @@ def parse_step_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argp
     return a
 
 
+QUANTS = ("none", "8da4w")  # what both our export and ExecuTorch's export_llama run, and ideal_costs prices
+
+
+def quant_list(ap: argparse.ArgumentParser, text: str) -> list[str]:
+    """--quants a,b: each one of QUANTS, refused in one line otherwise."""
+    quants = [q.strip() for q in text.split(",") if q.strip()]
+    bad = [q for q in quants if q not in QUANTS]
+    if bad or not quants:
+        ap.error(f"--quants takes a comma-separated list of {', '.join(QUANTS)}; got {text!r}")
+    return quants
+
+
 def check_step_args(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """The prompt is one prefill call and the whole run fits the KV cache: refused here, in one line,
     before anything is exported, rather than by the runner after it."""

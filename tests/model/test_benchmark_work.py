@@ -1,14 +1,17 @@
-"""benchmarks/build_cache.py: a benchmark's exported programs are reused only for the options and the
-source files they were built from, and an interrupted build leaves nothing that looks reusable."""
+"""The benchmarks' own plumbing: exported programs reused only for the options and the source files they
+were built from (benchmarks/build_cache.py), an interrupted build leaving nothing that looks reusable; bad
+options refused in one line before anything is built."""
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from build_cache import KEY_FILE, built_for, files_stamp, reuse_or_build  # noqa: E402
 
@@ -72,6 +75,15 @@ def test_the_stamp_changes_when_a_source_file_is_rewritten(tmp_path):
     assert json.loads(json.dumps(files_stamp(ck / "config.json")))[0][1] == 2
 
 
+
+def refused_in_one_line(script: str, args: list[str], says: str, tmp_path: Path) -> None:
+    """Exit 2, the last stderr line naming the problem, no traceback, nothing written to --work."""
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, "--no-callgrind",
+                          "--work", str(tmp_path / "w")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 2 and says in res.stderr.splitlines()[-1] and "Traceback" not in res.stderr
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("script", ["bench_overhead.py", "bench_meki_parts.py", "bench_prefetch.py", "bench_arm64.py"])
 @pytest.mark.parametrize("args,says", [
     (["--new-tokens", "300"], "must fit --max-seq-len (256)"),
@@ -79,12 +91,17 @@ def test_the_stamp_changes_when_a_source_file_is_rewritten(tmp_path):
     (["--new-tokens", "0"], "--new-tokens must be at least 1"),
 ])
 def test_step_options_refused_before_anything_is_built(script, args, says, tmp_path):
-    """A run that cannot fit the programs' KV cache or prefill is refused in one line (exit 2), not by the
-    runner after minutes of exports."""
-    import subprocess
+    """A run that cannot fit the programs' KV cache or prefill is refused up front, not by the runner
+    after minutes of exports."""
+    refused_in_one_line(script, args, says, tmp_path)
 
-    repo = Path(__file__).resolve().parents[2]
-    res = subprocess.run([sys.executable, str(repo / "benchmarks" / script), *args, "--no-callgrind",
-                          "--work", str(tmp_path / "w")], capture_output=True, text=True, cwd=repo, timeout=120)
-    assert res.returncode == 2 and says in res.stderr.splitlines()[-1] and "Traceback" not in res.stderr
-    assert not (tmp_path / "w").exists()
+
+@pytest.mark.parametrize("script,args,says", [
+    ("bench_overhead.py", ["--quants", "8da4w,int3"], "--quants takes a comma-separated list of none, 8da4w"),
+    ("bench_arm64.py", ["--quants", ""], "--quants takes a comma-separated list"),
+    ("bench_overhead.py", ["--shape", "qwen3-0.6b", "--layers", "0"], "--layers takes a positive layer count"),
+    ("bench_overhead.py", ["--layers", "2"], "with --shape qwen3-0.6b"),
+    ("bench_meki_parts.py", ["--quant", "int3"], "invalid choice: 'int3'"),
+])
+def test_bad_benchmark_options_named_in_one_line(script, args, says, tmp_path):
+    refused_in_one_line(script, args, says, tmp_path)
