@@ -152,7 +152,14 @@ def export_et_llm(cfg: dict, out: Path, quant: str, max_seq_len: int, prefill_le
     out.mkdir(parents=True, exist_ok=True)
     params = out / "params.json"
     params.write_text(json.dumps(et_params(cfg)))
-    checkpoint = out / "random.pth"  # without a checkpoint export_llama downloads Qwen3 from the Hub
+    # without a checkpoint export_llama downloads Qwen3 from the Hub; and its Llama model takes a checkpoint
+    # whose path contains "int8" or "8da4w" for one already quantised that way: so a temporary folder of
+    # its own, never beside `out` (a folder named for its quantisation)
+    ck_dir = Path(tempfile.mkdtemp(prefix="et-random-weights-"))
+    checkpoint = ck_dir / "random.pth"
+    if any(word in str(checkpoint) for word in ("int8", "8da4w")):
+        raise ValueError(f"{checkpoint}: export_llama would take this path for a quantised checkpoint; set "
+                         "TMPDIR to a folder whose path has neither 'int8' nor '8da4w' in it")
     torch.manual_seed(seed)
     model = construct_transformer(ModelArgs(**et_params(cfg)))
     with torch.no_grad():
@@ -172,8 +179,10 @@ def export_et_llm(cfg: dict, out: Path, quant: str, max_seq_len: int, prefill_le
         # our 8da4w groups 32 weights per scale; export_llama's default (128) leaves every linear
         # whose input width is not a multiple of 128 in fp32 (at the demo's d=192: most of them)
         c.quantization.qmode, c.quantization.group_size = quant, 32
-    export_llama(c)
-    checkpoint.unlink()
+    try:
+        export_llama(c)
+    finally:
+        shutil.rmtree(ck_dir, ignore_errors=True)
     return out / f"et_{quant}.pte"
 
 

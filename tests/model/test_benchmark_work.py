@@ -105,3 +105,25 @@ def test_step_options_refused_before_anything_is_built(script, args, says, tmp_p
 ])
 def test_bad_benchmark_options_named_in_one_line(script, args, says, tmp_path):
     refused_in_one_line(script, args, says, tmp_path)
+
+
+@pytest.mark.slow
+def test_executorch_llm_export_in_a_folder_named_for_its_quantisation(tmp_path):
+    """bench_overhead's baseline, ExecuTorch's own export_llama, in `et-8da4w/`: its Llama model takes a
+    checkpoint path containing "8da4w" (or "int8") for an already quantised one, so the random weights
+    must be written elsewhere. The program quantises its activations (8da4w applied) and runs."""
+    import numpy as np
+    import torch
+    from executorch.runtime import Runtime
+    from overhead_lib import decode_ops, export_et_llm
+
+    from pipeline.config import preset
+
+    cfg = preset("fake").replace(dim=64, ffn_dim=128).to_dict()
+    out = tmp_path / "int8-runs" / "et-8da4w"
+    pte = export_et_llm(cfg, out, "8da4w", max_seq_len=32, prefill_len=8)
+    assert pte == out / "et_8da4w.pte" and sorted(p.name for p in out.iterdir()) == ["et_8da4w.pte", "params.json"]
+    assert decode_ops(pte, "forward").get("xnn:Convert", 0) >= cfg["num_layers"]  # dynamic activation quant
+    method = Runtime.get().load_program(pte).load_method("forward")
+    logits = method.execute([torch.tensor([[3, 5, 7, 9]]), torch.tensor([0])])[0]
+    assert logits.shape[-1] == cfg["vocab_size"] and np.isfinite(logits.numpy()).all()
