@@ -152,23 +152,8 @@ def export_et_llm(cfg: dict, out: Path, quant: str, max_seq_len: int, prefill_le
     out.mkdir(parents=True, exist_ok=True)
     params = out / "params.json"
     params.write_text(json.dumps(et_params(cfg)))
-    # without a checkpoint export_llama downloads Qwen3 from the Hub; and its Llama model takes a checkpoint
-    # whose path contains "int8" or "8da4w" for one already quantised that way: so a temporary folder of
-    # its own, never beside `out` (a folder named for its quantisation)
-    ck_dir = Path(tempfile.mkdtemp(prefix="et-random-weights-"))
-    checkpoint = ck_dir / "random.pth"
-    if any(word in str(checkpoint) for word in ("int8", "8da4w")):
-        raise ValueError(f"{checkpoint}: export_llama would take this path for a quantised checkpoint; set "
-                         "TMPDIR to a folder whose path has neither 'int8' nor '8da4w' in it")
-    torch.manual_seed(seed)
-    model = construct_transformer(ModelArgs(**et_params(cfg)))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.02)
-    torch.save(model.state_dict(), checkpoint)
     c = LlmConfig()
-    c.base.model_class, c.base.params, c.base.checkpoint = ModelType.qwen3_0_6b, str(params), str(checkpoint)
+    c.base.model_class, c.base.params = ModelType.qwen3_0_6b, str(params)
     c.base.metadata = '{"get_bos_id": 0, "get_eos_ids": [1]}'
     c.model.use_kv_cache = c.model.use_sdpa_with_kv_cache = c.model.enable_dynamic_shape = True
     c.export.max_seq_length, c.export.max_context_length = prefill_len, max_seq_len
@@ -177,12 +162,25 @@ def export_et_llm(cfg: dict, out: Path, quant: str, max_seq_len: int, prefill_le
     c.backend.xnnpack.enabled = c.backend.xnnpack.extended_ops = True
     if quant != "none":
         # our 8da4w groups 32 weights per scale; export_llama's default (128) leaves every linear
-        # whose input width is not a multiple of 128 in fp32 (at the demo's d=192: most of them)
+        # whose input width is not a multiple of 128 in fp32 (at d=192, for one: most of them)
         c.quantization.qmode, c.quantization.group_size = quant, 32
-    try:
+    # without a checkpoint export_llama downloads Qwen3 from the Hub; and its Llama model takes a checkpoint
+    # whose path contains "int8" or "8da4w" for one already quantised that way: so the random weights go to
+    # a temporary folder of their own, never beside `out` (a folder named for its quantisation)
+    with tempfile.TemporaryDirectory(prefix="et-random-weights-") as ck_dir:
+        c.base.checkpoint = str(Path(ck_dir) / "random.pth")
+        if any(word in c.base.checkpoint for word in ("int8", "8da4w")):
+            raise ValueError(f"{c.base.checkpoint}: export_llama would take this path for a quantised "
+                             "checkpoint; set TMPDIR to a folder whose path has neither 'int8' nor '8da4w' in it")
+        torch.manual_seed(seed)
+        model = construct_transformer(ModelArgs(**et_params(cfg)))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0, 0.02)
+        torch.save(model.state_dict(), c.base.checkpoint)
+        del model
         export_llama(c)
-    finally:
-        shutil.rmtree(ck_dir, ignore_errors=True)
     return out / f"et_{quant}.pte"
 
 
