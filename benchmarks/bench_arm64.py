@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_overhead import PACK_BYTES, build_native, export_ours, source_checkpoints  # noqa: E402
-from overhead_lib import (Program, callgrind_phases, check_step_args, ideal_costs, quant_list,  # noqa: E402
-                          step_bench_cmd)
+from overhead_lib import (Program, callgrind_phases, check_step_args, host, ideal_costs,  # noqa: E402
+                          quant_list, step_bench_cmd)
 
 QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
 
@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         results[quant] = measure(arm, x86, work / f"ours-{quant}", cfg, quant, a)
     print_table(results, a)
     out = a.json or work / "arm64.json"
-    out.write_text(json.dumps({"shape": "demo", "config": cfg, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
+    out.write_text(json.dumps({"host": host(), "shape": "demo", "config": cfg, "prompt_len": a.prompt_len,
+                               "new_tokens": a.new_tokens,
                                "max_seq_len": a.max_seq_len, "qemu": subprocess.run(
                                    ["qemu-aarch64", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
                                "results": results}, indent=1))

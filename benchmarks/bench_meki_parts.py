@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_overhead import build_native, paired_ratio  # noqa: E402
 from build_cache import files_stamp, reuse_or_build  # noqa: E402
-from overhead_lib import (Program, add_step_args, callgrind_phases, decode_ops, parse_step_args,  # noqa: E402
-                          wall_clock)
+from overhead_lib import (Program, add_step_args, callgrind_phases, decode_ops, host, host_line,  # noqa: E402
+                          parse_step_args, wall_clock)
 
 from pipeline.export.fused_layers import FusedDecoderLayer  # noqa: E402
 from pipeline.export.quantize import EXECUTORCH_QUANTS  # noqa: E402
@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     res = measure(tool, ptes, ["--rows", f"{cfg.num_layers},{cfg.d_mem}"], a, threads)
     res |= {"layers": cfg.num_layers, "quant": a.quant, "decode_threads": threads, "config": cfg.to_dict(),
             "prompt_len": a.prompt_len, "new_tokens": a.new_tokens}
+    res["host"] = host()
     print_table(res, a, threads)
+    print(host_line(res["host"]))
     out = a.json or work / f"results-{a.quant}.json"
     out.write_text(json.dumps(res, indent=1))
     print(f"\nwrote {out}")

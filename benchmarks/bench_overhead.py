@@ -47,8 +47,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from build_cache import files_stamp, reuse_or_build  # noqa: E402
 from overhead_lib import (WARMUP, Program, add_step_args, callgrind_phases, decode_ops, export_et_llm,  # noqa: E402
-                          generate_fixed, ideal_costs, larger_than_cache, parse_step_args, prompt_ids, quant_list,
-                          python_loop_round, wall_clock)
+                          generate_fixed, host, host_line, ideal_costs, larger_than_cache, parse_step_args,
+                          prompt_ids, python_loop_round, quant_list, wall_clock)
 
 PACK_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 
@@ -280,9 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         pack = json.loads((work / f"ours-{quant}" / "meki" / "manifest.json").read_text())["memory_pack"]["dtype"]
         results[quant] = measure_quant(tool_dir, work, cfg, quant, pack, a)
     print_table(work.name, results, a)
+    machine = host()
+    print(host_line(machine))
     out = a.json or work / "results.json"
-    out.write_text(json.dumps({"shape": a.shape, "layers": cfg["num_layers"], "config": cfg, "prompt_len": a.prompt_len,
-                               "new_tokens": a.new_tokens, "max_seq_len": a.max_seq_len, "results": results}, indent=1))
+    out.write_text(json.dumps({"host": machine, "shape": a.shape, "layers": cfg["num_layers"], "config": cfg,
+                               "prompt_len": a.prompt_len, "new_tokens": a.new_tokens, "max_seq_len": a.max_seq_len,
+                               "results": results}, indent=1))
     print(f"\nwrote {out}")
     return 0
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_overhead import build_native, export_ours, source_checkpoints  # noqa: E402
-from overhead_lib import add_step_args, generate_fixed, parse_step_args, prompt_ids  # noqa: E402
+from overhead_lib import add_step_args, generate_fixed, host, parse_step_args, prompt_ids  # noqa: E402
 
 RUNS = {"dense": ("dense", "prefetch"), "meki": ("meki", "prefetch"), "meki-thread": ("meki", "thread"),
         "meki-sync": ("meki", "sync")}
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     res = measure(tool_dir, {"dense": ours / "dense", "meki": ours / "meki"}, a)
     print_table(res, a)
     out = a.json or a.work / f"prefetch_{a.quant}.json"
-    out.write_text(json.dumps({"quant": a.quant, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
+    out.write_text(json.dumps({"host": host(), "quant": a.quant, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
                                "rounds": a.rounds, "results": res}, indent=1))
     print(f"\nwrote {out}")
     return 0

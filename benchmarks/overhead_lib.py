@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -130,6 +131,19 @@ def check_step_args(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.prompt_len + a.new_tokens > a.max_seq_len:
         ap.error(f"--prompt-len + --new-tokens ({a.prompt_len + a.new_tokens}) must fit --max-seq-len "
                  f"({a.max_seq_len})")
+
+
+def host() -> dict:
+    """Which machine the figures came from (CPU model, cores, kernel, memory), as the device harness records
+    it for a host: wall-clock figures from different hosts are not comparable."""
+    from device_tests.facts import host_facts
+
+    return host_facts().to_json() | {"cpus": os.cpu_count()}
+
+
+def host_line(info: dict) -> str:
+    return (f"host: {info.get('soc') or '?'}, {info.get('cpus')} CPUs, {info.get('abi')}, "
+            f"kernel {info.get('os_version')}")
 
 
 def et_params(cfg: dict) -> dict:

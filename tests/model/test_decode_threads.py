@@ -102,6 +102,7 @@ def test_meki_parts_benchmark_runs(tmp_path):
     assert nodes["dense"] < nodes["out"] < nodes["out+norm"] < nodes["full"]
     assert nodes["out"] < nodes["gate+out"] < nodes["full"]
     assert sorted(got["parts_us"]) == ["gate", "interaction", "norm", "row + out"]
+    assert got["host"]["kind"] == "host" and got["host"]["cpus"] >= 1 and "host: " in res.stdout  # whose figures
     assert all(len(r) == 2 for r in got["rounds"].values()) and "each part of the branch adds" in res.stdout
     # another prefill length: every program exported again for it; the fold (same source) kept
     work = tmp_path / "work" / "ck"
