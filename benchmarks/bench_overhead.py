@@ -197,8 +197,10 @@ def meki_adds(ours: Path, res: dict) -> dict:
 def paired_ratio(top: list[dict], bottom: list[dict]) -> dict:
     """top/bottom decode tok/s of each round's pair (MeKi/dense, ours/ExecuTorch's); the median and the
     middle half's range."""
-    r = sorted(t["decode_tok_s"] / b["decode_tok_s"] for t, b in zip(top, bottom))
-    return {"median": statistics.median(r), "q1": r[len(r) // 4], "q3": r[(3 * len(r)) // 4], "rounds": len(r)}
+    from device_tests.report import spread  # the device harness's paired ratios: one definition of the middle half
+
+    s = spread([t["decode_tok_s"] / b["decode_tok_s"] for t, b in zip(top, bottom)])
+    return {"median": s["median"], "q1": s["q1"], "q3": s["q3"], "rounds": s["n"]}
 
 
 def ratios(res: dict) -> dict:
