@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_overhead import PACK_BYTES, build_native, export_ours, source_checkpoints  # noqa: E402
-from overhead_lib import (Program, callgrind_phases, check_step_args, host, ideal_costs,  # noqa: E402
-                          quant_list, step_bench_cmd)
+from overhead_lib import (Program, add_step_args, callgrind_phases, check_step_args, host,  # noqa: E402
+                          ideal_costs, quant_list, step_bench_cmd)
 
 QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
 
@@ -141,12 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quants", default="none,8da4w")
     ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_overhead",
                     help="bundles under WORK/demo/ours-QUANT (bench_overhead.py's, exported if missing)")
-    ap.add_argument("--prompt-len", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--max-seq-len", type=int, default=256)
-    ap.add_argument("--prefill-len", type=int, default=32)
+    add_step_args(ap, rounds=False)
     ap.add_argument("--cpus", default="max,cortex-a76", help="qemu -cpu models to count on (qemu-aarch64 -cpu help)")
-    ap.add_argument("--no-callgrind", action="store_true", help="skip the x86 callgrind counts")
     ap.add_argument("--json", type=Path, default=None, help="default: WORK/demo/arm64.json")
     a = ap.parse_args(argv)
     check_step_args(ap, a)

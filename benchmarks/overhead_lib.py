@@ -23,14 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def add_step_args(ap: argparse.ArgumentParser) -> None:
-    """The step-benchmark options bench_overhead.py and bench_prefetch.py share."""
-    ap.add_argument("--rounds", type=int, default=10)
+def add_step_args(ap: argparse.ArgumentParser, rounds: bool = True) -> None:
+    """The step-benchmark options the benchmarks share (rounds=False: one that times no rounds)."""
+    if rounds:
+        ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--prefill-len", type=int, default=32)
-    ap.add_argument("--no-callgrind", action="store_true")
+    ap.add_argument("--no-callgrind", action="store_true", help="skip the x86 callgrind counts")
 
 
 def prompt_ids(n: int) -> list[int]:
