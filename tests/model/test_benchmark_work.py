@@ -102,6 +102,8 @@ def test_step_options_refused_before_anything_is_built(script, args, says, tmp_p
     ("bench_overhead.py", ["--shape", "qwen3-0.6b", "--layers", "0"], "--layers takes a positive layer count"),
     ("bench_overhead.py", ["--layers", "2"], "with --shape qwen3-0.6b"),
     ("bench_meki_parts.py", ["--quant", "int3"], "invalid choice: 'int3'"),
+    ("bench_meki_parts.py", ["--checkpoint", "/nonexistent/ck"], "not a checkpoint folder"),
+    ("bench_meki_parts.py", ["--checkpoint", str(REPO / "models" / "demo" / "dense")], "is a dense checkpoint"),
 ])
 def test_bad_benchmark_options_named_in_one_line(script, args, says, tmp_path):
     refused_in_one_line(script, args, says, tmp_path)
