@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results, a)
     out = a.json or work / "arm64.json"
     out.write_text(json.dumps({"host": host(), "shape": "demo", "config": cfg, "prompt_len": a.prompt_len,
-                               "new_tokens": a.new_tokens,
-                               "max_seq_len": a.max_seq_len, "qemu": subprocess.run(
+                               "new_tokens": a.new_tokens, "max_seq_len": a.max_seq_len, "qemu": subprocess.run(
                                    ["qemu-aarch64", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
                                "results": results}, indent=1))
     print(f"\nwrote {out}")

@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     res = measure(tool_dir, {"dense": ours / "dense", "meki": ours / "meki"}, a)
     print_table(res, a)
     out = a.json or a.work / f"prefetch_{a.quant}.json"
-    out.write_text(json.dumps({"host": host(), "quant": a.quant, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
-                               "rounds": a.rounds, "results": res}, indent=1))
+    out.write_text(json.dumps({"host": host(), "quant": a.quant, "prompt_len": a.prompt_len,
+                               "new_tokens": a.new_tokens, "rounds": a.rounds, "results": res}, indent=1))
     print(f"\nwrote {out}")
     return 0
 
