@@ -11,9 +11,13 @@ backbone without the branch), the branch with only `out` (the row goes straight 
 `dense` compute the model. Each decode step is timed in interleaved rounds of the raw programs
 (`step_bench`, the runners' decode-thread rule) and counted with callgrind; a part's cost is the
 difference it makes (gate: full - out+norm; norm: full - gate+out; row and out: out - dense).
+`--outside` adds a sixth: in the branch's place one op that XNNPACK does not take (ExecuTorch's portable
+`flip` of h), i.e. what a fused MeKi kernel outside the delegate would pay before computing anything: each
+layer's partition split in two, one more delegate call per layer.
 
     python benchmarks/bench_meki_parts.py                  # demo pair's MeKi checkpoint, 8da4w, 100 rounds
     python benchmarks/bench_meki_parts.py --quant none --rounds 30
+    python benchmarks/bench_meki_parts.py --outside        # and the cost of leaving the delegate
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from pipeline.export.quantize import EXECUTORCH_QUANTS  # noqa: E402
 from pipeline.model import DecoderLayer  # noqa: E402
 
 VARIANTS = {"dense": None, "out": frozenset({"out"}), "out+norm": frozenset({"out", "norm"}),
-            "gate+out": frozenset({"gate", "out"}), "full": frozenset({"gate", "out", "norm"})}
+            "gate+out": frozenset({"gate", "out"}), "full": frozenset({"gate", "out", "norm"}),
+            "outside": frozenset({"outside"})}
+DEFAULT_VARIANTS = ("dense", "out", "out+norm", "gate+out", "full")
 
 
 class PartialBranch(FusedDecoderLayer):
@@ -52,6 +58,8 @@ class PartialBranch(FusedDecoderLayer):
         self.parts = parts
 
     def meki_branch(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if "outside" in self.parts:  # a portable op (no XNNPACK flip): the layer's partition ends at h
+            return torch.flip(h, [-1])
         v = rows + torch.sigmoid(self.fusion.gate_proj(h)) if "gate" in self.parts else rows
         z = self.out_proj(v)
         return self.post_norm(z) if "norm" in self.parts else z
@@ -88,6 +96,8 @@ def attribute(us: dict[str, float]) -> dict[str, float]:
     parts = {"row + out": us["out"] - us["dense"], "gate": us["full"] - us["out+norm"],
              "norm": us["full"] - us["gate+out"]}
     parts["interaction"] = us["full"] - us["dense"] - sum(parts.values())
+    if "outside" in us:  # not a part of the branch: what leaving the delegate there costs by itself
+        parts["outside"] = us["outside"] - us["dense"]
     return parts
 
 
@@ -113,8 +123,8 @@ def measure(tool: Path, ptes: dict[str, Path], rows: list[str], a: argparse.Name
 def print_table(res: dict, a: argparse.Namespace, threads: str) -> None:
     print(f"\n{a.quant}, prompt {a.prompt_len} + {a.new_tokens} new tokens, {a.rounds} interleaved rounds, "
           f"decode on the {'calling thread' if threads == 'calling' else 'threadpool'}")
-    print(f"{'program':9} {'XNNPACK nodes':>13} {'other ops':>9} {'k instr/step':>12} {'step us':>8} "
-          f"{'/dense paired (middle half)':>28} {'us over dense':>13}")
+    print(f"{'program':9} {'XNNPACK nodes':>13} {'other ops':>9} {'delegate calls':>14} {'k instr/step':>12} "
+          f"{'step us':>8} {'/dense paired (middle half)':>28} {'us over dense':>13}")
     dense_us = res["step_us"]["dense"]
     for n, us in res["step_us"].items():
         ops = res["ops"][n]
@@ -123,11 +133,21 @@ def print_table(res: dict, a: argparse.Namespace, threads: str) -> None:
         instr = f"{res['instr'][n] / 1e3:12.1f}" if res["instr"] else f"{'-':>12}"
         p = res["paired"].get(n)
         ratio = f"{p['median']:.4f} ({p['q1']:.3f}-{p['q3']:.3f})" if p else "1"
-        print(f"{n:9} {xnn:13d} {other:9d} {instr} {us:8.1f} {ratio:>28} {us - dense_us:13.2f}")
+        print(f"{n:9} {xnn:13d} {other:9d} {ops.get('<delegate>', 0):14d} {instr} {us:8.1f} {ratio:>28} "
+              f"{us - dense_us:13.2f}")
     layers = res["layers"]
     print("\nper decode step (and per layer) each part of the branch adds:")
     for part, us in res["parts_us"].items():
-        print(f"  {part:12} {us:6.2f} us  ({us / layers * 1e3:5.0f} ns per layer)")
+        if part != "outside":
+            print(f"  {part:12} {us:6.2f} us  ({us / layers * 1e3:5.0f} ns per layer)")
+    if "outside" in res["parts_us"]:
+        us, full = res["parts_us"]["outside"], res["step_us"]["full"] - dense_us
+        print(f"\none op outside XNNPACK in the branch's place (a fused kernel's floor): {us:.2f} us "
+              f"({us / layers * 1e3:.0f} ns per layer) against the whole branch inside XNNPACK: {full:.2f} us")
+        if res["instr"]:
+            d = res["instr"]["dense"]
+            print(f"  by instructions: {(res['instr']['outside'] - d) / 1e3:.1f} k against "
+                  f"{(res['instr']['full'] - d) / 1e3:.1f} k per step")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.set_defaults(rounds=100, new_tokens=128)  # each round is cheap: enough of them for +-0.5%
     ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_meki_parts")
     ap.add_argument("--json", type=Path, default=None, help="default: WORK/results-QUANT.json")
+    ap.add_argument("--outside", action="store_true",
+                    help="also time one op outside XNNPACK in the branch's place (a fused kernel's floor)")
     a = parse_step_args(ap, argv)
     from mobile_runtime.threads import decode_on_calling_thread
     from pipeline.checkpoint import CheckpointError, read_config
@@ -156,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.folded:
         folded = reuse_or_build(work / "folded", {"source": files_stamp(a.checkpoint)},
                                 lambda tmp: fold_checkpoint(a.checkpoint, tmp, overwrite=True))
-    ptes = {n: export_variant(folded, n, work / a.quant, a.quant, a) for n in VARIANTS}
+    names = DEFAULT_VARIANTS + (("outside",) if a.outside else ())
+    ptes = {n: export_variant(folded, n, work / a.quant, a.quant, a) for n in names}
     threads = "calling" if decode_on_calling_thread("auto", cfg.to_dict()) else "pool"
     res = measure(tool, ptes, ["--rows", f"{cfg.num_layers},{cfg.d_mem}"], a, threads)
     res |= {"layers": cfg.num_layers, "quant": a.quant, "decode_threads": threads, "config": cfg.to_dict(),

@@ -104,13 +104,19 @@ def test_meki_parts_benchmark_runs(tmp_path):
     assert sorted(got["parts_us"]) == ["gate", "interaction", "norm", "row + out"]
     assert got["host"]["kind"] == "host" and got["host"]["cpus"] >= 1 and "host: " in res.stdout  # whose figures
     assert all(len(r) == 2 for r in got["rounds"].values()) and "each part of the branch adds" in res.stdout
-    # another prefill length: every program exported again for it; the fold (same source) kept
+    assert "outside" not in got["ops"] and "outside" not in got["parts_us"]  # only asked for
+    # another prefill length: every program exported again for it; the fold (same source) kept; with
+    # --outside a sixth program leaves the delegate where the branch is: one more delegate call a layer
     work = tmp_path / "work" / "ck"
     folded_key = (work / "folded" / "built-for.json").stat().st_mtime_ns
     res = subprocess.run([*res.args[:res.args.index("--prefill-len")], "--prefill-len", "6",
-                          *res.args[res.args.index("--prefill-len") + 2:]], capture_output=True, text=True,
-                         cwd=REPO, timeout=600)
+                          *res.args[res.args.index("--prefill-len") + 2:], "--outside"], capture_output=True,
+                         text=True, cwd=REPO, timeout=600)
     assert res.returncode == 0, res.stderr
     keys = [json.loads((work / "none" / n / "built-for.json").read_text()) for n in got["ops"]]
     assert len(keys) == 5 and all(k["prefill_len"] == 6 and k["max_seq_len"] == 64 for k in keys)
     assert (work / "folded" / "built-for.json").stat().st_mtime_ns == folded_key
+    again = json.loads(out.read_text())
+    ops, layers = again["ops"], again["layers"]
+    assert ops["outside"]["<delegate>"] == ops["dense"]["<delegate>"] + layers
+    assert ops["outside"]["aten::flip"] == layers and "a fused kernel's floor" in res.stdout
