@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import io
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -112,6 +114,21 @@ def allowed_globals(file: Path, extra: dict[str, Any] | None = None) -> list[Any
     return pairs
 
 
+def check_crcs(file: Path) -> None:
+    """torch.load does not check the zip archive's CRC-32s: a file damaged in the middle (a bad copy, a
+    disk error) would load as different weights. Every member is read and checked first."""
+    if not zipfile.is_zipfile(file):
+        return  # not an archive at all: allowed_globals says so in its own words
+    try:
+        with zipfile.ZipFile(file) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise SafeLoadError(f"{file}: damaged archive ({' '.join(str(exc).split())[:200]})") from None
+    if bad is not None:
+        raise SafeLoadError(f"{file}: damaged: {bad} fails its CRC-32 check (a corrupted or partly copied file); "
+                            "copy the checkpoint again")
+
+
 def _why(exc: Exception) -> str:
     """torch's refusal names the offending global after a paragraph of advice: keep the useful line."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -122,6 +139,7 @@ def _why(exc: Exception) -> str:
 def safe_torch_load(file: Path, map_location: Any = "cpu", extra: dict[str, Any] | None = None) -> Any:
     """torch.load(weights_only=True) with the allow-list above (plus `extra`: name -> object)."""
     file = require_file(Path(file), "checkpoint file")
+    check_crcs(file)
     pairs = allowed_globals(file, {"argparse.Namespace": argparse.Namespace, **(extra or {})})
     with torch.serialization.safe_globals(pairs):
         try:

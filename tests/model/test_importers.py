@@ -44,28 +44,38 @@ def megatron_state(seed=0, qk_norm=False, untied=False):
     return sd
 
 
-def write_megatron(root, sd, **args):
-    ns = argparse.Namespace(num_attention_heads=H, group_query_attention=True, num_query_groups=G, kv_channels=HD,
-                            rotary_base=500000, norm_epsilon=1e-6, padded_vocab_size=VPAD, seq_length=256, **args)
-    folder = root / "iter_0000010" / "mp_rank_00"
-    folder.mkdir(parents=True)
-    torch.save({"model": sd, "args": ns, "iteration": 10, "checkpoint_version": 3.0}, folder / "model_optim_rng.pt")
-    (root / "latest_checkpointed_iteration.txt").write_text("10")
+def megatron_args(**changes):
+    """The args Megatron saves that shape the model (its own names; the MeKi script's settings)."""
+    return dict(num_layers=L, hidden_size=D, ffn_hidden_size=FFN, num_attention_heads=H, group_query_attention=True,
+                num_query_groups=G, kv_channels=HD, rotary_base=500000, norm_epsilon=1e-6, normalization="RMSNorm",
+                swiglu=True, position_embedding_type="rope", rotary_percent=1.0, rotary_interleaved=False,
+                apply_layernorm_1p=False, add_bias_linear=False, add_qkv_bias=False, tensor_model_parallel_size=1,
+                pipeline_model_parallel_size=1, padded_vocab_size=VPAD, seq_length=256) | changes
 
 
-def rms(x, w, eps=1e-6):
+def write_megatron(root, sd, iteration="10", ranks=("mp_rank_00",), **args):
+    folder = root / ("release" if iteration == "release" else f"iter_{int(iteration):07d}")
+    for rank in ranks:
+        (folder / rank).mkdir(parents=True)
+        torch.save({"model": sd, "args": argparse.Namespace(**megatron_args(**args)), "iteration": 10,
+                    "checkpoint_version": 3.0}, folder / rank / "model_optim_rng.pt")
+    (root / "latest_checkpointed_iteration.txt").write_text(iteration)
+
+
+def _rms(x, w, eps=1e-6):
     return w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
-def rope(x, theta=500000.0):  # x: [T, heads, hd], rotate-half RoPE at positions 0..T-1
+def _rope(x, theta=500000.0):  # x: [T, heads, hd], rotate-half RoPE at positions 0..T-1
     inv = 1.0 / theta ** (torch.arange(0, HD, 2).float() / HD)
     ang = torch.outer(torch.arange(x.shape[0]).float(), inv)
     cos, sin = torch.cat([ang, ang], -1).cos()[:, None], torch.cat([ang, ang], -1).sin()[:, None]
     return x * cos + torch.cat([-x[..., HD // 2:], x[..., :HD // 2]], -1) * sin
 
 
-def megatron_reference(sd, tokens, qk_norm=False, untied=False):
+def megatron_reference(sd, tokens, qk_norm=False, untied=False, theta=500000.0, eps=1e-6):
     """Megatron's layer math, written from its layer spec: fused norms, grouped QKV, MeKi quirks."""
+    rms, rope = (lambda x, w: _rms(x, w, eps)), (lambda x: _rope(x, theta))  # noqa: E731
     emb = sd["embedding.word_embeddings.weight"][tokens]
     x, T = emb, tokens.shape[0]
     for i in range(L):
@@ -95,27 +105,85 @@ def megatron_reference(sd, tokens, qk_norm=False, untied=False):
     return (rms(x, sd["decoder.final_layernorm.weight"]) @ head.T)[:, :V]
 
 
-@pytest.mark.parametrize("qk_norm,untied", [(False, False), (True, True)])
-def test_megatron_import_matches_megatron_math(tmp_path, qk_norm, untied):
+@pytest.mark.parametrize("qk_norm,untied,theta,eps,iteration", [
+    (False, False, 500000.0, 1e-6, "10"), (True, True, 500000.0, 1e-6, "10"),
+    (False, False, 10000.0, 1e-5, "release")])  # theta and eps read from args; Megatron's release folder
+def test_megatron_import_matches_megatron_math(tmp_path, qk_norm, untied, theta, eps, iteration):
     sd = megatron_state(qk_norm=qk_norm, untied=untied)
-    write_megatron(tmp_path, sd, qk_layernorm=qk_norm, untie_embeddings_and_output_weights=untied)
+    write_megatron(tmp_path, sd, iteration, qk_layernorm=qk_norm, untie_embeddings_and_output_weights=untied,
+                   rotary_base=int(theta), norm_epsilon=eps)
     model = load_megatron(tmp_path, vocab_size=V).eval()
     assert model.cfg.variant == "megatron" and model.cfg.d_mem == M and model.cfg.vocab_size == V
     tokens = torch.tensor([5, 99, 0, 17, 42, 42, 63, 1])
     with torch.no_grad():
         ours = model(tokens[None])[0]
-    assert (ours - megatron_reference(sd, tokens, qk_norm, untied)).abs().max().item() <= 1e-4
+    assert (ours - megatron_reference(sd, tokens, qk_norm, untied, theta, eps)).abs().max().item() <= 1e-4
 
 
 def test_megatron_bad_input_names_each_key(tmp_path):
+    """Every problem in one error, in Megatron's own key names."""
     sd = megatron_state()
     sd["decoder.layers.0.meki_module.surprise.weight"] = torch.zeros(3)
-    del sd["decoder.layers.1.mlp.linear_fc2.weight"]
+    del sd["decoder.layers.1.mlp.linear_fc2.weight"], sd["decoder.final_layernorm.weight"]
+    sd["decoder.layers.0.meki_module.out_proj.weight"] = torch.zeros(D, M + 1)
     write_megatron(tmp_path, sd)
-    with pytest.raises(CheckpointError, match="unexpected keys: decoder.layers.0.meki_module.surprise.weight"):
+    with pytest.raises(CheckpointError) as err:
         load_megatron(tmp_path, vocab_size=V)
+    msg = str(err.value)
+    assert "missing keys: decoder.final_layernorm.weight, decoder.layers.1.mlp.linear_fc2.weight;" in msg
+    assert "unexpected keys: decoder.layers.0.meki_module.surprise.weight" in msg
+    assert f"wrong shapes: decoder.layers.0.meki_module.out_proj.weight (64, 17) (expected ({D}, {M}))" in msg
+    assert "model_optim_rng.pt: " in msg and "\n" not in msg
     with pytest.raises(CheckpointError, match="exceeds the checkpoint's padded vocabulary 128"):
         load_megatron(tmp_path, vocab_size=200)
+
+
+def _without(*keys):
+    def edit(sd):
+        for k in keys:
+            sd.pop(k)
+    return edit
+
+
+def _drop_layer(i):
+    def edit(sd):
+        for k in [k for k in sd if k.startswith(f"decoder.layers.{i}.")]:
+            sd.pop(k)
+    return edit
+
+
+@pytest.mark.parametrize("edit,args,ranks,match", [
+    (_drop_layer(1), {}, None, r"missing keys: decoder\.layers\.1\.\* \(the model has 2 layers"),
+    (_drop_layer(0), {}, None, r"missing keys: decoder\.layers\.0\.\*"),
+    (_without("decoder.layers.0.meki_module.gate_proj.weight"), {}, None,
+     r"missing keys: decoder\.layers\.0\.meki_module\.gate_proj\.weight"),
+    (_without("decoder.layers.0.meki_module.embeddings.weight"), {}, None,
+     r"missing keys: decoder\.layers\.0\.meki_module\.embeddings\.weight"),
+    (None, {"rotary_percent": 0.5}, None, r"rotary_percent=0\.5 \(RoPE on part of each head\)"),
+    (None, {"rotary_interleaved": True, "apply_layernorm_1p": True}, None,
+     r"apply_layernorm_1p=True .*; rotary_interleaved=True"),
+    (None, {"normalization": "LayerNorm"}, None, "norms other than RMSNorm"),
+    (None, {"swiglu": False}, None, "an FFN other than SwiGLU"),
+    (None, {"tensor_model_parallel_size": 2}, None, "tensor_model_parallel_size=2"),
+    (None, {}, ("mp_rank_00", "mp_rank_01"), r"model-parallel shards \(mp_rank_00, mp_rank_01\)"),
+    (None, {}, ("mp_rank_00_000", "mp_rank_00_001"), "model-parallel shards"),
+    (None, {"num_layers": "2"}, None, r"args\.num_layers='2' is not a positive integer"),
+])
+def test_megatron_refuses_what_it_cannot_reproduce(tmp_path, edit, args, ranks, match):
+    """A truncated state, args under which Megatron computes other math, sharded runs: one clear error."""
+    sd = megatron_state()
+    if edit:
+        edit(sd)
+    write_megatron(tmp_path, sd, ranks=ranks or ("mp_rank_00",), **args)
+    with pytest.raises(CheckpointError, match=match):
+        load_megatron(tmp_path, vocab_size=V)
+
+
+def test_megatron_tracker_naming_a_missing_iteration(tmp_path):
+    write_megatron(tmp_path, megatron_state())
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("250")
+    with pytest.raises(CheckpointError, match=r"names '250' but .*iter_0000250 does not exist \(found: iter_0000010\)"):
+        load_megatron(tmp_path, vocab_size=V)
 
 
 def dense_model():

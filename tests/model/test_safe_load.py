@@ -123,3 +123,17 @@ def test_not_a_checkpoint(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(ValueError, match="FIFO"):
         safe_torch_load(tmp_path / "fifo")
+
+
+def test_a_file_damaged_in_the_middle_is_refused(tmp_path):
+    """torch.load does not check the archive's CRC-32s: zeroed bytes inside a weight would load as other
+    weights. The member that fails its check is named."""
+    file = tmp_path / "w.pt"
+    torch.save({"w": torch.arange(4096, dtype=torch.float32)}, file)
+    assert torch.equal(safe_torch_load(file)["w"], torch.arange(4096, dtype=torch.float32))
+    raw = bytearray(file.read_bytes())
+    at = raw.index(torch.arange(4096, dtype=torch.float32).numpy().tobytes()[4000:4016])
+    raw[at:at + 16] = bytes(16)
+    file.write_bytes(bytes(raw))
+    with pytest.raises(SafeLoadError, match=r"w\.pt: damaged: w/data/0 fails its CRC-32 check"):
+        safe_torch_load(file)
