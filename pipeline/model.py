@@ -149,6 +149,17 @@ class MekiModel(nn.Module):
                 self.rope_cos.device)
         self.cache_len = max_seq_len
 
+    def _rope_cover(self, pos: torch.Tensor) -> None:
+        """Eager calls without a KV cache may run past cfg.max_seq_len (an HF config's 40,960 positions
+        are capped at 4,096 for the tables): the RoPE tables grow to cover them, as setup_cache's do.
+        A model with a cache (an export copy's sin table may be signed) and tracing are left alone."""
+        if self.cache_len or torch.compiler.is_compiling() or torch.compiler.is_exporting() or not pos.numel():
+            return
+        need = int(pos.max()) + 1
+        if need > self.rope_cos.shape[0]:
+            cos, sin = rope_tables(self.cfg, need)
+            self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
+
     @property
     def weight_dtype(self) -> torch.dtype:
         """The embedding's dtype; an embedding held quantised (coreml_quant.Int4Embedding) names the
@@ -173,6 +184,7 @@ class MekiModel(nn.Module):
         if input_pos is None or self.cache_len == 0:
             pos = torch.arange(seq, device=tokens.device) if input_pos is None else input_pos
             mask, input_pos = None, None
+            self._rope_cover(pos)
         else:
             pos = input_pos
             mask = torch.arange(self.cache_len, device=tokens.device)[None, :] <= input_pos[:, None]

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from contract.inputs import read_text, require_dir
-from pipeline.checkpoint import CheckpointError, build_model
-from pipeline.config import ModelConfig
+from contract.inputs import read_text, require_dir, require_file
+from pipeline.checkpoint import FLOAT_DTYPES, CheckpointError, build_model, expected_shapes
+from pipeline.config import ConfigError, ModelConfig
 from pipeline.model import MekiModel
 
 _LAYER_NAMES = {  # HF suffix after model.layers.{i}. -> ours after layers.{i}.
@@ -31,45 +31,88 @@ _TOP_NAMES = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": 
               "lm_head.weight": "lm_head.weight"}
 
 
+HF_DEFAULT_ROPE_THETA = 10_000.0  # transformers' Qwen3Config when a config names no theta at all
+
+
+def _rope_settings(hf: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """transformers 5's rope_parameters, or the older rope_scaling + rope_theta: each one present is read (a
+    scaling added beside rope_parameters, as the Qwen3 model cards suggest, is applied by transformers too)."""
+    rope, problems = {}, []
+    for key in ("rope_scaling", "rope_parameters"):
+        value = hf.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{key}={value!r} (expected an object)")
+            continue
+        kind = value.get("rope_type", value.get("type", "default"))
+        if kind != "default":
+            problems.append(f"{key} rope type {kind!r}")
+        rope |= value
+    return rope, problems
+
+
+def _number(hf: dict[str, Any], key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise CheckpointError(f"config.json {key}={value!r}: expected a positive number")
+    return float(value)
+
+
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    """Map a Qwen3 config.json to ours; refuse features this backbone does not implement."""
+    """Map a Qwen3 config.json to ours as transformers reads it; refuse, by their config.json names,
+    features this backbone does not implement and values of the wrong type."""
     if hf.get("model_type") not in ("qwen3", None):
         raise CheckpointError(f"config.json model_type={hf.get('model_type')!r} is not qwen3")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    unsupported = []
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        unsupported.append(f"rope type {rope.get('rope_type', rope.get('type'))!r}")
+    rope, unsupported = _rope_settings(hf)
+    wrong = [f"{k}={hf[k]!r}" for k in ("tie_word_embeddings", "attention_bias", "use_sliding_window")
+             if k in hf and hf[k] is not None and not isinstance(hf[k], bool)]
     if hf.get("attention_bias"):
         unsupported.append("attention_bias=true")
     if hf.get("use_sliding_window"):
         unsupported.append("use_sliding_window=true")
+    layer_types = hf.get("layer_types") or []
+    if not isinstance(layer_types, list) or any(t != "full_attention" for t in layer_types):
+        unsupported.append(f"layer_types other than full_attention ({str(layer_types)[:80]})")
     if hf.get("hidden_act", "silu") != "silu":
         unsupported.append(f"hidden_act={hf['hidden_act']!r}")
     if unsupported:
         raise CheckpointError("unsupported Qwen3 config: " + ", ".join(unsupported))
     ints = ("vocab_size", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads")
-    wrong = [f"{k}={hf[k]!r}" for k in ints + ("num_key_value_heads", "head_dim", "max_position_embeddings")
-             if k in hf and hf[k] is not None and (not isinstance(hf[k], int) or isinstance(hf[k], bool))]
+    nullable = ("head_dim",)  # null: hidden_size / heads, as transformers
+    wrong += [f"{k}={hf[k]!r}" for k in ints + nullable + ("num_key_value_heads", "max_position_embeddings")
+              if k in hf and not (hf[k] is None and k in nullable)
+              and (not isinstance(hf[k], int) or isinstance(hf[k], bool))]
     if wrong:
-        raise CheckpointError(f"config.json values of the wrong type (expected integers): {', '.join(wrong)}")
+        raise CheckpointError(f"config.json values of the wrong type: {', '.join(wrong)} (integers and booleans "
+                              "expected)")
     heads = hf["num_attention_heads"]
+    theta = rope.get("rope_theta", hf.get("rope_theta", HF_DEFAULT_ROPE_THETA))
     return ModelConfig(
         vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"], dim=hf["hidden_size"],
         ffn_dim=hf["intermediate_size"], num_heads=heads, num_kv_heads=hf.get("num_key_value_heads", heads),
         head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 1_000_000.0))),
-        norm_eps=hf.get("rms_norm_eps", 1e-6), qk_norm=True, tie_embeddings=bool(hf.get("tie_word_embeddings")),
+        rope_theta=_number(hf, "rope_theta", theta), norm_eps=_number(hf, "rms_norm_eps", hf.get("rms_norm_eps", 1e-6)),
+        qk_norm=True, tie_embeddings=bool(hf.get("tie_word_embeddings")),
         max_seq_len=min(hf.get("max_position_embeddings", 4096), 4096), memory="none", name="hf-qwen3")
 
 
 def _shards(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        return sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+        try:
+            weight_map = json.loads(read_text(index, "safetensors index"))["weight_map"]
+            names = set(weight_map.values())
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index (a JSON object with a weight_map of tensor "
+                                  f"name -> shard file; {type(exc).__name__}: {' '.join(str(exc).split())[:80]})") from None
+        bad = sorted(str(n) for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", ".."))
+        if bad:
+            raise CheckpointError(f"{index}: shard names that are not file names in this folder: {', '.join(bad[:5])}")
+        return [require_file(folder / n, "safetensors shard") for n in sorted(names)]
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         raise CheckpointError(f"{folder}: no *.safetensors files")
-    return shards
+    return [require_file(s, "safetensors file") for s in shards]
 
 
 def rename_hf(name: str) -> str | None:
@@ -94,15 +137,50 @@ def load_hf_qwen3(folder: Path, dtype: torch.dtype = torch.float32) -> MekiModel
         cfg = config_from_hf(hf)
     except KeyError as exc:
         raise CheckpointError(f"{folder / 'config.json'}: lacks {exc.args[0]!r}; is this a Qwen3 config?") from None
+    except (CheckpointError, ConfigError) as exc:
+        raise CheckpointError(f"{folder}: {exc}") from None
     state, unknown = {}, []
     for shard in _shards(folder):
-        with safe_open(str(shard), framework="pt") as fh:
-            for name in fh.keys():
-                ours = rename_hf(name)
-                if ours is None:
-                    unknown.append(name)
-                elif not (ours == "lm_head.weight" and cfg.tie_embeddings):
-                    state[ours] = fh.get_tensor(name).to(dtype)
-    if unknown:
-        raise CheckpointError(f"{folder}: unexpected keys: {', '.join(sorted(unknown))}")
+        try:
+            with safe_open(str(shard), framework="pt") as fh:
+                for name in fh.keys():
+                    ours = rename_hf(name)
+                    if ours is None:
+                        unknown.append(name)
+                    elif not (ours == "lm_head.weight" and cfg.tie_embeddings):  # tied: transformers ignores it
+                        t = fh.get_tensor(name)  # cast as read (one model's worth in memory), floats only
+                        state[ours] = t.to(dtype) if t.dtype in FLOAT_DTYPES else t
+        except SafetensorError as exc:
+            raise CheckpointError(f"{shard}: not a readable safetensors file ({exc})") from None
+    check_hf_state(cfg, state, unknown, folder)
     return build_model(cfg, state, str(folder)).to(dtype)
+
+
+def check_hf_state(cfg: ModelConfig, state: dict[str, torch.Tensor], unknown: list[str], folder: Path) -> None:
+    """Every missing, unexpected, mis-shaped or non-float tensor, named as the checkpoint names it."""
+    want = expected_shapes(cfg)
+    hf_of = {ours: hf_name(ours) for ours in set(want) | set(state)}
+    missing = sorted(hf_of[k] for k in set(want) - set(state))
+    unexpected = sorted(unknown + [hf_of[k] for k in set(state) - set(want)])
+    wrong = sorted(f"{hf_of[k]} {tuple(state[k].shape)} (expected {want[k]})" for k in set(want) & set(state)
+                   if tuple(state[k].shape) != want[k])
+    bad_dtype = sorted(f"{hf_of[k]} {str(state[k].dtype).removeprefix('torch.')}" for k in set(want) & set(state)
+                       if state[k].dtype not in FLOAT_DTYPES)
+    problems = [f"missing keys: {', '.join(missing)}"] if missing else []
+    problems += [f"unexpected keys: {', '.join(unexpected)}"] if unexpected else []
+    problems += [f"wrong shapes: {', '.join(wrong)}"] if wrong else []
+    problems += [f"not float weights: {', '.join(bad_dtype)}"] if bad_dtype else []
+    if problems:
+        raise CheckpointError(f"{folder}: " + "; ".join(problems))
+
+
+def hf_name(ours: str) -> str:
+    """Our state-dict name in the Hugging Face checkpoint's terms (rename_hf's inverse)."""
+    top = {v: k for k, v in _TOP_NAMES.items()}
+    if ours in top:
+        return top[ours]
+    parts = ours.split(".", 2)
+    layer = {v: k for k, v in _LAYER_NAMES.items()}
+    if len(parts) == 3 and parts[0] == "layers" and parts[2] in layer:
+        return f"model.layers.{parts[1]}.{layer[parts[2]]}"
+    return ours
