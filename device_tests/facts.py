@@ -18,11 +18,13 @@ from device_tests.transports.base import Transport
 from device_tests.transports.local import LocalTransport
 
 T = TypeVar("T")
-# A fixed script (no interpolated input): one "path value" line per cpufreq policy.
+# Every value is printed, "-" where it cannot be read: a failed read must not shift the next values
+# into its field (an empty field would vanish in the split).
+_VALUE_FN = 'v() { x=$(cat "$1" 2>/dev/null); echo "${x:--}"; }; '
+# A fixed script (no interpolated input): "NAME GOVERNOR CUR MAX" per cpufreq policy.
 _CPUFREQ_SCRIPT = (
-    "for d in /sys/devices/system/cpu/cpufreq/policy*; do "
-    'echo "${d##*/} $(cat $d/scaling_governor 2>/dev/null) $(cat $d/scaling_cur_freq 2>/dev/null) '
-    '$(cat $d/cpuinfo_max_freq 2>/dev/null)"; done'
+    _VALUE_FN + "for d in /sys/devices/system/cpu/cpufreq/policy*; do [ -d \"$d\" ] || continue; "
+    'echo "${d##*/} $(v $d/scaling_governor) $(v $d/scaling_cur_freq) $(v $d/cpuinfo_max_freq)"; done'
 )
 
 
@@ -41,7 +43,7 @@ class DeviceFacts:
     kind: str  # 'android' or 'host'
     model: str | None = None
     manufacturer: str | None = None
-    soc: str | None = None  # ro.soc.model (Android 12+), else the CPU model name
+    soc: str | None = None  # ro.soc.model (Android 12+), else ro.hardware; a host's CPU model name
     board: str | None = None  # ro.board.platform
     os_version: str | None = None  # Android release or host kernel
     sdk: int | None = None
@@ -69,16 +71,18 @@ def _try(errors: list[str], what: str, fn: Callable[[], T]) -> T | None:
         return None
 
 
+def _khz(word: str | None) -> int | None:
+    return int(word) if word is not None and word.isdigit() else None
+
+
 def _policies(text: str) -> list[CpuPolicy]:
+    """_CPUFREQ_SCRIPT's lines, by position ("-": not readable)."""
     out = []
     for line in text.splitlines():
-        parts = line.split()
-        if not parts or not parts[0].startswith("policy"):
+        parts = line.split() + ["-"] * 3
+        if not parts[0].startswith("policy"):
             continue
-        ints = [int(p) for p in parts[2:] if p.isdigit()]
-        gov = parts[1] if len(parts) > 1 and not parts[1].isdigit() else None
-        out.append(CpuPolicy(parts[0], gov, ints[0] if ints else None,
-                             ints[1] if len(ints) > 1 else None))
+        out.append(CpuPolicy(parts[0], None if parts[1] == "-" else parts[1], _khz(parts[2]), _khz(parts[3])))
     return out
 
 
@@ -124,10 +128,10 @@ def host_facts() -> DeviceFacts:
     mem = _try(f.errors, "meminfo", lambda: parse_proc_meminfo(_read("/proc/meminfo")))
     f.total_ram_kb = mem.mem_total_kb if mem else None
     for d in sorted(Path("/sys/devices/system/cpu/cpufreq").glob("policy*")):
-        val = lambda n: (d / n).read_text().strip() if (d / n).exists() else None  # noqa: E731
-        cur, mx = val("scaling_cur_freq"), val("cpuinfo_max_freq")
-        f.cpu_policies.append(CpuPolicy(d.name, val("scaling_governor"),
-                                        int(cur) if cur else None, int(mx) if mx else None))
+        # an inactive policy (all its CPUs offline) answers EBUSY: that value is None, the rest stands
+        val = lambda n: _try(f.errors, str(d / n), lambda: _read(str(d / n)).strip())  # noqa: E731
+        f.cpu_policies.append(CpuPolicy(d.name, val("scaling_governor") or None, _khz(val("scaling_cur_freq")),
+                                        _khz(val("cpuinfo_max_freq"))))
     temps = []
     for z in Path("/sys/class/thermal").glob("thermal_zone*/temp"):
         raw = _try(f.errors, str(z), lambda z=z: int(z.read_text().strip()))
@@ -137,7 +141,7 @@ def host_facts() -> DeviceFacts:
     for bat in Path("/sys/class/power_supply").glob("BAT*"):
         cap = bat / "capacity"
         if cap.exists():
-            f.battery_percent = float(cap.read_text().strip())
+            f.battery_percent = _try(f.errors, str(cap), lambda cap=cap: float(cap.read_text().strip()))
     return f
 
 
@@ -147,13 +151,13 @@ def collect_facts(t: Transport) -> DeviceFacts:
 
 
 # A fixed script (no interpolated input): "cpu NAME CUR CAP MAX" per cpufreq policy, then
-# "tz TEMP TYPE" per thermal zone. CAP (scaling_max_freq) is what thermal mitigation lowers.
+# "tz TEMP TYPE" per thermal zone ("-" for a value that cannot be read). CAP (scaling_max_freq) is
+# what thermal mitigation lowers.
 _THERMAL_SCRIPT = (
-    "for d in /sys/devices/system/cpu/cpufreq/policy*; do [ -d \"$d\" ] || continue; "
-    'echo "cpu ${d##*/} $(cat $d/scaling_cur_freq 2>/dev/null) $(cat $d/scaling_max_freq 2>/dev/null) '
-    '$(cat $d/cpuinfo_max_freq 2>/dev/null)"; done; '
+    _VALUE_FN + "for d in /sys/devices/system/cpu/cpufreq/policy*; do [ -d \"$d\" ] || continue; "
+    'echo "cpu ${d##*/} $(v $d/scaling_cur_freq) $(v $d/scaling_max_freq) $(v $d/cpuinfo_max_freq)"; done; '
     "for z in /sys/class/thermal/thermal_zone*; do [ -d \"$z\" ] || continue; "
-    'echo "tz $(cat $z/temp 2>/dev/null) $(cat $z/type 2>/dev/null)"; done'
+    'echo "tz $(v $z/temp) $(v $z/type)"; done'
 )
 
 
@@ -179,7 +183,7 @@ def parse_thermal_lines(text: str) -> ThermalSnapshot:
     cpu_temps, all_temps = [], []
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0] == "cpu":
+        if len(parts) >= 2 and parts[0] == "cpu":  # by position: "-" is a value not read
             for i, store in ((2, snap.cur_khz), (3, snap.cap_khz), (4, snap.max_khz)):
                 if len(parts) > i and parts[i].isdigit():
                     store[parts[1]] = int(parts[i])
@@ -204,8 +208,8 @@ def thermal_snapshot(t: Transport) -> ThermalSnapshot:
             snap.status, snap.status_level = dump.status_name, dump.status
             snap.cooling_engaged = dump.throttling
             cpu = dump.max_celsius("CPU")
-            if cpu is not None:
-                snap.max_celsius = cpu
+            if cpu is not None:  # the hotter of the thermal service's and sysfs's readings
+                snap.max_celsius = cpu if snap.max_celsius is None else max(cpu, snap.max_celsius)
         except (TransportError, ValueError):
             pass  # no dumpsys (old or locked-down device): sysfs alone
     return snap

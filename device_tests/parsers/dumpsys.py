@@ -1,6 +1,7 @@
 """`dumpsys meminfo`, `dumpsys thermalservice` and `dumpsys battery` parsers."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -108,6 +109,9 @@ def parse_dumpsys_meminfo(text: str) -> DumpsysMeminfo:
         raise ValueError("no meminfo table found")
     summary = _parse_summary(lines[start:])
     total = rows.get("TOTAL", {})
+    if total and len(total) != len(columns):  # every column has a TOTAL: fewer is output cut short
+        raise ValueError(f"meminfo TOTAL row has {len(total)} values for {len(columns)} columns "
+                         "(the output was cut short?)")
     total_pss = total.get("Pss Total", summary.total_pss_kb if summary else None)
     total_rss = total.get("Rss Total", summary.total_rss_kb if summary else None)
     return DumpsysMeminfo(
@@ -168,7 +172,8 @@ class ThermalDump:
         return bool(self.status) or any(c.value > 0 and c.type in (2, 3) for c in self.cooling_devices)
 
     def max_celsius(self, type_name: str) -> float | None:
-        vals = [t.celsius for t in self.temperatures if t.type_name == type_name]
+        """The hottest sensor of the type; NaN (the HAL's 'not available') is no reading."""
+        vals = [t.celsius for t in self.temperatures if t.type_name == type_name and math.isfinite(t.celsius)]
         return max(vals) if vals else None
 
 

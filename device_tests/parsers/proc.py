@@ -34,9 +34,19 @@ class ProcStatus:
     threads: int | None
 
 
+_STATUS_KB = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "VmSwap", "VmSize")
+
+
 def parse_proc_status(text: str) -> ProcStatus:
-    """Parse /proc/PID/status (tab-separated 'Key:\\tvalue kB' lines)."""
+    """Parse /proc/PID/status (tab-separated 'Key:<TAB>value kB' lines). Not a status file, or one cut
+    inside a memory line (its kB missing), is a ValueError: a sample must not read 81 for 81xxx kB."""
     kb = _kb_fields(text)
+    if "Name" not in text or not any(k in kb for k in _STATUS_KB):
+        raise ValueError(f"not a /proc/PID/status text (no Name and memory lines): {text[:120]!r}")
+    cut = [ln.split(":")[0].strip() for ln in text.splitlines()
+           if ln.split(":")[0].strip() in _STATUS_KB and not ln.rstrip().endswith("kB")]
+    if cut:
+        raise ValueError(f"/proc/PID/status line {cut[0]} has no kB unit (the output was cut short?)")
     strings = dict(
         (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in text.splitlines()) if v
     )
@@ -106,7 +116,8 @@ def parse_getprop(text: str) -> dict[str, str]:
     props: dict[str, str] = {}
     key: str | None = None
     buf: list[str] = []
-    for line in text.replace("\r\n", "\n").split("\n"):
+    for line in text.split("\n"):
+        line = line.rstrip("\r")  # \r\n, or \r\r\n from a pty shell's output saved on Windows
         m = _PROP_START.match(line)
         if key is None and m is None:
             continue
@@ -123,7 +134,10 @@ def parse_getprop(text: str) -> dict[str, str]:
 
 def parse_cpufreq_khz(text: str) -> int:
     """scaling_cur_freq / cpuinfo_max_freq: one integer in kHz."""
-    return int(text.strip().split()[0])
+    word = text.strip().split()[0] if text.strip() else ""
+    if not word.isdigit():
+        raise ValueError(f"not a cpufreq value in kHz: {text.strip()[:80]!r}")
+    return int(word)
 
 
 def parse_governor(text: str) -> str:

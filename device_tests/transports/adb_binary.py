@@ -61,22 +61,48 @@ class AdbBinaryTransport(RemoteShellTransport):
         except subprocess.TimeoutExpired as exc:
             raise CommandTimeout(f"{argv[1:]!r} ran past {timeout_s} s") from exc
 
-    def _raise_for(self, what: str, proc: subprocess.CompletedProcess[bytes]) -> None:
-        err = (proc.stderr + proc.stdout).decode("utf-8", errors="replace")
+    @staticmethod
+    def _kind(err: str) -> type[TransportError] | None:
+        """What an adb client message says happened, or None for a message it does not recognise."""
         low = err.lower()
         if "unauthorized" in low:
-            raise DeviceUnauthorized(f"{what}: {err.strip()}")
+            return DeviceUnauthorized
         kind = classify(err)
         if kind is None and any(s in low for s in _GONE):
             kind = DeviceDisconnected
+        return kind
+
+    def _raise_for(self, what: str, proc: subprocess.CompletedProcess[bytes]) -> None:
+        err = (proc.stderr + proc.stdout).decode("utf-8", errors="replace")
+        kind = self._kind(err)
         raise (kind or TransportError)(f"{what}: adb exited {proc.returncode}: {err.strip()[:500]}")
 
     def _exec(self, script: str, timeout_s: float) -> str:
         proc = self._adb(["shell", script], timeout_s)
         out = proc.stdout.decode("utf-8", errors="replace")
-        if proc.returncode != 0 and "__MEKI_RC_" not in out:
-            self._raise_for("shell", proc)  # adb itself failed: no marker came back
+        if "__MEKI_RC_" in out:
+            return out
+        if proc.returncode != 0 and self._kind((proc.stderr + proc.stdout).decode("utf-8", errors="replace")):
+            self._raise_for("shell", proc)  # adb said what failed
+        # No exit status came back and adb said nothing it recognises. A device lost mid-command leaves
+        # the client exiting 0 (or 1) silently: ask the server what the device is now, so that a blip is
+        # retried as one.
+        state = self._state()
+        if state != "device":
+            raise (self._kind(state) or DeviceDisconnected)(
+                f"shell: the device went away mid-command (adb get-state: {state})")
+        if proc.returncode != 0:
+            self._raise_for("shell", proc)
         return out
+
+    def _state(self) -> str:
+        """`adb get-state` for this device: 'device', or adb's first line about why not."""
+        try:
+            proc = self._adb(["get-state"], 10.0)
+        except CommandTimeout:
+            return "no answer in 10 s"
+        text = (proc.stdout or proc.stderr).decode("utf-8", errors="replace").strip()
+        return text.splitlines()[0][:200] if text else f"adb exited {proc.returncode}"
 
     def _push_file(self, local: Path, remote: str, mode: int) -> None:
         proc = self._adb(["push", str(local), remote], self.op_timeout_s)

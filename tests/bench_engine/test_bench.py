@@ -146,6 +146,10 @@ def test_throttling_flags():
     snap = parse_thermal_lines("cpu policy0 300000 1800000 1800000\ncpu policy4 2000000 2400000 2800000\n"
                                "tz 38500 battery\ntz 47200 cpu-1-0-usr\ntz 0 disabled\n")
     assert snap.max_celsius == 47.2 and snap.cap_khz == {"policy0": 1800000, "policy4": 2400000}
+    # a value the script could not read is "-" and the others keep their places (the cap is still seen)
+    capped = parse_thermal_lines("cpu policy4 - 1200000 2400000\ntz - skin\ntz 41000 cpu-0\n")
+    assert (capped.cur_khz, capped.cap_khz, capped.max_khz) == ({}, {"policy4": 1200000}, {"policy4": 2400000})
+    assert any("policy4" in r for r in throttle_reasons(capped, capped, cfg)) and capped.max_celsius == 41.0
 
 
 def test_paired_ratios_divide_each_meki_run_by_the_dense_run_beside_it():

@@ -6,6 +6,7 @@ The server is started on a private port with its own HOME and connects over TCP
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -81,6 +82,20 @@ def test_timeout_and_lost_device(device, server):
     with pytest.raises(DeviceDisconnected):
         gone.shell(["true"])
     assert not Path("pwned").exists()
+
+
+def test_device_lost_mid_command_is_a_disconnect(device):
+    """The adb client exits 0 with nothing said when the device goes mid-command: the transport asks the
+    server (get-state) and raises DeviceDisconnected, which the bench retries, not a plain TransportError."""
+    adbd, t = device
+    assert t.shell(["true"]).returncode == 0
+
+    def gone():
+        adbd.faults.refuse_connections = 100
+        adbd.drop_all()
+    threading.Timer(0.5, gone).start()
+    with pytest.raises(DeviceDisconnected, match="went away mid-command"):
+        t.shell(["sh", "-c", "sleep 2; echo done"], timeout_s=15)
 
 
 def test_unauthorized_device(tmp_path, server):

@@ -132,3 +132,53 @@ def test_proc_status_and_smaps_of_this_process():
 def test_cpufreq_text():
     assert parse_cpufreq_khz("1804800\n") == 1804800
     assert parse_governor("schedutil\n") == "schedutil" and parse_governor("\n") == ""
+
+
+def test_meminfo_android11_and_older_captures():
+    """Two more real captures: Android 11+ with `TOTAL SWAP (KB)` and an RSS-only Unknown summary row;
+    a pre-11 table without the Rss column."""
+    new = parse_dumpsys_meminfo(fixture("dumpsys_meminfo_app_douyin_swapkb.txt"))
+    assert (new.total_pss_kb, new.total_rss_kb, new.pid) == (1144795, 1363052, 24989)
+    assert new.summary.total_swap_pss_kb == 0 and new.summary.rss_kb["Unknown"] == 140756
+    assert "Unknown" not in new.summary.pss_kb and new.summary.pss_kb["Code"] == 677652
+    old = parse_dumpsys_meminfo(fixture("dumpsys_meminfo_app_yvr_no_rss.txt"))
+    assert (old.total_pss_kb, old.total_rss_kb) == (253123, None) and "Rss Total" not in old.columns
+
+
+def test_meminfo_cut_inside_its_total_row_is_refused():
+    text = fixture("dumpsys_meminfo_app_douyin_swapkb.txt")
+    cut = text[:text.index("TOTAL  1144795") + len("TOTAL  11447")]  # the stream ended mid-number
+    with pytest.raises(ValueError, match="TOTAL row has 1 values for 8 columns"):
+        parse_dumpsys_meminfo(cut)
+
+
+def test_thermal_nan_is_no_reading():
+    """The HAL reports NaN for a sensor it cannot read ("If not available set by HAL to NAN"): it must not
+    hide the others (max() over a list holding NaN can return NaN, and NaN >= limit is false)."""
+    ap = "Temperature{mValue=34.6, mType=0, mName=AP, mStatus=0}"
+    text = fixture("dumpsys_thermalservice_samsung_aidl.txt")
+    hot = text.replace(ap, "Temperature{mValue=NaN, mType=0, mName=CPU0, mStatus=0}\n\t" + ap.replace("34.6", "95.0"))
+    assert parse_thermalservice(hot).max_celsius("CPU") == 95.0
+    assert parse_thermalservice(text.replace(ap, ap.replace("34.6", "NaN"))).max_celsius("CPU") is None
+
+
+def test_getprop_pty_line_endings():
+    """`adb shell getprop > file` through a pty on Windows: every line ends in \\r\\r\\n."""
+    text = fixture("getprop_android14_emulator_excerpt.txt")
+    assert parse_getprop(text.replace("\n", "\r\r\n")) == parse_getprop(text)
+
+
+def test_proc_status_refuses_what_it_cannot_read():
+    for bad in ("", "error: device offline\n", "Name:\tx\nState:\tZ (zombie)\n"):
+        with pytest.raises(ValueError, match="not a /proc/PID/status"):
+            parse_proc_status(bad)
+    whole = Path("/proc/self/status").read_text()
+    cut = whole[:whole.index("VmRSS:") + len("VmRSS:\t   81")]  # cut mid-number: no kB
+    with pytest.raises(ValueError, match="VmRSS has no kB unit"):
+        parse_proc_status(cut)
+
+
+def test_cpufreq_text_errors():
+    for bad in ("", "<unknown>\n", "cat: scaling_cur_freq: Device or resource busy\n"):
+        with pytest.raises(ValueError, match="not a cpufreq value in kHz"):
+            parse_cpufreq_khz(bad)
