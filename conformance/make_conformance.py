@@ -313,6 +313,12 @@ def bundle_cases(out: Path) -> list[dict]:
     os.symlink("../../golden/golden_int8_token.mekipack", root / "tables.mekipack")
     write_manifest(root, m)
 
+    root, m = case("manifest_symlink", "refused", "manifest.missing",
+                   "manifest.json -> a valid manifest outside the bundle: a symlink is no manifest")
+    write_manifest(root, m)
+    (root / "manifest.json").rename(out / "_outside" / "manifest_symlink.json")
+    os.symlink("../_outside/manifest_symlink.json", root / "manifest.json")
+
     root, m = case("file_missing", "refused", "bundle.missing", "a listed file is absent")
     (root / "tokenizer.json").unlink()
     write_manifest(root, m)

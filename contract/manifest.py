@@ -150,10 +150,11 @@ def _method(m: dict[str, Any]) -> MethodSpec:
 def load_manifest(bundle: Path) -> Manifest:
     """Read and parse bundle/manifest.json: size and depth caps before parsing, then UTF-8, JSON, paths, schema."""
     path = Path(bundle) / MANIFEST
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise OSError
-        with open(path, "rb") as fh:
+    try:  # a symlink is no manifest (it could point anywhere); a FIFO must not hang the open
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise OSError
             data = fh.read(rules.MAX_MANIFEST_BYTES + 1)
     except OSError:
         raise BundleError(f"{bundle}: no {MANIFEST} (not a bundle folder)", "manifest.missing") from None

@@ -226,7 +226,9 @@ Manifest parse_manifest(const std::string& text, const std::string& where) {
 
 Manifest load_manifest(const std::string& bundle) {
   const std::string path = bundle + "/manifest.json";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO named manifest.json must not hang the open; O_NOFOLLOW: a symlink is no
+  // manifest (it could point anywhere, and its text would reach our error messages)
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
   struct stat st {};
   if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     if (fd >= 0) ::close(fd);

@@ -249,7 +249,7 @@ void decode_row(const uint8_t* row, DType dtype, uint32_t m, uint32_t g, float* 
 // ------------------------------------------------------------------ MemoryPack
 
 std::unique_ptr<MemoryPack> MemoryPack::open(const std::string& path, const PackOptions& opts) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO must not hang the open
   if (fd < 0) fail(PackErrc::kIo, "cannot open pack " + path + ": " + std::strerror(errno));
   try {
     struct stat st {};

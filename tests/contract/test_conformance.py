@@ -105,7 +105,7 @@ def test_index_covers_every_check_once_or_more():
 
 def test_symlink_cases_are_links():
     links = [p for p in (ROOT / "bundles").rglob("*") if p.is_symlink()]
-    assert len(links) == 4   # stored as git symlinks (mode 120000)
+    assert len(links) == 5   # stored as git symlinks (mode 120000)
 
 
 def test_generator_is_deterministic(tmp_path):

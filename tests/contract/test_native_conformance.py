@@ -53,3 +53,23 @@ def test_cpp_sha256_matches_hashlib(readers, text):
     res = subprocess.run([str(readers / "conformance_check"), "--sha256", text], capture_output=True, text=True,
                          check=True)
     assert res.stdout.strip() == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_cpp_fifos_in_a_bundle_are_refused_not_waited_on(readers, tmp_path):
+    """A FIFO cannot be stored in git, so these cases are made here: manifest.json, a listed file and the
+    pack as FIFOs. Opening a FIFO for reading blocks until a writer comes: the readers must not."""
+    import os
+    cases = []
+    for name, target, check in [("manifest_fifo", "manifest.json", "manifest.missing"),
+                                ("file_fifo", "tokenizer.json", "bundle.missing"),
+                                ("pack_fifo", "tables.mekipack", "bundle.missing")]:
+        root = tmp_path / "bundles" / name
+        shutil.copytree(CONFORMANCE / "bundles" / "ok_basic", root)
+        (root / target).unlink()
+        os.mkfifo(root / target)
+        cases.append({"id": f"bundle/{name}", "kind": "bundle", "path": f"bundles/{name}", "expect": "refused",
+                      "check": check})
+    (tmp_path / "index.json").write_text(json.dumps({"cases": cases}))
+    res = subprocess.run([str(readers / "conformance_check"), str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0 and "cpp: 3 passed, 0 failed" in res.stdout, res.stdout + res.stderr

@@ -269,10 +269,11 @@ public final class BundleManifest {
     /** Read bundleDir/manifest.json (no file checks; see {@link #verify}). */
     public static BundleManifest load(Path bundleDir) throws IOException {
         Path p = bundleDir.resolve(FILE);
-        if (!Files.isRegularFile(p)) {
+        // a symlink is no manifest: it could point anywhere, and its text would reach error messages
+        if (!Files.isRegularFile(p, LinkOption.NOFOLLOW_LINKS)) {
             throw new BundleException("manifest.missing", bundleDir + ": no " + FILE + " (not a bundle folder)");
         }
-        try (InputStream in = Files.newInputStream(p)) {
+        try (InputStream in = Files.newInputStream(p, LinkOption.NOFOLLOW_LINKS)) {
             return parse(in);
         }
     }
