@@ -7,6 +7,7 @@ in the program (ExecuTorch) or in the runner (LiteRT, passed in and out).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -20,6 +21,16 @@ class Runner(Protocol):
     backbone: Backbone
 
     def step(self, method: str, tokens: np.ndarray, input_pos: np.ndarray, rows: np.ndarray | None) -> np.ndarray: ...
+
+
+def check_program_file(path: Path) -> None:
+    """Bytes that are no ExecuTorch program can abort the process inside the loader (its error text is not
+    UTF-8 for the binding to raise): the flatbuffer's file identifier, ETnn at byte 4, is checked first."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if len(head) < 8 or not re.fullmatch(rb"ET\d\d", head[4:8]):
+        raise ValueError(f"{path}: not an ExecuTorch program (no ETnn identifier at byte 4, found {head[4:8]!r}); "
+                         "export the bundle again")
 
 
 class ExecuTorchRunner:
@@ -38,9 +49,15 @@ class ExecuTorchRunner:
         self.backbone = backbone
         if "llama" in backbone.extra.get("kernels", []):  # llama::custom_sdpa / update_cache kernels
             from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+        path = Path(bundle) / backbone.file
+        check_program_file(path)
         with filtered_native_stderr():  # XNNPACK's first start prints cpuinfo chatter on x86 hosts
             self.calling_thread = threads.prepare_pool(decode_calling_thread)
-            program = Runtime.get().load_program(str(Path(bundle) / backbone.file))
+            try:
+                program = Runtime.get().load_program(str(path))
+            except RuntimeError as exc:
+                raise ValueError(f"{path}: ExecuTorch cannot load this program ({exc}): it is damaged or was "
+                                 "written by another ExecuTorch version; export the bundle again") from None
             self._methods = {step: program.load_method(spec.entry or step) for step, spec in backbone.methods.items()}
         threads.holds_pool(self)
 

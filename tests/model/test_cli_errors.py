@@ -6,6 +6,7 @@ child per command line, so ~90 command lines cost seconds, not minutes."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from contract.manifest import load_manifest, write_manifest
 from pipeline.checkpoint import save_checkpoint
 from pipeline.export.bundle import export_bundles
 from pipeline.export.registry import ExportSettings
@@ -119,7 +121,14 @@ def wb(w):
     t = w["t"]
     export_bundles(w["ck"], t / "out", ["executorch-xnnpack"], ExportSettings(max_seq_len=32, prefill_len=4))
     bundle_ios(t / "out" / "meki", t / "ios_done")
-    return {**w, "bundle": t / "out" / "meki", "ios_done": t / "ios_done"}
+    damaged = {}
+    for name, damage in (("garbage_pte", lambda b: bytes(range(256)) * 64), ("truncated_pte", lambda b: b[:1000])):
+        bundle = shutil.copytree(t / "out" / "meki", t / name)  # the manifest re-hashed: only the bytes are bad
+        pte = next(bundle.glob("*.pte"))
+        pte.write_bytes(damage(pte.read_bytes()))
+        write_manifest(bundle, load_manifest(bundle))
+        damaged[name] = bundle
+    return {**w, "bundle": t / "out" / "meki", "ios_done": t / "ios_done", **damaged}
 
 
 # id: (argv template, exit code, text the last line must contain, fault)
@@ -192,6 +201,9 @@ CASES = {
     "run ids out of range": ("run {bundle} --prompt-ids 1,99999", INPUT, "outside the vocabulary [0, 128)", None),
     "run ids negative": ("run {bundle} --prompt-ids=-1", INPUT, "outside the vocabulary", None),
     "run ids text": ("run {bundle} --prompt-ids 1,x", INPUT, "comma-separated integers", None),
+    "run program not executorch": ("run {garbage_pte} --prompt-ids 1", INPUT, "not an ExecuTorch program", None),
+    "run program truncated": ("run {truncated_pte} --prompt-ids 1", INPUT, "ExecuTorch cannot load this program",
+                              None),
     "run prompt too long": ("run {bundle} --prompt-ids 1 --max-new-tokens 1000", INPUT, "exceeds the bundle's KV cache", None),
     "run bad backend": ("run {bundle} --prompt-ids 1 --backend bogus", INPUT, "bogus", None),
     "run stats is a dir": ("run {anybundle} --prompt-ids 1 --stats {dir}", INPUT, "is a directory", None),
@@ -229,7 +241,8 @@ CASES = {
 }
 
 
-NEEDS_BUNDLE = [c for c, (argv, *_) in CASES.items() if "{bundle}" in argv]
+NEEDS_BUNDLE = [c for c, (argv, *_) in CASES.items() if any(f"{{{k}}}" in argv for k in ("bundle", "garbage_pte",
+                                                                                        "truncated_pte"))]
 
 
 def walk(paths: dict, names: list[str], work: Path) -> dict:
