@@ -21,14 +21,20 @@ def open_bundle_pack(bundle: Path, m: Manifest, mode: str = "pread", cache_bytes
     return pack
 
 
-def verify_bundle_and_pack(bundle: Path, check_hashes: bool = True) -> Manifest:
+def verify_bundle_and_pack(bundle: Path, check_hashes: bool = True, every_block: bool = False) -> Manifest:
     """verify_bundle, then open and close the pack (header, table, fingerprint, dimensions): what the
-    bench engine and `meki bundle` run before pushing or copying anything. Raises BundleError (a pack
-    problem keeps its pack.* check name)."""
+    bench engine and `meki bundle` run before pushing or copying anything; every_block: each data block
+    against its checksum too (`meki bundle`: an app must not ship a pack that fails at its first
+    lookup). Raises BundleError (a pack problem keeps its pack.* check name)."""
     m = verify_bundle(bundle, check_hashes)
     if m.memory_pack is not None:
         try:
-            open_bundle_pack(bundle, m, cache_bytes=0).close()
+            pack = open_bundle_pack(bundle, m, cache_bytes=0)
+            try:
+                if every_block:
+                    pack.verify()
+            finally:
+                pack.close()
         except PackError as e:
             raise BundleError(f"{bundle}: memory pack: {e}", e.check) from None
     return m

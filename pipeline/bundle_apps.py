@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract import bundle_rules
-from contract.atomic import atomic_dir, atomic_write_text
+from contract.atomic import atomic_dir, atomic_write_text, temp_sibling
 from contract.manifest import MANIFEST, BundleError, Manifest
 from mobile_runtime.bundle_pack import verify_bundle_and_pack
 
@@ -40,10 +40,34 @@ class IosPlacement:
     bundle_dir: Path          # its Sources/MekiAssets/MekiBundle resource folder
 
 
-def verify_for_apps(bundle: Path) -> Manifest:
+def verify_for_apps(bundle: Path, dest: Path) -> Manifest:
     """verify_bundle (schema, paths, no symlinks, sizes, sha256, fingerprints) plus the pack header
-    against the manifest; the error carries its conformance/CHECKS.md name (`check`)."""
-    return verify_bundle_and_pack(Path(bundle), check_hashes=True)
+    against the manifest and every pack block against its checksum; the error carries its
+    conformance/CHECKS.md name (`check`). dest must not lie inside the bundle (it would change it)."""
+    bundle = Path(bundle)
+    inside = Path(dest).resolve()
+    if inside == bundle.resolve() or bundle.resolve() in inside.parents:
+        raise ValueError(f"{dest} is inside the bundle {bundle}: place the bundle outside it")
+    return verify_bundle_and_pack(bundle, check_hashes=True, every_block=True)
+
+
+def properties_value(text: str) -> str:
+    """`text` as a java.util.Properties value that loads back as itself: a newline or a trailing
+    backslash in a bundle's name must not add or swallow keys in meki-bundle.properties."""
+    out = []
+    for i, ch in enumerate(text):
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch in "\n\r\t\f":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t", "\f": "\\f"}[ch])
+        elif ch in "=:#!" or (ch == " " and i == 0):
+            out.append("\\" + ch)
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:  # \uXXXX per UTF-16 unit (Properties reads Latin-1 text)
+            units = ch.encode("utf-16-be", "surrogatepass")
+            out += [f"\\u{int.from_bytes(units[j:j + 2], 'big'):04x}" for j in range(0, len(units), 2)]
+    return "".join(out)
 
 
 def _no_compress(m: Manifest) -> list[str]:
@@ -81,26 +105,41 @@ def bundle_android(bundle: Path, app_dir: Path, *, base_limit_bytes: int = BASE_
         raise ValueError(f"unknown delivery {delivery!r}; valid: {', '.join(DELIVERY_TYPES)}")
     if not (app_dir / "settings.gradle.kts").is_file() or not (app_dir / "app").is_dir():
         raise FileNotFoundError(f"{app_dir}: not the android_app Gradle project (no settings.gradle.kts or app/)")
-    m = verify_for_apps(bundle)
+    m = verify_for_apps(bundle, app_dir)
     total = sum(f.bytes for f in m.files) + (bundle / MANIFEST).stat().st_size
     use_pack = total > base_limit_bytes
     base_dest = app_dir / "app/src/main/assets" / ANDROID_ASSET_DIR
     pack_module = app_dir / ASSET_PACK
-    dest = (pack_module / "src/main/assets" / ANDROID_ASSET_DIR) if use_pack else base_dest
-    stale = base_dest if use_pack else pack_module      # the other location must not hold an old bundle
-    if stale.exists() and not overwrite:
-        raise FileExistsError(f"{stale} holds a bundle; pass overwrite=True to move it")
+    pack_assets = pack_module / "src/main/assets" / ANDROID_ASSET_DIR
+    dest = pack_assets if use_pack else base_dest
+    stale = base_dest if use_pack else pack_assets      # the other location must not hold an old bundle
+    if (stale.exists() or stale.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{stale} holds a bundle; pass --overwrite to move it")
+    exts = _no_compress(m)
+    properties = (f"# written by meki bundle; read by app/build.gradle.kts\nname={properties_value(m.name)}\n"
+                  f"fingerprint={m.fingerprint}\nnoCompress={','.join(exts)}\n"
+                  f"assetPack={ASSET_PACK if use_pack else ''}\n")  # made first: nothing is written if it fails
     _copy_bundle(bundle, m, dest, overwrite)
-    if stale.exists():
-        shutil.rmtree(stale)
     if use_pack:
         atomic_write_text(pack_module / "build.gradle.kts", _asset_pack_gradle(delivery))
-    exts = _no_compress(m)
-    atomic_write_text(app_dir / "meki-bundle.properties",
-                  f"# written by meki bundle; read by app/build.gradle.kts\nname={m.name}\n"
-                  f"fingerprint={m.fingerprint}\nnoCompress={','.join(exts)}\n"
-                  f"assetPack={ASSET_PACK if use_pack else ''}\n")
+    atomic_write_text(app_dir / "meki-bundle.properties", properties)
+    if stale.exists() or stale.is_symlink():  # last, and only what meki bundle placed there
+        _remove_placed(stale, pack_module if not use_pack else None)
     return AndroidPlacement(dest, ASSET_PACK if use_pack else None, delivery if use_pack else None, exts, total)
+
+
+def _remove_placed(assets: Path, pack_module: Path | None) -> None:
+    """Remove an old placement: renamed away first (one step), so a kill never leaves a half-deleted
+    folder that still holds a manifest.json; the asset-pack module's build script goes with its assets,
+    the user's other files in the module stay."""
+    gone = temp_sibling(assets)
+    assets.rename(gone)
+    if gone.is_symlink():
+        gone.unlink()
+    else:
+        shutil.rmtree(gone)
+    if pack_module is not None:
+        (pack_module / "build.gradle.kts").unlink(missing_ok=True)
 
 
 def _asset_pack_gradle(delivery: str) -> str:
@@ -117,18 +156,32 @@ def bundle_ios(bundle: Path, dest: Path, *, overwrite: bool = False) -> IosPlace
     Core ML programs (.mlpackage folders) are copied as they are listed, file by file.
     """
     bundle, dest = Path(bundle), Path(dest)
-    m = verify_for_apps(bundle)
+    m = verify_for_apps(bundle, dest)
     src_dir = dest / "Sources" / IOS_PACKAGE
+    sources = {dest / "Package.swift": _ios_package_swift(), src_dir / f"{IOS_PACKAGE}.swift": _ios_accessor()}
+    theirs = [str(p) for p, text in sources.items() if p.exists() and not _holds(p, text)]
+    if theirs and not overwrite:  # a package of the user's own: not replaced without --overwrite
+        raise FileExistsError(f"{', '.join(theirs)} already exists and is not meki bundle's; pass --overwrite")
     _copy_bundle(bundle, m, src_dir / IOS_BUNDLE_DIR, overwrite)
-    atomic_write_text(dest / "Package.swift", _ios_package_swift())
-    atomic_write_text(src_dir / f"{IOS_PACKAGE}.swift",
-                  "import Foundation\n\n/// The MeKi bundle copied here by `meki bundle --ios`.\n"
-                  f"public enum {IOS_PACKAGE} {{\n"
-                  "    /// Folder holding manifest.json and the bundle's files.\n"
-                  "    public static var bundleURL: URL {\n"
-                  f'        Bundle.module.url(forResource: "{IOS_BUNDLE_DIR}", withExtension: nil)!\n'
-                  "    }\n}\n")
+    for path, text in sources.items():
+        atomic_write_text(path, text)
     return IosPlacement(dest, src_dir / IOS_BUNDLE_DIR)
+
+
+def _holds(path: Path, text: str) -> bool:
+    try:
+        return path.is_file() and path.read_text(errors="replace") == text
+    except OSError:
+        return False
+
+
+def _ios_accessor() -> str:
+    return ("import Foundation\n\n/// The MeKi bundle copied here by `meki bundle --ios`.\n"
+            f"public enum {IOS_PACKAGE} {{\n"
+            "    /// Folder holding manifest.json and the bundle's files.\n"
+            "    public static var bundleURL: URL {\n"
+            f'        Bundle.module.url(forResource: "{IOS_BUNDLE_DIR}", withExtension: nil)!\n'
+            "    }\n}\n")
 
 
 def _ios_package_swift() -> str:

@@ -179,3 +179,60 @@ def test_apk_stores_the_pack_uncompressed_and_16k_aligned(bundle, app, tmp_path)
     # the stored bytes at that offset are the pack itself: what AssetFileDescriptor maps
     raw = apk.read_bytes()[off:off + info.file_size]
     assert raw == (bundle / "tables.mekipack").read_bytes()
+
+
+def test_ios_keeps_a_package_of_the_users_own(bundle, tmp_path):
+    dest = tmp_path / "MyPackage"
+    (dest / "Sources").mkdir(parents=True)
+    (dest / "Package.swift").write_text("// the user's own package\n")
+    with pytest.raises(FileExistsError, match="Package.swift already exists and is not meki bundle's"):
+        bundle_apps.bundle_ios(bundle, dest)
+    assert (dest / "Package.swift").read_text() == "// the user's own package\n"
+    assert not (dest / "Sources/MekiAssets").exists()
+    bundle_apps.bundle_ios(bundle, dest, overwrite=True)
+    assert "swift-tools-version" in (dest / "Package.swift").read_text()
+
+
+def test_destination_inside_the_bundle_is_refused(bundle):
+    with pytest.raises(ValueError, match="is inside the bundle"):
+        bundle_apps.bundle_ios(bundle, bundle / "ios")
+    assert not (bundle / "ios").exists()
+
+
+def test_pack_with_a_damaged_block_is_not_shipped(bundle, app):
+    """The header and table verify; a data block does not: the app would fail at its first lookup."""
+    from mobile_runtime.pack import MemoryPack
+    with MemoryPack.open(bundle / "tables.mekipack") as pack:
+        at = pack.header.data_offset + 5
+    raw = bytearray((bundle / "tables.mekipack").read_bytes())
+    raw[at] ^= 0xFF
+    (bundle / "tables.mekipack").write_bytes(bytes(raw))
+    from contract.manifest import load_manifest
+    write_manifest(bundle, load_manifest(bundle))     # the manifest's sha256 follows: only the block is bad
+    with pytest.raises(BundleError) as e:
+        bundle_apps.bundle_android(bundle, app)
+    assert e.value.check == "pack.block_checksum" and not (app / "app/src/main/assets/meki").exists()
+
+
+def test_properties_keep_a_hostile_name_one_value(bundle, app):
+    """A manifest name with a newline, '=' or a trailing backslash must not add or swallow keys in
+    meki-bundle.properties (java.util.Properties syntax; the Gradle scripts load it)."""
+    from contract.manifest import load_manifest
+    m = load_manifest(bundle)
+    m.name = "evil\nassetPack=x=y\\"
+    write_manifest(bundle, m)
+    bundle_apps.bundle_android(bundle, app)
+    lines = (app / "meki-bundle.properties").read_text().splitlines()
+    assert lines[1] == "name=evil\\nassetPack\\=x\\=y\\\\" and lines[2].startswith("fingerprint=")
+    assert [ln.split("=")[0] for ln in lines[1:]] == ["name", "fingerprint", "noCompress", "assetPack"]
+
+
+def test_moving_out_of_the_asset_pack_keeps_the_users_files(bundle, app):
+    bundle_apps.bundle_android(bundle, app, base_limit_bytes=1000)
+    (app / "meki_assets/NOTES.md").write_text("mine\n")
+    bundle_apps.bundle_android(bundle, app, overwrite=True)          # small enough for the base APK again
+    assert (app / "app/src/main/assets/meki/manifest.json").exists()
+    assert not (app / "meki_assets/src/main/assets/meki").exists()
+    assert not (app / "meki_assets/build.gradle.kts").exists()       # the module is no longer included
+    assert (app / "meki_assets/NOTES.md").read_text() == "mine\n"
+    assert not list(app.rglob(".*partial*"))
