@@ -313,6 +313,10 @@ def bundle_cases(out: Path) -> list[dict]:
     os.symlink("../../golden/golden_int8_token.mekipack", root / "tables.mekipack")
     write_manifest(root, m)
 
+    root, m = case("path_listed_twice", "refused", "manifest.path",
+                   "files[] names tokenizer.json twice: it would be hashed (and copied) once per entry")
+    m["files"] = sorted(m["files"] + [f for f in m["files"] if f["path"] == "tokenizer.json"], key=lambda f: f["path"])
+    write_manifest(root, m)
     root, m = case("manifest_symlink", "refused", "manifest.missing",
                    "manifest.json -> a valid manifest outside the bundle: a symlink is no manifest")
     write_manifest(root, m)

@@ -85,6 +85,14 @@ def check_manifest_paths(data: dict) -> None:
     for where, value in manifest_paths(data):
         if isinstance(value, str) and (why := path_problem(value)) is not None:
             raise RuleError(f"{where}: {value!r} is not a clean relative path ({why})", "manifest.path")
+    seen: dict[str, int] = {}  # a file listed twice would be hashed and copied twice (N times: a 1 MiB
+    for i, f in enumerate(data.get("files") or [] if isinstance(data, dict) else []):  # manifest, hours)
+        path = f.get("path") if isinstance(f, dict) else None
+        if isinstance(path, str):
+            if path in seen:
+                raise RuleError(f"files/{i}/path: {path!r} is listed twice (files/{seen[path]}/path too)",
+                                "manifest.path")
+            seen[path] = i
 
 
 def lstat_inside(bundle: Path, rel: str) -> os.stat_result:

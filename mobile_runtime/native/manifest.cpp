@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <set>
 
 #include "sha256.h"
@@ -99,6 +100,17 @@ void check_paths(const json& j) {
         one(j["backbones"][i]["file"], "backbones/" + std::to_string(i) + "/file");
   for (const char* k : {"memory_pack", "tokenizer"})
     if (j.contains(k) && j[k].is_object() && j[k].contains("file")) one(j[k]["file"], std::string(k) + "/file");
+  if (j.contains("files") && j["files"].is_array()) {  // a file listed twice would be hashed twice (N times)
+    std::map<std::string, size_t> seen;
+    for (size_t i = 0; i < j["files"].size(); ++i) {
+      const json& f = j["files"][i];
+      if (!f.is_object() || !f.contains("path") || !f["path"].is_string()) continue;
+      const auto [at, fresh] = seen.emplace(f["path"].get<std::string>(), i);
+      if (!fresh)
+        bad("files/" + std::to_string(i) + "/path '" + at->first + "' is listed twice (files/" +
+                std::to_string(at->second) + "/path too)", "manifest.path");
+    }
+  }
 }
 
 

@@ -162,6 +162,14 @@ public struct BundleManifest: Codable {
                 throw BundleError("manifest.path", "\(w): '\(p)' is not a clean relative path (\(why))")
             }
         }
+        var seen: [String: Int] = [:]  // a file listed twice would be hashed twice (N times)
+        for (i, f) in ((top["files"] as? [Any]) ?? []).enumerated() {
+            guard let p = (f as? [String: Any])?["path"] as? String else { continue }
+            if let first = seen[p] {
+                throw BundleError("manifest.path", "files/\(i)/path: '\(p)' is listed twice (files/\(first)/path too)")
+            }
+            seen[p] = i
+        }
     }
 
     static func isHex(_ s: String, _ n: Int) -> Bool {

@@ -13,6 +13,7 @@ import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
+import java.util.HashMap;
 import java.util.HashSet;
 import java.util.Iterator;
 import java.util.LinkedHashMap;
@@ -224,7 +225,16 @@ public final class BundleManifest {
         for (int i = 0; i < ba.length(); i++) bs.add(new Backbone(ba.getJSONObject(i), "backbones/" + i));
         List<FileEntry> fs = new ArrayList<>();
         JSONArray fa = o.getJSONArray("files");
-        for (int i = 0; i < fa.length(); i++) fs.add(new FileEntry(fa.getJSONObject(i), "files/" + i));
+        Map<String, Integer> seen = new HashMap<>();  // a file listed twice would be hashed twice (N times)
+        for (int i = 0; i < fa.length(); i++) {
+            FileEntry f = new FileEntry(fa.getJSONObject(i), "files/" + i);
+            Integer first = seen.putIfAbsent(f.path, i);
+            if (first != null) {
+                throw new BundleException("manifest.path",
+                        "files/" + i + "/path: '" + f.path + "' is listed twice (files/" + first + "/path too)");
+            }
+            fs.add(f);
+        }
         if (bs.isEmpty() || fs.isEmpty()) throw new BundleException("backbones and files must not be empty");
         backbones = Collections.unmodifiableList(bs);
         files = Collections.unmodifiableList(fs);
