@@ -179,5 +179,11 @@ int main(int argc, char** argv) {
     std::printf("%s\n", meki::sha256_hex(argv[2]).c_str());
     return 0;
   }
-  return run_all(a1);
+  try {
+    return run_all(a1);
+  } catch (const std::exception& e) {  // no index.json there, or one that is not the corpus's
+    std::fprintf(stderr, "conformance_check: %s/index.json: %s\nusage: conformance_check [CORPUS_DIR] | "
+                 "--sha256 TEXT | --shrink-while-mapped PACK\n", a1.c_str(), e.what());
+    return 2;
+  }
 }

@@ -10,10 +10,22 @@
 namespace meki {
 
 // `check` is the conformance/CHECKS.md name of the rule that refused the bundle.
+// A message that quotes manifest text keeps to one printable line: control characters (a newline, a
+// terminal's ESC sequences) from a hostile manifest are written as \xNN.
+inline std::string printable(const std::string& msg) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (const unsigned char c : msg) {
+    if (c < 0x20 || c == 0x7f) out += std::string("\\x") + hex[c >> 4] + hex[c & 15];
+    else out += char(c);
+  }
+  return out;
+}
+
 class BundleError : public std::runtime_error {
  public:
   explicit BundleError(const std::string& msg, const char* check = "manifest.schema")
-      : std::runtime_error(msg), check_(check) {}
+      : std::runtime_error(printable(msg)), check_(check) {}
   const char* check() const { return check_; }
 
  private:
