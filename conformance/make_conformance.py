@@ -246,6 +246,12 @@ def bundle_cases(out: Path) -> list[dict]:
     write_manifest(root, json.dumps(m)[:-20])
     root, m = case("not_utf8", "refused", "manifest.json", "a Latin-1 byte in a string")
     write_manifest(root, json.dumps(m).replace('"conformance"', '"conf\u00e9rmance"').encode("latin-1"))
+    root, m = case("json_bom", "refused", "manifest.json", "a UTF-8 byte-order mark before the JSON (RFC 8259: none)")
+    write_manifest(root, b"\xef\xbb\xbf" + json.dumps(m, indent=2).encode())
+    root, m = case("json_trailing_data", "refused", "manifest.json", "a second JSON value after the manifest")
+    write_manifest(root, json.dumps(m, indent=2) + "\n{}\n")
+    root, m = case("json_nan", "refused", "manifest.json", "NaN in config (not a JSON number)")
+    write_manifest(root, json.dumps(m, indent=2).replace('"config": {', '"config": {"x": NaN, ', 1))
     root, m = case("json_array", "refused", "manifest.schema", "top level is an array")
     write_manifest(root, "[]\n")
     root, m = case("too_large", "refused", "manifest.too_large",
@@ -271,6 +277,15 @@ def bundle_cases(out: Path) -> list[dict]:
         ("backbone_soc", lambda m: m["backbones"][0].update(soc="SM8750"),
          "a backbone with a top-level soc (the SoC belongs in extra.soc)"),
         ("backbone_format", lambda m: m["backbones"][0].update(format="tflite"), "a backbone with a top-level format"),
+        ("bos_string", lambda m: m["tokenizer"].update(bos_token_id="1"), "tokenizer.bos_token_id is a string"),
+        ("tensor_dtype", lambda m: m["backbones"][0]["methods"]["prefill"]["inputs"][0].update(dtype="int3"),
+         "a tensor dtype outside the schema's list"),
+        ("tensor_shape_zero", lambda m: m["backbones"][0]["methods"]["decode"]["inputs"][0].update(shape=[0, 1]),
+         "a tensor dimension of 0"),
+        ("outputs_not_tensors", lambda m: m["backbones"][0]["methods"]["decode"].update(outputs=[1, 2]),
+         "a method's outputs are numbers, not tensor specs"),
+        ("delegated_string", lambda m: m["backbones"][0].update(delegated={"xnnpack": "all"}),
+         "a delegated count that is a string"),
     ]:
         root, m = case(f"schema_{name}", "refused", "manifest.schema", note)
         mutate(m)

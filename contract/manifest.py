@@ -7,6 +7,7 @@ file names. Schema: bundle_manifest.schema.json beside this file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from dataclasses import asdict, dataclass, field
@@ -125,13 +126,21 @@ def schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text())
 
 
+# JSON Schema's "integer" admits 28.0 (a number with a zero fraction); the C++, Java and Swift readers do
+# not, and neither do we: an integer field holds an integer.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, v: isinstance(v, int) and not isinstance(v, bool)))
+
+
 def parse_manifest(data: dict[str, Any]) -> Manifest:
     """Check the path fields, validate against the schema, then build the dataclasses."""
     try:
         rules.check_manifest_paths(data)
     except rules.RuleError as e:
         raise BundleError(str(e), e.check) from None
-    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(data), key=lambda e: list(e.path))
+    errors = sorted(_Validator(schema()).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         where = lambda e: "/".join(map(str, e.path)) or "(top)"  # noqa: E731
         raise BundleError("manifest does not match the schema: " + "; ".join(f"{where(e)}: {e.message}" for e in errors[:8]))
@@ -162,10 +171,22 @@ def load_manifest(bundle: Path) -> Manifest:
         text = rules.check_manifest_bytes(data, str(path))
     except rules.RuleError as e:
         raise BundleError(str(e), e.check) from None
-    try:
-        return parse_manifest(json.loads(text))
-    except json.JSONDecodeError as exc:
+    try:  # ValueError: NaN, Infinity, or a number past the double range (RFC 8259 has none)
+        data = json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+    except ValueError as exc:  # JSONDecodeError is one
         raise BundleError(f"{path}: not valid JSON ({exc})", "manifest.json") from None
+    return parse_manifest(data)
+
+
+def _not_json(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is outside the range of a double")
+    return value
 
 
 def verify_bundle(bundle: Path, check_hashes: bool = True) -> Manifest:

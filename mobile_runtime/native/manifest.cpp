@@ -71,15 +71,24 @@ const json& array(const json& j, const std::string& key, const std::string& wher
   return v;
 }
 
+// A tensor spec as the schema has it: a name, a shape of integers >= 1, a dtype from the list.
+std::string tensor(const json& t, const std::string& where) {
+  keys(t, where, {"name", "shape", "dtype"});
+  for (const json& d : array(t, "shape", where + "."))
+    if (!d.is_number_integer() || d.get<int64_t>() < 1) bad(where + ".shape must hold integers >= 1");
+  one_of(t, "dtype", where + ".", {"float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"});
+  return str(t, "name", where + ".");
+}
+
 MethodRef method(const json& methods, const std::string& step, const std::string& where) {
   const json& m = at(methods, step, where);
   keys(m, where + step, {"inputs", "outputs", "entry"});
   MethodRef r;
   r.entry = m.contains("entry") && m["entry"].is_string() && !m["entry"].get<std::string>().empty()
                 ? m["entry"].get<std::string>() : step;
-  array(m, "outputs", where + step + ".");
+  for (const json& t : array(m, "outputs", where + step + ".")) tensor(t, where + step + ".outputs[]");
   for (const json& t : array(m, "inputs", where + step + "."))
-    r.input_names.push_back(str(t, "name", where + step + ".inputs[]."));
+    r.input_names.push_back(tensor(t, where + step + ".inputs[]"));
   return r;
 }
 
@@ -123,6 +132,11 @@ BackboneRef backbone(const json& b, const std::string& w) {
   r.max_seq_len = integer(b, "max_seq_len", w, 1);
   r.prefill_len = integer(b, "prefill_len", w, 1);
   one_of(b, "kv_cache", w, {"internal", "io"});
+  if (b.contains("delegated")) {  // backend -> delegated op/partition count
+    if (!b["delegated"].is_object()) bad(w + "delegated must be an object");
+    for (const auto& kv : b["delegated"].items())
+      if (!kv.value().is_number_integer()) bad(w + "delegated." + kv.key() + " must be an integer");
+  }
   const json& ms = at(b, "methods", w);
   if (!ms.is_object()) bad(w + "methods must be an object");
   r.prefill = method(ms, "prefill", w + "methods.");
@@ -187,6 +201,8 @@ Manifest parse_manifest(const std::string& text, const std::string& where) {
     throw BundleError(where + ": " + std::to_string(text.size()) + " bytes, over the 1 MiB manifest limit", "manifest.too_large");
   if (json_depth(text) > kMaxJsonDepth)
     throw BundleError(where + ": JSON nests deeper than " + std::to_string(kMaxJsonDepth) + " levels", "manifest.too_deep");
+  if (text.rfind("\xEF\xBB\xBF", 0) == 0)  // nlohmann skips a BOM; RFC 8259 text has none, and the others refuse it
+    throw BundleError(where + ": starts with a byte-order mark (not plain JSON)", "manifest.json");
   json j;
   try {
     j = json::parse(text);  // also refuses ill-formed UTF-8
@@ -196,7 +212,8 @@ Manifest parse_manifest(const std::string& text, const std::string& where) {
   check_paths(j);
   keys(j, "(top)", {"format", "version", "name", "fingerprint", "memory", "config", "tokenizer", "memory_pack",
                     "backbones", "files", "export"});
-  if (at(j, "format", "") != "meki-bundle" || at(j, "version", "") != 1) bad("not a meki-bundle version 1 manifest");
+  if (at(j, "format", "") != "meki-bundle" || !at(j, "version", "").is_number_integer() || j["version"] != 1)
+    bad("not a meki-bundle version 1 manifest");
   Manifest m;
   m.name = str(j, "name", "");
   m.fingerprint = hex_string(j, "fingerprint", "", 32);
@@ -211,6 +228,9 @@ Manifest parse_manifest(const std::string& text, const std::string& where) {
     keys(tok, "tokenizer", {"file", "eos_token_ids", "bos_token_id"});
     m.has_tokenizer = true;
     m.tokenizer_file = str(tok, "file", "tokenizer.");
+    if (tok.contains("bos_token_id") && !tok["bos_token_id"].is_null() &&
+        (!tok["bos_token_id"].is_number_integer() || tok["bos_token_id"].get<int64_t>() < 0))
+      bad("tokenizer.bos_token_id must be an integer >= 0 or null");
     for (const json& id : array(tok, "eos_token_ids", "tokenizer.")) {
       if (!id.is_number_integer() || id.get<int64_t>() < 0) bad("tokenizer.eos_token_ids must be integers >= 0");
       m.eos_token_ids.push_back(id.get<int64_t>());

@@ -87,3 +87,22 @@ def test_backbone_may_be_a_folder(tmp_path):
     write_manifest(root, m)
     with pytest.raises(BundleError, match="model.mlpack: referenced but not listed"):
         verify_bundle(root)
+
+
+@pytest.mark.parametrize("edit,check", [
+    (lambda t: t.replace('"version": 1', '"version": 1.0', 1), "manifest.schema"),   # JSON Schema's integer
+    (lambda t: t.replace('"bytes": 100', '"bytes": 100.0', 1), "manifest.schema"),   # admits these: we do not
+    (lambda t: t.replace('"config": {', '"config": {"x": 1e999, ', 1), "manifest.json"),   # past a double
+    (lambda t: t.replace('"config": {', '"config": {"x": -Infinity, ', 1), "manifest.json"),
+])
+def test_numbers_as_the_other_readers_read_them(tmp_path, edit, check):
+    """What the C++ and Java readers refuse, Python refuses too (the conformance corpus holds the cases the
+    Swift reader, not built here, is known to share)."""
+    make_bundle(tmp_path / "b")
+    path = tmp_path / "b" / "manifest.json"
+    text = edit(json.dumps(json.loads(path.read_text())))
+    assert text != json.dumps(json.loads(path.read_text()))
+    path.write_text(text)
+    with pytest.raises(BundleError) as err:
+        load_manifest(tmp_path / "b")
+    assert err.value.check == check

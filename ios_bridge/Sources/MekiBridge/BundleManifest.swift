@@ -83,6 +83,9 @@ public struct BundleManifest: Codable {
         guard json.count <= maxManifestBytes else {
             throw BundleError("manifest.too_large", "manifest is \(json.count) bytes, over the \(maxManifestBytes)-byte limit")
         }
+        guard !json.starts(with: [0xEF, 0xBB, 0xBF]) else {  // RFC 8259 text has no byte-order mark
+            throw BundleError("manifest.json", "manifest starts with a byte-order mark (not plain JSON)")
+        }
         guard jsonDepth(json) <= maxJsonDepth else {
             throw BundleError("manifest.too_deep", "manifest JSON nests deeper than \(maxJsonDepth) levels")
         }
@@ -192,6 +195,14 @@ public struct BundleManifest: Codable {
             || !["internal", "io"].contains(b.kvCache) {
             throw bad("backbone \(b.target): prefill/decode methods, lengths >= 1 and kv_cache internal|io are required")
         }
+        let dtypes: Set<String> = ["float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"]
+        for b in backbones {
+            for (step, m) in b.methods {
+                for t in m.inputs + m.outputs where !dtypes.contains(t.dtype) || t.shape.contains(where: { $0 < 1 }) {
+                    throw bad("backbone \(b.target) \(step): tensor \(t.name) needs a dtype from the schema and a shape of integers >= 1")
+                }
+            }
+        }
         if let p = memoryPack {
             guard ["fp16", "bf16", "int8", "int4"].contains(p.dtype), ["token-major", "layer-major"].contains(p.layout),
                   p.vocabSize >= 1, p.numLayers >= 1, p.dMem >= 1, BundleManifest.isHex(p.fingerprint, 32) else {
@@ -279,6 +290,9 @@ public struct BundleManifest: Codable {
         for (i, f) in ((top["files"] as? [[String: Any]]) ?? []).enumerated() { try only(f, "file", "files/\(i)") }
         for (i, b) in ((top["backbones"] as? [[String: Any]]) ?? []).enumerated() {
             try only(b, "backbone", "backbones/\(i)")
+            if let d = b["delegated"], !((d as? [String: Any])?.values.allSatisfy({ ($0 as? Int) != nil }) ?? false) {
+                throw BundleError("manifest.schema", "backbones/\(i)/delegated: must map each backend to an integer")
+            }
             for (k, m) in (b["methods"] as? [String: [String: Any]]) ?? [:] {
                 try only(m, "method", "backbones/\(i)/methods/\(k)")
                 for t in ((m["inputs"] as? [[String: Any]]) ?? []) + ((m["outputs"] as? [[String: Any]]) ?? []) {

@@ -116,6 +116,15 @@ public final class BundleManifest {
                 prefillLen = (int) atLeast(1, integer(o, "prefill_len", Integer.MAX_VALUE), where + "/prefill_len");
                 kvCache = oneOf(str(o, "kv_cache"), Arrays.asList("internal", "io"), where + "/kv_cache");
                 extra = o.has("extra") ? o.getJSONObject("extra") : new JSONObject();
+                if (o.has("delegated")) {  // backend -> delegated op/partition count
+                    JSONObject d = o.getJSONObject("delegated");
+                    for (Iterator<String> it = d.keys(); it.hasNext(); ) {
+                        String k = it.next();
+                        if (!(d.get(k) instanceof Integer || d.get(k) instanceof Long)) {
+                            throw new BundleException(where + "/delegated/" + k + ": must be an integer");
+                        }
+                    }
+                }
                 // extra is free-form in the schema (every reader accepts any value there): a soc that is
                 // not a string is no SoC, not a manifest error
                 soc = extra.opt("soc") instanceof String ? (String) extra.opt("soc") : null;
@@ -245,9 +254,16 @@ public final class BundleManifest {
         if (jsonDepth(json) > MAX_JSON_DEPTH) {
             throw new BundleException("manifest.too_deep", "manifest JSON nests deeper than " + MAX_JSON_DEPTH + " levels");
         }
+        if (json.startsWith("\uFEFF")) {  // RFC 8259: no byte-order mark; the other readers refuse it too
+            throw new BundleException("manifest.json", "manifest starts with a byte-order mark (not plain JSON)");
+        }
         Object top;
         try {
-            top = new JSONTokener(json).nextValue();
+            JSONTokener tokens = new JSONTokener(json);
+            top = tokens.nextValue();
+            if (tokens.nextClean() != 0) {  // JSONTokener stops after the first value: the rest must be blank
+                throw new JSONException("text after the top-level value");
+            }
         } catch (JSONException e) {
             throw new BundleException("manifest.json", "manifest is not valid JSON: " + e.getMessage());
         }
