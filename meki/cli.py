@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -105,7 +106,13 @@ def _run_pack(a: argparse.Namespace) -> int:
 
 def _add_verify_pack(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", type=Path)
-    p.add_argument("--fingerprint", help="refuse a pack folded from another model")
+    p.add_argument("--fingerprint", type=_fingerprint, help="refuse a pack folded from another model (32 hex digits)")
+
+
+def _fingerprint(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a model fingerprint (32 lowercase hex digits)")
+    return text
 
 
 def _run_verify_pack(a: argparse.Namespace) -> int:

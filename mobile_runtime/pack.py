@@ -124,7 +124,11 @@ def read_header(fd: int, actual_size: int, expected_fingerprint: str | None = No
     exp = (pf.HEADER_SIZE, 0, bytes(16), want.group_size, want.record_stride, want.data_offset,
            want.data_size, want.num_blocks, want.table_offset, want.file_size)
     if got != exp:
-        raise PackFormatError(f"inconsistent header fields {got} (expected {exp})")
+        names = ("header_size", "reserved (16-bit)", "reserved", "group_size", "record_stride", "data_offset",
+                 "data_size", "num_blocks", "table_offset", "file_size")
+        show = lambda v: v.hex() if isinstance(v, bytes) else v  # noqa: E731
+        wrong = [f"{n}={show(g)} (expected {show(e)})" for n, g, e in zip(names, got, exp) if g != e]
+        raise PackFormatError(f"inconsistent header fields: {', '.join(wrong)}")
     if actual_size != file_size:
         raise PackTruncatedError(f"file is {actual_size} bytes but its header says {file_size}"
                                  f" ({'truncated' if actual_size < file_size else 'extra bytes'})")
@@ -182,7 +186,10 @@ class MemoryPack:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise PackError(f"cannot open pack {path}: not a regular file")
-            header = read_header(fd, st.st_size, expected_fingerprint)
+            try:
+                header = read_header(fd, st.st_size, expected_fingerprint)
+            except PackError as e:  # the header's findings name the file they are about
+                raise type(e)(f"{path}: {e}", e.check) from None
             return cls(path, fd, header, mode, cache_bytes, verify_on_read)
         except OSError as e:   # a read failing under us (EIO, a file replaced by a folder)
             os.close(fd)
@@ -384,7 +391,7 @@ class MemoryPack:
                 continue
             if pf.checksum(blocks[k * bs:(k + 1) * bs]) != int(self._sums[b]):
                 start = self.header.data_offset + b * bs
-                raise PackChecksumError(f"data block {b} (bytes {start}..{start + bs}) does not "
+                raise PackChecksumError(f"{self.path}: data block {b} (bytes {start}..{start + bs}) does not "
                                         f"match its checksum: the pack is damaged")
             self._verified[b] = True
 

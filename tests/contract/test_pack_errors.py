@@ -137,3 +137,32 @@ def test_pack_tables_file(tmp_path):
                            chunk_tokens=32, progress=False)
     with MemoryPack.open(out, expected_fingerprint=FP) as pack:
         np.testing.assert_array_equal(pack.lookup(np.arange(70)), x.astype(np.float16))
+
+
+def test_pack_errors_name_the_file_and_the_field(tmp_path):
+    """A header finding says which pack and which field (not a tuple of raw values); a damaged block says
+    which pack too (what `meki run` prints when a lookup meets it)."""
+    import shutil
+    from pathlib import Path
+
+    from mobile_runtime.pack import PackChecksumError
+    src = Path(__file__).resolve().parents[2] / "conformance/golden/golden_int8_token.mekipack"
+    pack = tmp_path / "p.mekipack"
+    shutil.copyfile(src, pack)
+    with MemoryPack.open(pack) as p:
+        first = p.header.data_offset
+    raw = bytearray(pack.read_bytes())
+    raw[first + 3] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    with MemoryPack.open(pack) as p, pytest.raises(PackChecksumError, match=f"^{pack}: data block 0"):
+        p.lookup([0])
+    import contract.pack_format as pf
+    raw = bytearray(src.read_bytes())
+    fields = list(pf._HEADER_STRUCT.unpack_from(raw, 0))
+    fields[-1] = b"\x01" * 16                                  # the reserved bytes: not zero
+    body = pf._HEADER_STRUCT.pack(*fields)
+    raw[:pf.HEADER_SIZE] = body + pf.struct.pack("<Q", pf.checksum(body))   # a header that checks out
+    pack.write_bytes(bytes(raw))
+    with pytest.raises(PackFormatError) as err:
+        MemoryPack.open(pack)
+    assert str(err.value) == f"{pack}: inconsistent header fields: reserved={'01' * 16} (expected {'00' * 16})"

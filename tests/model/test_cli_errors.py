@@ -175,6 +175,7 @@ CASES = {
     "verify-pack dir": ("verify-pack {dir}", INPUT, "is a directory", None),
     "verify-pack fifo": ("verify-pack {fifo}", INPUT, "is a FIFO", None),
     "verify-pack garbage": ("verify-pack {file}", 1, "too small for a 128-byte pack header", None),
+    "verify-pack bad fingerprint": ("verify-pack {file} --fingerprint xyz", INPUT, "is not a model fingerprint", None),
     "verify-pack missing": ("verify-pack {t}/nope.mekipack", INPUT, "no such memory pack", None),
     "export missing": ("export {t}/nope --target executorch-xnnpack --out {new}", INPUT, "not a checkpoint folder", None),
     "export bad target": ("export {ck} --target bogus --out {new}", INPUT, "bogus", None),
