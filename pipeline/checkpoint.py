@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -45,15 +45,17 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def check_state_dict(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]], origin: str,
-                     dtypes: Mapping[str, torch.dtype] | None = None) -> None:
-    """Raise CheckpointError naming every missing, unexpected, mis-shaped or non-float key."""
+                     dtypes: Mapping[str, torch.dtype] | None = None, *, display: Callable[[str], str] = str,
+                     unknown: Sequence[str] = ()) -> None:
+    """Raise CheckpointError naming every missing, unexpected, mis-shaped or non-float key. An importer
+    passes display (our key -> its checkpoint's name for it) and unknown (its names that map to none)."""
     want = expected_shapes(cfg)
-    missing = sorted(set(want) - set(shapes))
-    unexpected = sorted(set(shapes) - set(want))
-    wrong = sorted(f"{k} {tuple(shapes[k])} (expected {want[k]})" for k in set(want) & set(shapes)
+    missing = sorted(display(k) for k in set(want) - set(shapes))
+    unexpected = sorted([*unknown, *(display(k) for k in set(shapes) - set(want))])
+    wrong = sorted(f"{display(k)} {tuple(shapes[k])} (expected {want[k]})" for k in set(want) & set(shapes)
                    if tuple(shapes[k]) != want[k])
     # an int8 norm weight (say) would be read as garbage floats; quantised weights are not a checkpoint
-    bad_dtype = sorted(f"{k} {str(dt).removeprefix('torch.')}" for k, dt in (dtypes or {}).items()
+    bad_dtype = sorted(f"{display(k)} {str(dt).removeprefix('torch.')}" for k, dt in (dtypes or {}).items()
                        if k in want and dt not in FLOAT_DTYPES)
     problems = [f"missing keys: {', '.join(missing)}"] if missing else []
     problems += [f"unexpected keys: {', '.join(unexpected)}"] if unexpected else []

@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from contract.inputs import read_text, require_dir, require_file
-from pipeline.checkpoint import FLOAT_DTYPES, CheckpointError, build_model, expected_shapes
+from pipeline.checkpoint import FLOAT_DTYPES, CheckpointError, build_model, check_state_dict
 from pipeline.config import ConfigError, ModelConfig
 from pipeline.model import MekiModel
 
@@ -152,26 +152,9 @@ def load_hf_qwen3(folder: Path, dtype: torch.dtype = torch.float32) -> MekiModel
                         state[ours] = t.to(dtype) if t.dtype in FLOAT_DTYPES else t
         except SafetensorError as exc:
             raise CheckpointError(f"{shard}: not a readable safetensors file ({exc})") from None
-    check_hf_state(cfg, state, unknown, folder)
+    check_state_dict(cfg, {k: tuple(v.shape) for k, v in state.items()}, str(folder),
+                     {k: v.dtype for k, v in state.items()}, display=hf_name, unknown=unknown)
     return build_model(cfg, state, str(folder)).to(dtype)
-
-
-def check_hf_state(cfg: ModelConfig, state: dict[str, torch.Tensor], unknown: list[str], folder: Path) -> None:
-    """Every missing, unexpected, mis-shaped or non-float tensor, named as the checkpoint names it."""
-    want = expected_shapes(cfg)
-    hf_of = {ours: hf_name(ours) for ours in set(want) | set(state)}
-    missing = sorted(hf_of[k] for k in set(want) - set(state))
-    unexpected = sorted(unknown + [hf_of[k] for k in set(state) - set(want)])
-    wrong = sorted(f"{hf_of[k]} {tuple(state[k].shape)} (expected {want[k]})" for k in set(want) & set(state)
-                   if tuple(state[k].shape) != want[k])
-    bad_dtype = sorted(f"{hf_of[k]} {str(state[k].dtype).removeprefix('torch.')}" for k in set(want) & set(state)
-                       if state[k].dtype not in FLOAT_DTYPES)
-    problems = [f"missing keys: {', '.join(missing)}"] if missing else []
-    problems += [f"unexpected keys: {', '.join(unexpected)}"] if unexpected else []
-    problems += [f"wrong shapes: {', '.join(wrong)}"] if wrong else []
-    problems += [f"not float weights: {', '.join(bad_dtype)}"] if bad_dtype else []
-    if problems:
-        raise CheckpointError(f"{folder}: " + "; ".join(problems))
 
 
 def hf_name(ours: str) -> str:

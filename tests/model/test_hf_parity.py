@@ -127,7 +127,7 @@ def test_weights_problems_named_as_the_checkpoint_names_them(tmp_path):
     msg = str(err.value)
     assert "missing keys: model.layers.1.mlp.up_proj.weight;" in msg and "unexpected keys: model.surprise;" in msg
     assert "wrong shapes: model.layers.0.mlp.down_proj.weight (64, 127) (expected (64, 128))" in msg
-    assert "not float weights: model.norm.weight int8" in msg
+    assert "wrong dtypes (expected float32, float16 or bfloat16): model.norm.weight int8" in msg
 
 
 def test_damaged_files_and_indexes_are_named(tmp_path):
