@@ -253,6 +253,50 @@ int run_reporting_errors(const std::function<int()>& body) {
   }
 }
 
+int64_t parse_int_flag(const std::string& flag, const std::string& text, int64_t lo, int64_t hi) {
+  size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (text.empty() || used != text.size() || v < lo || v > hi)
+    throw std::invalid_argument(flag + " '" + text + "': expected an integer in [" + std::to_string(lo) + ", " +
+                                std::to_string(hi) + "]");
+  return v;
+}
+
+double parse_number_flag(const std::string& flag, const std::string& text, double lo, double hi, bool above_lo) {
+  size_t used = 0;
+  double v = std::nan("");
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (text.empty() || used != text.size() || !std::isfinite(v) || v < lo || (above_lo && v == lo) || v > hi) {
+    char range[96];
+    std::snprintf(range, sizeof(range), "%s%g, %g]", above_lo ? "(" : "[", lo, hi);
+    throw std::invalid_argument(flag + " '" + text + "': expected a finite number in " + range);
+  }
+  return v;
+}
+
+uint64_t parse_seed_flag(const std::string& flag, const std::string& text) {
+  size_t used = 0;
+  unsigned long long v = 0;
+  const bool digits = !text.empty() && text.find_first_not_of("0123456789") == std::string::npos;
+  try {
+    if (digits) v = std::stoull(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (!digits || used != text.size())
+    throw std::invalid_argument(flag + " '" + text + "': expected an integer in [0, 2^64)");
+  return v;
+}
+
 std::vector<int64_t> parse_token_ids(const std::string& s) {
   std::vector<int64_t> ids;
   size_t start = 0;
@@ -260,8 +304,14 @@ std::vector<int64_t> parse_token_ids(const std::string& s) {
     const size_t end = s.find(',', start);
     const std::string item = s.substr(start, end == std::string::npos ? std::string::npos : end - start);
     size_t used = 0;
-    const long long v = std::stoll(item, &used);
-    if (used != item.size() || v < 0) throw std::invalid_argument("bad token id '" + item + "' in --prompt-ids");
+    long long v = -1;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (item.empty() || used != item.size() || v < 0)
+      throw std::invalid_argument("bad token id '" + item + "' in --prompt-ids (comma-separated integers >= 0)");
     ids.push_back(v);
     if (end == std::string::npos) break;
     start = end + 1;
@@ -273,7 +323,13 @@ RunResult Generator::generate(const std::vector<int64_t>& prompt, const Sampling
                               const std::function<void(int64_t)>& on_token) {
   if (prompt.empty()) throw std::invalid_argument("empty prompt");
   if (cfg.max_new_tokens < 1) throw std::invalid_argument("max_new_tokens must be >= 1");
-  if (int64_t(prompt.size()) + cfg.max_new_tokens > backbone_->max_seq_len)
+  if (manifest_.vocab_size > 0)
+    for (const int64_t id : prompt)
+      if (id >= manifest_.vocab_size)
+        throw std::invalid_argument("prompt token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                                    std::to_string(manifest_.vocab_size) + ")");
+  // compared without the sum: a huge max_new_tokens must not overflow past the check
+  if (cfg.max_new_tokens > backbone_->max_seq_len - int64_t(prompt.size()))
     throw std::invalid_argument("prompt (" + std::to_string(prompt.size()) + ") + max_new_tokens (" +
                                 std::to_string(cfg.max_new_tokens) + ") exceeds the bundle's KV cache (" +
                                 std::to_string(backbone_->max_seq_len) + ")");

@@ -75,6 +75,13 @@ int tool_main(int argc, char** argv, Args (*parse)(int, char**), int (*run)(cons
 // "3,1,4" -> {3, 1, 4}; std::invalid_argument naming the bad item (the runners' --prompt-ids).
 std::vector<int64_t> parse_token_ids(const std::string& s);
 
+// A flag's value, the whole text or std::invalid_argument naming the flag: an integer in [lo, hi] (no
+// "5abc", "2.9" or "1e3"), a finite number in [lo, hi] (no nan/inf), or a seed (digits only: no "-1").
+int64_t parse_int_flag(const std::string& flag, const std::string& text, int64_t lo, int64_t hi);
+double parse_number_flag(const std::string& flag, const std::string& text, double lo, double hi,
+                         bool above_lo = false);  // above_lo: (lo, hi], else [lo, hi]
+uint64_t parse_seed_flag(const std::string& flag, const std::string& text);
+
 // Where XNNPACK runs the decode method (prefill always gets ExecuTorch's threadpool). A decode step of a
 // small model is hundreds of tiny ops, and handing each to the pool's threads costs more than the op
 // saves (docs/speed.md, thirteenth session): kAuto keeps decode on the calling thread when the widest op

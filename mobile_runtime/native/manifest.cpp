@@ -219,7 +219,8 @@ Manifest parse_manifest(const std::string& text, const std::string& where) {
   m.fingerprint = hex_string(j, "fingerprint", "", 32);
   m.memory = one_of(j, "memory", "", {"both", "static", "dynamic", "none"});
   if (!at(j, "config", "").is_object() || !at(j, "export", "").is_object()) bad("config and export must be objects");
-  for (auto [key, out] : {std::pair{"dim", &m.dim}, std::pair{"ffn_dim", &m.ffn_dim}}) {
+  for (auto [key, out] : {std::pair{"dim", &m.dim}, std::pair{"ffn_dim", &m.ffn_dim},
+                          std::pair{"vocab_size", &m.vocab_size}}) {
     const json& c = j.at("config");  // ModelConfig's fields; the schema leaves config open, so none is required
     if (c.contains(key) && c[key].is_number_integer() && c[key].get<int64_t>() > 0) *out = c[key].get<int64_t>();
   }

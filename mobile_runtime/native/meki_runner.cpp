@@ -7,8 +7,14 @@
 //               [--backend executorch|TARGET] [--warmup N] [--quiet] [--lookup prefetch|thread|sync] [--single-thread]
 //
 // Exit status: 0 ok, 2 usage or bundle error, 3 memory pack error, 4 ExecuTorch error.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -30,6 +36,23 @@ struct Args {
   uint64_t seed = 0;
   bool ignore_eos = false, quiet = false, single_thread = false;
 };
+
+constexpr int64_t kMaxCount = int64_t(1) << 31;  // token counts: any KV cache is far smaller
+
+// --stats PATH: refused up front unless it is a regular file or does not exist yet under a folder (a
+// device, FIFO or folder there would be replaced by the rename that writes it).
+void check_output_file(const std::string& path) {
+  struct stat st {};
+  if (lstat(path.c_str(), &st) == 0) {
+    if (S_ISLNK(st.st_mode) && stat(path.c_str(), &st) != 0) throw std::invalid_argument("--stats " + path + ": a dangling link");
+    if (!S_ISREG(st.st_mode)) throw std::invalid_argument("--stats " + path + " exists and is not a regular file");
+    return;
+  }
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
+  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    throw std::invalid_argument("--stats " + path + ": " + dir + " is not a folder");
+}
 
 const char* kUsage =
     "usage: meki_runner BUNDLE --prompt-ids IDS [--max-new-tokens N] [--ignore-eos] [--stats PATH]\n"
@@ -56,20 +79,20 @@ Args parse_args(int argc, char** argv) {
     };
     if (k == "--prompt-ids") a.prompt_ids = val();
     else if (k == "--prompt") throw std::invalid_argument("--prompt needs a tokenizer: the native runner takes --prompt-ids");
-    else if (k == "--max-new-tokens") a.max_new_tokens = std::stoll(val());
-    else if (k == "--temperature") a.temperature = std::stod(val());
-    else if (k == "--top-k") a.top_k = std::stoll(val());
-    else if (k == "--top-p") a.top_p = std::stod(val());
-    else if (k == "--seed") a.seed = std::stoull(val());
-    else if (k == "--repeat-penalty") a.repeat_penalty = std::stod(val());
-    else if (k == "--repeat-last-n") a.repeat_last_n = std::stoll(val());
+    else if (k == "--max-new-tokens") a.max_new_tokens = meki::parse_int_flag(k, val(), 1, kMaxCount);
+    else if (k == "--temperature") a.temperature = meki::parse_number_flag(k, val(), 0.0, 1e6);
+    else if (k == "--top-k") a.top_k = meki::parse_int_flag(k, val(), 0, kMaxCount);
+    else if (k == "--top-p") a.top_p = meki::parse_number_flag(k, val(), 0.0, 1.0, true);
+    else if (k == "--seed") a.seed = meki::parse_seed_flag(k, val());
+    else if (k == "--repeat-penalty") a.repeat_penalty = meki::parse_number_flag(k, val(), 0.0, 1e6, true);
+    else if (k == "--repeat-last-n") a.repeat_last_n = meki::parse_int_flag(k, val(), 0, kMaxCount);
     else if (k == "--ignore-eos") a.ignore_eos = true;
     else if (k == "--pack-mode") a.pack_mode = val();
-    else if (k == "--cache-mib") a.cache_mib = std::stod(val());
+    else if (k == "--cache-mib") a.cache_mib = meki::parse_number_flag(k, val(), 0.0, 1 << 20);  // up to 1 TiB
     else if (k == "--stats") a.stats = val();
     else if (k == "--backend") a.backend = val();
     else if (k == "--quiet") a.quiet = true;
-    else if (k == "--warmup") a.warmup = std::stoll(val());
+    else if (k == "--warmup") a.warmup = meki::parse_int_flag(k, val(), 0, kMaxCount);
     else if (k == "--lookup") a.lookup = val();
     else if (k == "--single-thread") a.single_thread = true;
     else if (k == "--decode-threads") a.decode_threads = meki::parse_decode_threads(val());
@@ -83,9 +106,7 @@ Args parse_args(int argc, char** argv) {
     throw std::invalid_argument("--pack-mode must be pread or mmap, got " + a.pack_mode);
   if (a.lookup != "prefetch" && a.lookup != "thread" && a.lookup != "sync")
     throw std::invalid_argument("--lookup must be prefetch, thread or sync, got " + a.lookup);
-  if (a.warmup < 0 || a.temperature < 0 || a.top_k < 0 || !(a.top_p > 0 && a.top_p <= 1) || a.max_new_tokens < 1 || a.cache_mib < 0 ||
-      !(a.repeat_penalty > 0) || a.repeat_last_n < 0)
-    throw std::invalid_argument("invalid sampling settings");
+  if (!a.stats.empty()) check_output_file(a.stats);  // before the run: a bad path must not cost a generation
   return a;
 }
 
@@ -134,14 +155,28 @@ nlohmann::ordered_json stats_json(const meki::Generator& gen, size_t prompt_toke
   return j;
 }
 
+// Written under a fresh name beside `path` (mkstemp: O_EXCL, never a name an attacker placed there),
+// then renamed over it: a reader sees the old file or the whole new one.
 void write_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".partial";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    if (!out) throw std::runtime_error("cannot write " + tmp);
+  check_output_file(path);
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
+  std::string tmp = dir + "." + path.substr(slash == std::string::npos ? 0 : slash + 1) + ".partial-XXXXXX";
+  const int fd = mkstemp(tmp.data());
+  if (fd < 0) throw std::runtime_error("cannot write stats beside " + path + ": " + std::strerror(errno));
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t w = ::write(fd, text.data() + done, text.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) break;
+    done += size_t(w);
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
+  const bool ok = done == text.size() && fchmod(fd, 0644) == 0 && ::close(fd) == 0;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    ::unlink(tmp.c_str());
+    throw std::runtime_error("cannot write " + path + ": " + why);
+  }
 }
 
 int run(const Args& a) {
@@ -156,6 +191,10 @@ int run(const Args& a) {
                       a.lookup == "sync" ? L::kSync : a.lookup == "thread" ? L::kThread : L::kPrefetch,
                       a.single_thread ? meki::DecodeThreads::kCalling : a.decode_threads);
   const std::vector<int64_t> ids = meki::parse_token_ids(a.prompt_ids);
+  const int64_t room = gen.manifest().backbone(target).max_seq_len - int64_t(ids.size());
+  if (a.warmup > room)
+    throw std::invalid_argument("--warmup " + std::to_string(a.warmup) + " with a " + std::to_string(ids.size()) +
+                                "-token prompt exceeds the bundle's KV cache (" + std::to_string(room) + " tokens left)");
   meki::SamplingConfig cfg;
   cfg.max_new_tokens = a.max_new_tokens;
   cfg.temperature = a.temperature;

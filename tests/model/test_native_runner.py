@@ -151,6 +151,45 @@ def test_bad_requests_exit_with_a_message(native, bundles):
 
 
 @pytest.mark.parametrize("bundles", ["none"], indirect=True)
+@pytest.mark.parametrize("args,text", [
+    (["--max-new-tokens", "9223372036854775807"], "--max-new-tokens '9223372036854775807': expected an integer"),
+    (["--max-new-tokens", "5abc"], "--max-new-tokens '5abc'"),      # no leading-number reads (5)
+    (["--max-new-tokens", "2.9"], "--max-new-tokens '2.9'"),
+    (["--temperature", "nan"], "--temperature 'nan': expected a finite number"),
+    (["--repeat-penalty", "inf"], "--repeat-penalty 'inf'"),
+    (["--cache-mib", "1e30"], "--cache-mib '1e30'"),
+    (["--seed", "-1"], "--seed '-1'"),                                # no wrap to 2^64 - 1
+    (["--prompt-ids", "3,,1"], "bad token id '' in --prompt-ids"),
+    (["--prompt-ids", "3,99999999999999999999"], "bad token id '99999999999999999999'"),
+    (["--prompt-ids", "3,128"], "prompt token id 128 is outside the vocabulary [0, 128)"),
+    (["--warmup", "64"], "--warmup 64 with a 2-token prompt exceeds the bundle's KV cache"),
+    (["--stats", "/dev/null"], "--stats /dev/null exists and is not a regular file"),  # rename would replace it
+    (["--stats", "{tmp}/nope/s.json"], "nope is not a folder"),
+])
+def test_runner_flags_are_read_whole_and_checked_first(native, bundles, tmp_path, args, text):
+    """Each bad value names its flag, exit 2, before anything runs (the --stats path too)."""
+    out, _ = bundles
+    argv = ["--prompt-ids", "1,2", "--max-new-tokens", "2", *[a.format(tmp=tmp_path) for a in args]]
+    res = run_native(native, out / "dense", *argv)
+    assert res.returncode == 2 and text in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("bundles", ["none"], indirect=True)
+def test_runner_stats_written_beside_under_a_fresh_name(native, bundles, tmp_path):
+    """A file planted at the old fixed temporary name (PATH.partial, here a link elsewhere) is not
+    written through; the stats replace PATH whole."""
+    out, _ = bundles
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep\n")
+    (tmp_path / "s.json.partial").symlink_to(victim)
+    res = run_native(native, out / "dense", "--prompt-ids", "1,2", "--max-new-tokens", "2", "--stats",
+                     str(tmp_path / "s.json"))
+    assert res.returncode == 0, res.stderr
+    assert victim.read_text() == "keep\n" and json.loads((tmp_path / "s.json").read_text())["format"] == "meki-run-stats"
+    assert not list(tmp_path.glob(".s.json.partial-*"))
+
+
+@pytest.mark.parametrize("bundles", ["none"], indirect=True)
 def test_runner_refuses_what_the_manifest_rules_refuse(native, bundles, tmp_path):
     """Issue 12, classes 3 and 8: pack dimensions that disagree with the header, a pack at ../,
     a symlinked pack: exit 2 with the CHECKS.md name, before anything runs."""
