@@ -38,7 +38,7 @@ def check_free(out: Path, overwrite: bool) -> None:
     from contract.inputs import require_parent_dir
 
     require_parent_dir(out)
-    if Path(out).exists() and not overwrite:
+    if (Path(out).exists() or Path(out).is_symlink()) and not overwrite:  # a dangling link is there too
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
 
 
@@ -204,8 +204,18 @@ def atomic_dir(out: Path, overwrite: bool = False, lock: bool = True) -> Iterato
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         old = temp_sibling(out)
-        if out.exists():
-            os.rename(out, old)
-        os.rename(tmp, out)
+        moved = out.exists() or out.is_symlink()
+        try:
+            if moved:
+                os.rename(out, old)
+            os.rename(tmp, out)
+        except BaseException:  # nothing that looks complete stays under a temporary name; the old output returns
+            shutil.rmtree(tmp, ignore_errors=True)
+            if moved and not (out.exists() or out.is_symlink()):
+                os.rename(old, out)
+            raise
         fsync_dir(out.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)

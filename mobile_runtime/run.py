@@ -28,7 +28,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=nonneg_int, default=0)
     p.add_argument("--top-p", type=unit_interval, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--repeat-penalty", type=positive_float, default=1.0,
                    help="> 1 makes tokens among the last --repeat-last-n less likely (1 = off)")
     p.add_argument("--repeat-last-n", type=nonneg_int, default=64)
@@ -49,15 +49,18 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 def prompt_token_ids(text: str, vocab_size: int) -> list[int]:
     """`--prompt-ids 1,2,3` checked: integers in [0, vocab_size), at least one."""
+    if not text.strip():
+        raise ValueError("--prompt-ids is empty; give at least one token id")
+    items = text.split(",")  # an empty item (1,,2 or a trailing comma) is a typo: refused, as the C++ runner does
     try:
-        ids = [int(x) for x in text.split(",") if x.strip()]
+        if not all(x.strip() for x in items):
+            raise ValueError
+        ids = [int(x) for x in items]
     except ValueError:
         raise ValueError(f"--prompt-ids {text!r}: expected comma-separated integers such as 1,2,3") from None
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
         raise ValueError(f"--prompt-ids: token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
-    if not ids:
-        raise ValueError("--prompt-ids is empty; give at least one token id")
     return ids
 
 

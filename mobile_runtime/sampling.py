@@ -32,7 +32,9 @@ def penalize(logits: np.ndarray, recent: Sequence[int], penalty: float) -> np.nd
     ids = np.unique(np.asarray(recent, dtype=np.int64))
     ids = ids[(ids >= 0) & (ids < logits.size)]
     z = logits[ids]
-    logits[ids] = np.where(z > 0, z / penalty, z * penalty)
+    with np.errstate(over="ignore"):  # a tiny penalty: the largest finite value, as the C++ runner clamps
+        fmax = np.finfo(np.float64).max
+        logits[ids] = np.clip(np.where(z > 0, z / penalty, z * penalty), -fmax, fmax)
     return logits
 
 
@@ -43,8 +45,12 @@ def sample(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator, re
         penalize(logits, recent[-cfg.repeat_last_n:], cfg.repeat_penalty)
     if cfg.temperature == 0:
         return int(logits.argmax())
-    logits = logits / cfg.temperature
-    if cfg.top_k:
+    with np.errstate(over="ignore"):
+        scaled = logits / cfg.temperature
+    if not np.isfinite(scaled).all():  # a temperature so small it overflows: its limit, greedy (as the C++ runner)
+        return int(logits.argmax())
+    logits = scaled
+    if cfg.top_k and cfg.top_k < logits.size:  # top-k past the vocabulary keeps every token
         kth = np.partition(logits, -cfg.top_k)[-cfg.top_k]
         logits = np.where(logits < kth, -np.inf, logits)
     probs = np.exp(logits - logits.max())

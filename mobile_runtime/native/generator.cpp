@@ -5,6 +5,7 @@
 #include <executorch/extension/threadpool/threadpool_guard.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -59,7 +60,7 @@ static void penalize(std::vector<double>& l, const std::vector<int64_t>& recent,
   for (int64_t id : ids) {
     if (id < 0 || id >= int64_t(l.size())) continue;
     double& x = l[size_t(id)];
-    x = x > 0 ? x / cfg.repeat_penalty : x * cfg.repeat_penalty;
+    x = std::clamp(x > 0 ? x / cfg.repeat_penalty : x * cfg.repeat_penalty, -DBL_MAX, DBL_MAX);  // a tiny penalty
   }
 }
 
@@ -70,8 +71,10 @@ int64_t sample(const float* logits, int64_t V, const SamplingConfig& cfg, std::m
   if (cfg.temperature == 0.0 && !penalty) return std::max_element(logits, logits + V) - logits;
   std::vector<double> l(logits, logits + V);
   if (penalty) penalize(l, recent, cfg);
-  if (cfg.temperature == 0.0) return std::max_element(l.begin(), l.end()) - l.begin();
-  for (double& x : l) x /= cfg.temperature;
+  const int64_t best = std::max_element(l.begin(), l.end()) - l.begin();
+  if (cfg.temperature == 0.0) return best;
+  for (double& x : l)
+    if (!std::isfinite(x /= cfg.temperature)) return best;  // a temperature so small it overflows: the limit, greedy
   if (cfg.top_k > 0 && cfg.top_k < V) {
     std::vector<double> tmp(l);
     std::nth_element(tmp.begin(), tmp.begin() + (V - cfg.top_k), tmp.end());

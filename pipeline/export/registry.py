@@ -37,6 +37,13 @@ class ExportSettings:
     # a second entry point to the program lowered for prefill (one lowering); None: the target's default
     decode_program: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.prefill_len < 2:  # prefill's token count is a dynamic dimension [1, prefill_len]: it needs a range
+            raise ValueError(f"prefill_len must be at least 2 (got {self.prefill_len}); decode takes single tokens")
+        if self.prefill_len > self.max_seq_len:
+            raise ValueError(f"prefill_len {self.prefill_len} is larger than the KV cache (max_seq_len "
+                             f"{self.max_seq_len}): a prefill call could not fit")
+
 
 ExportFn = Callable[[MekiModel, Path, ExportSettings], Backbone | list[Backbone]]  # a list: one per SoC
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,27 @@ def test_lock_file_is_removed_on_each_release(tmp_path):
         with output_lock(out):
             time.sleep(0)
     assert not lock_path(out).exists()
+
+
+def test_a_failed_final_rename_leaves_the_old_output_and_no_complete_looking_temporary(tmp_path, monkeypatch):
+    """The last step, renaming the finished folder into place, can fail too (a dangling link's target
+    folder, a disk error): the finished temporary must not stay, and a replaced output comes back."""
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "old.txt").write_text("old")
+    real_rename = os.rename
+
+    def failing(src, dst):
+        if str(dst) == str(out) and (Path(src) / "new.txt").exists():  # the finished folder, into place
+            raise OSError(errno.EIO, "simulated failure", str(dst))
+        return real_rename(src, dst)
+    monkeypatch.setattr(os, "rename", failing)
+    with pytest.raises(OSError, match="simulated failure"):
+        with atomic_dir(out, overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["out"]
+    assert (out / "old.txt").read_text() == "old"
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")       # a dangling link is an existing output
+    with pytest.raises(OutputExistsError):
+        with atomic_dir(tmp_path / "dangling"):
+            pass

@@ -109,6 +109,8 @@ def w(tmp_path_factory):
     p["badmeta"] = t / "badmeta"
     (t / "tc_type.json").write_text('{"lr": "fast"}')
     p["tc_type"] = t / "tc_type.json"
+    p["dangling"] = t / "dangling"
+    p["dangling"].symlink_to(t / "nowhere")
     p["anybundle"] = t / "anybundle"  # argument errors are found before the bundle is read
     p["anybundle"].mkdir()
     (p["anybundle"] / "manifest.json").write_text("{}")
@@ -184,6 +186,12 @@ CASES = {
     "export tokenizer dir": ("export {ck} --target executorch-xnnpack --out {new} --tokenizer {dir}", INPUT,
                              "is a directory", None),
     "export output exists": ("export {ck} --target executorch-xnnpack --out {dir}", OUTPUT, "already exists", None),
+    "export output dangling link": ("export {ck} --target executorch-xnnpack --out {dangling}", OUTPUT,
+                                    "already exists", None),
+    "export prefill 1": ("export {ck} --target executorch-xnnpack --out {new} --prefill-len 1", INPUT,
+                         "prefill_len must be at least 2", None),
+    "export prefill past cache": ("export {ck} --target executorch-xnnpack --out {new} --max-seq-len 40 "
+                                  "--prefill-len 64", INPUT, "larger than the KV cache", None),
     "export pickle weights": ("export {pickle} --target executorch-xnnpack --out {new}", INPUT, "torch.save", None),
     "export decode program elsewhere": ("export {ck} --target coreml --out {new} --decode-program own", INPUT,
                                         "--decode-program applies to targets with prefill and decode methods", None),
@@ -202,6 +210,7 @@ CASES = {
     "run ids out of range": ("run {bundle} --prompt-ids 1,99999", INPUT, "outside the vocabulary [0, 128)", None),
     "run ids negative": ("run {bundle} --prompt-ids=-1", INPUT, "outside the vocabulary", None),
     "run ids text": ("run {bundle} --prompt-ids 1,x", INPUT, "comma-separated integers", None),
+    "run ids empty item": ("run {bundle} --prompt-ids 1,,2", INPUT, "comma-separated integers", None),
     "run program not executorch": ("run {garbage_pte} --prompt-ids 1", INPUT, "not an ExecuTorch program", None),
     "run program truncated": ("run {truncated_pte} --prompt-ids 1", INPUT, "ExecuTorch cannot load this program",
                               None),
@@ -209,6 +218,7 @@ CASES = {
     "run bad backend": ("run {bundle} --prompt-ids 1 --backend bogus", INPUT, "bogus", None),
     "run stats is a dir": ("run {anybundle} --prompt-ids 1 --stats {dir}", INPUT, "is a directory", None),
     "run stats is a fifo": ("run {anybundle} --prompt-ids 1 --stats {fifo}", INPUT, "is a FIFO", None),
+    "run seed negative": ("run {anybundle} --prompt-ids 1 --seed -1", INPUT, "--seed", None),
     "run max-new-tokens 0": ("run {anybundle} --prompt-ids 1 --max-new-tokens 0", INPUT, "must be a positive integer", None),
     "run top-p 2": ("run {anybundle} --prompt-ids 1 --top-p 2", INPUT, "must be in (0, 1]", None),
     "run temperature nan": ("run {anybundle} --prompt-ids 1 --temperature nan", INPUT, "not a finite number", None),

@@ -96,3 +96,16 @@ def test_repeat_penalty_as_llama_cpp(penalty, last_n, logits, history, want):
     assert sample(np.array(logits), cfg, np.random.default_rng(0), history) == want
     with pytest.raises(ValueError):
         SamplingConfig(repeat_penalty=0)
+
+
+def test_sampling_at_the_edges_of_its_settings():
+    """A temperature or repetition penalty so small that dividing by it overflows gives the limit (greedy;
+    the largest finite logit) without numpy warnings; a top-k past the vocabulary keeps every token."""
+    import warnings
+    logits = np.array([[0.5, 3.0, -1.0, 2.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sample(logits, SamplingConfig(temperature=1e-320), np.random.default_rng(0)) == 1
+        assert sample(logits, SamplingConfig(repeat_penalty=1e-320), np.random.default_rng(0), recent=[0]) in (0, 1)
+        got = {sample(logits, SamplingConfig(temperature=1.0, top_k=5), np.random.default_rng(s)) for s in range(64)}
+    assert got == {0, 1, 2, 3}
