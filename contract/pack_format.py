@@ -131,9 +131,11 @@ def validate_shape(vocab_size, num_layers, d_mem, dtype, layout, group_size, blo
         if not isinstance(v, (int, np.integer)) or not 1 <= v < 2**31:
             raise ValueError(f"{name} must be an int in [1, 2**31), got {v!r}")
     if d_mem % 8:
-        raise ValueError(f"d_mem must be a multiple of 8, got {d_mem}")
+        raise ValueError(f"d_mem must be a multiple of 8 for a memory pack (its rows are 8-byte aligned), got {d_mem}: "
+                         "such a model folds to safetensors tables (meki fold without --pack) but cannot ship")
     if dtype == "int4" and (group_size < 2 or group_size % 2 or d_mem % group_size):
-        raise ValueError(f"int4 group_size must be even and divide d_mem={d_mem}, got {group_size}")
+        raise ValueError(f"int4 group_size must be even and divide d_mem={d_mem}, got {group_size}: pack int8, or "
+                         "int4 with `meki pack --group-size` dividing d_mem")
     if (block_size & (block_size - 1)) or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
         raise ValueError(f"block_size must be a power of two in [4096, 16 MiB], got {block_size}")
     if vocab_size * num_layers * row_bytes(dtype, d_mem, group_size) > 2**62:

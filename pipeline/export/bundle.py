@@ -133,6 +133,12 @@ def export_bundles(src: Path, out: Path, targets: list[str], settings: ExportSet
     check_free(out, overwrite)
     tokenizer = tokenizer or (src / "tokenizer.json" if (src / "tokenizer.json").exists() else None)
     results = {}
+    if baseline is not None:  # before anything is built: a pair over two vocabularies compares nothing
+        cfg, _ = read_config(src)
+        base_cfg, _ = read_config(baseline)
+        if base_cfg.vocab_size != cfg.vocab_size:
+            raise CheckpointError(f"--baseline {baseline} has a vocabulary of {base_cfg.vocab_size} tokens and {src} "
+                                  f"{cfg.vocab_size}: a MeKi/dense pair must share its tokenizer")
     with atomic_dir(out, overwrite) as tmp:
         cfg, info = read_config(src)
         folded_dir = src

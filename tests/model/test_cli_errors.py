@@ -109,6 +109,8 @@ def w(tmp_path_factory):
     p["badmeta"] = t / "badmeta"
     (t / "tc_type.json").write_text('{"lr": "fast"}')
     p["tc_type"] = t / "tc_type.json"
+    save_checkpoint(random_model(vocab_size=101, memory="none"), t / "dense101")
+    p["dense101"] = t / "dense101"
     p["dangling"] = t / "dangling"
     p["dangling"].symlink_to(t / "nowhere")
     p["anybundle"] = t / "anybundle"  # argument errors are found before the bundle is read
@@ -188,6 +190,8 @@ CASES = {
     "export output exists": ("export {ck} --target executorch-xnnpack --out {dir}", OUTPUT, "already exists", None),
     "export output dangling link": ("export {ck} --target executorch-xnnpack --out {dangling}", OUTPUT,
                                     "already exists", None),
+    "export baseline other vocabulary": ("export {ck} --target executorch-xnnpack --out {new} --baseline {dense101}",
+                                         INPUT, "a MeKi/dense pair must share its tokenizer", None),
     "export prefill 1": ("export {ck} --target executorch-xnnpack --out {new} --prefill-len 1", INPUT,
                          "prefill_len must be at least 2", None),
     "export prefill past cache": ("export {ck} --target executorch-xnnpack --out {new} --max-seq-len 40 "
