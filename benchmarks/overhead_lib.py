@@ -196,6 +196,8 @@ def export_et_llm(cfg: dict, out: Path, quant: str, max_seq_len: int, prefill_le
         torch.save(model.state_dict(), c.base.checkpoint)
         del model
         export_llama(c)
+    from pipeline.export.common import forget_lowered_graphs
+    forget_lowered_graphs()  # ExecuTorch's caches would keep its lowered graphs (and their blobs) alive
     return out / f"et_{quant}.pte"
 
 

@@ -64,7 +64,8 @@ struct FileRef {
 
 struct Manifest {
   std::string name, fingerprint, memory;  // memory: both | static | dynamic | none
-  int64_t dim = 0, ffn_dim = 0, vocab_size = 0;  // config's widths where given as positive integers, else 0 (a hint, not checked)
+  // config's widths and vocabulary where given as positive integers, else 0 (dim, ffn_dim: a hint, not checked)
+  int64_t dim = 0, ffn_dim = 0, vocab_size = 0;
   bool has_tokenizer = false;
   std::vector<int64_t> eos_token_ids;
   std::string tokenizer_file;

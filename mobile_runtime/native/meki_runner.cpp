@@ -44,7 +44,8 @@ constexpr int64_t kMaxCount = int64_t(1) << 31;  // token counts: any KV cache i
 void check_output_file(const std::string& path) {
   struct stat st {};
   if (lstat(path.c_str(), &st) == 0) {
-    if (S_ISLNK(st.st_mode) && stat(path.c_str(), &st) != 0) throw std::invalid_argument("--stats " + path + ": a dangling link");
+    if (S_ISLNK(st.st_mode) && stat(path.c_str(), &st) != 0)
+      throw std::invalid_argument("--stats " + path + ": a dangling link");
     if (!S_ISREG(st.st_mode)) throw std::invalid_argument("--stats " + path + " exists and is not a regular file");
     return;
   }
@@ -194,7 +195,8 @@ int run(const Args& a) {
   const int64_t room = gen.manifest().backbone(target).max_seq_len - int64_t(ids.size());
   if (a.warmup > room)
     throw std::invalid_argument("--warmup " + std::to_string(a.warmup) + " with a " + std::to_string(ids.size()) +
-                                "-token prompt exceeds the bundle's KV cache (" + std::to_string(room) + " tokens left)");
+                                "-token prompt exceeds the bundle's KV cache (" + std::to_string(room) +
+                                " tokens left)");
   meki::SamplingConfig cfg;
   cfg.max_new_tokens = a.max_new_tokens;
   cfg.temperature = a.temperature;

@@ -217,21 +217,23 @@ def lower_to_pte(programs: dict[str, Any], cfg: ModelConfig, out: Path, partitio
     from pipeline.export.lean_lowering import lean_lowering
 
     refuse_tables(table_shaped_tensors(programs, cfg), target)
-    with stage("to_edge+partition"), weights_shared_on_deepcopy(programs), lean_lowering():
-        edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
-                                           compile_config=EdgeCompileConfig(_check_ir_validity=False))
-    programs.clear()  # the edge programs replace them
-    if aliases:
-        edge = alias_methods(edge, aliases)
-    delegated = delegation_summary(edge)
-    with stage("to_executorch"):
-        program = edge.to_executorch(ExecutorchBackendConfig(
-            passes=[InitializedMutableBufferPass(["cache"])] if shared_cache and zero_cache else [],
-            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=shared_cache),
-            emit_mutable_buffer_names=True))
-    with stage("serialise"), open(out, "wb") as fh:
-        program.write_to_file(fh)
-    forget_lowered_graphs()
+    try:
+        with stage("to_edge+partition"), weights_shared_on_deepcopy(programs), lean_lowering():
+            edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
+                                               compile_config=EdgeCompileConfig(_check_ir_validity=False))
+        programs.clear()  # the edge programs replace them
+        if aliases:
+            edge = alias_methods(edge, aliases)
+        delegated = delegation_summary(edge)
+        with stage("to_executorch"):
+            program = edge.to_executorch(ExecutorchBackendConfig(
+                passes=[InitializedMutableBufferPass(["cache"])] if shared_cache and zero_cache else [],
+                memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=shared_cache),
+                emit_mutable_buffer_names=True))
+        with stage("serialise"), open(out, "wb") as fh:
+            program.write_to_file(fh)
+    finally:  # a lowering that failed half-way (a full disk, an interrupt) must not keep its graphs either
+        forget_lowered_graphs()
     return delegated
 
 

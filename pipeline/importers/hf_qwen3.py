@@ -103,8 +103,9 @@ def _shards(folder: Path) -> list[Path]:
             weight_map = json.loads(read_text(index, "safetensors index"))["weight_map"]
             names = set(weight_map.values())
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:80]}"
             raise CheckpointError(f"{index}: not a safetensors index (a JSON object with a weight_map of tensor "
-                                  f"name -> shard file; {type(exc).__name__}: {' '.join(str(exc).split())[:80]})") from None
+                                  f"name -> shard file; {why})") from None
         bad = sorted(str(n) for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", ".."))
         if bad:
             raise CheckpointError(f"{index}: shard names that are not file names in this folder: {', '.join(bad[:5])}")

@@ -93,9 +93,9 @@ def find_model_file(path: Path) -> Path:
         path = path / name
     shards = sorted(p.name for p in path.glob("mp_rank_*") if p.is_dir())
     if any(s != "mp_rank_00" for s in shards):
-        raise CheckpointError(f"{path}: model-parallel shards ({', '.join(shards[:3])}{', ...' if len(shards) > 3 else ''}): "
-                              "only an unsharded checkpoint (tensor- and pipeline-parallel size 1) is read; merge "
-                              "the shards into one first")
+        listed = ", ".join(shards[:3]) + (", ..." if len(shards) > 3 else "")
+        raise CheckpointError(f"{path}: model-parallel shards ({listed}): only an unsharded checkpoint (tensor- "
+                              "and pipeline-parallel size 1) is read; merge the shards into one first")
     candidate = path / "mp_rank_00" / "model_optim_rng.pt"
     if not candidate.exists():
         raise CheckpointError(f"{path}: no mp_rank_00/model_optim_rng.pt (only tensor-parallel size 1 is read)")

@@ -185,7 +185,8 @@ def test_runner_stats_written_beside_under_a_fresh_name(native, bundles, tmp_pat
     res = run_native(native, out / "dense", "--prompt-ids", "1,2", "--max-new-tokens", "2", "--stats",
                      str(tmp_path / "s.json"))
     assert res.returncode == 0, res.stderr
-    assert victim.read_text() == "keep\n" and json.loads((tmp_path / "s.json").read_text())["format"] == "meki-run-stats"
+    assert victim.read_text() == "keep\n"
+    assert json.loads((tmp_path / "s.json").read_text())["format"] == "meki-run-stats"
     assert not list(tmp_path.glob(".s.json.partial-*"))
 
 

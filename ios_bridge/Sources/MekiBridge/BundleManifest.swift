@@ -199,7 +199,8 @@ public struct BundleManifest: Codable {
         for b in backbones {
             for (step, m) in b.methods {
                 for t in m.inputs + m.outputs where !dtypes.contains(t.dtype) || t.shape.contains(where: { $0 < 1 }) {
-                    throw bad("backbone \(b.target) \(step): tensor \(t.name) needs a dtype from the schema and a shape of integers >= 1")
+                    throw bad("backbone \(b.target) \(step): tensor \(t.name) needs a dtype from the schema "
+                              + "and a shape of integers >= 1")
                 }
             }
         }
