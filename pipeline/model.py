@@ -149,13 +149,14 @@ class MekiModel(nn.Module):
                 self.rope_cos.device)
         self.cache_len = max_seq_len
 
-    def _rope_cover(self, pos: torch.Tensor) -> None:
+    def _rope_cover(self, pos: torch.Tensor, length: int | None) -> None:
         """Eager calls without a KV cache may run past cfg.max_seq_len (an HF config's 40,960 positions
         are capped at 4,096 for the tables): the RoPE tables grow to cover them, as setup_cache's do.
-        A model with a cache (an export copy's sin table may be signed) and tracing are left alone."""
+        A model with a cache (an export copy's sin table may be signed) and tracing are left alone.
+        length: the positions are 0..length-1 (a training step: no read of pos, no device sync)."""
         if self.cache_len or torch.compiler.is_compiling() or torch.compiler.is_exporting() or not pos.numel():
             return
-        need = int(pos.max()) + 1
+        need = length if length is not None else int(pos.max()) + 1
         if need > self.rope_cos.shape[0]:
             cos, sin = rope_tables(self.cfg, need)
             self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
@@ -183,8 +184,8 @@ class MekiModel(nn.Module):
             raise ValueError("folded MeKi model needs meki_rows [B, T, L, m] (looked up from its tables)")
         if input_pos is None or self.cache_len == 0:
             pos = torch.arange(seq, device=tokens.device) if input_pos is None else input_pos
+            self._rope_cover(pos, seq if input_pos is None else None)
             mask, input_pos = None, None
-            self._rope_cover(pos)
         else:
             pos = input_pos
             mask = torch.arange(self.cache_len, device=tokens.device)[None, :] <= input_pos[:, None]
