@@ -23,6 +23,7 @@ from pipeline.model import MekiModel, rope_tables
 from pipeline.tensor_io import DictSource, SafetensorsReader, TensorSource, fingerprint
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # every model tensor is a float
+WRONG_DTYPES = "wrong dtypes (expected float32, float16 or bfloat16)"  # how every importer words the finding
 
 FORMAT_VERSION = 1
 
@@ -60,7 +61,7 @@ def check_state_dict(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]], or
     problems = [f"missing keys: {', '.join(missing)}"] if missing else []
     problems += [f"unexpected keys: {', '.join(unexpected)}"] if unexpected else []
     problems += [f"wrong shapes: {', '.join(wrong)}"] if wrong else []
-    problems += [f"wrong dtypes (expected float32, float16 or bfloat16): {', '.join(bad_dtype)}"] if bad_dtype else []
+    problems += [f"{WRONG_DTYPES}: {', '.join(bad_dtype)}"] if bad_dtype else []
     if problems:
         raise CheckpointError(f"{origin}: " + "; ".join(problems))
 

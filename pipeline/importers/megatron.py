@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from pipeline.checkpoint import FLOAT_DTYPES, CheckpointError, build_model
+from pipeline.checkpoint import FLOAT_DTYPES, WRONG_DTYPES, CheckpointError, build_model
 from pipeline.config import ConfigError, ModelConfig
 from pipeline.model import MekiModel
 from pipeline.safe_load import SafeLoadError, safe_torch_load
@@ -252,7 +252,7 @@ def check_megatron_state(state: Mapping[str, torch.Tensor], cfg: ModelConfig, fi
     problems += [f"wrong shapes: {_listed(wrong, 4)}"] if wrong else []
     bad_dtype = sorted(f"{k} {str(have[k].dtype).removeprefix('torch.')}" for k in set(want) & set(have)
                        if have[k].dtype not in FLOAT_DTYPES)
-    problems += [f"not float weights: {_listed(bad_dtype, 4)}"] if bad_dtype else []
+    problems += [f"{WRONG_DTYPES}: {_listed(bad_dtype, 4)}"] if bad_dtype else []
     if rows < cfg.vocab_size:
         problems.append(f"the memory tables have {rows} rows, fewer than vocab_size {cfg.vocab_size}")
     if problems:
